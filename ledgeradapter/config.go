@@ -1,0 +1,104 @@
+package ledgeradapter
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Defaults of Config.
+const (
+	// DefaultTimeout bounds one HTTP exchange with the ledger. It must stay
+	// below the handler's deadline, itself below the consumer's AckWait.
+	DefaultTimeout = 5 * time.Second
+
+	// MaxIdleConnsPerHost is sized for a few hundred commands in flight
+	// against one ledger without reopening connections.
+	MaxIdleConnsPerHost = 256
+)
+
+// DefaultScopes are the OAuth2 scopes asked for when Config.Scopes is empty:
+// the ones the ledger checks with AUTH_CHECK_SCOPES (CONTRACT §7).
+var DefaultScopes = []string{"ledger:read", "ledger:write"}
+
+// Config configures a Client.
+type Config struct {
+	// BaseURL of the ledger, e.g. http://127.0.0.1:3068 or
+	// https://stack.example/api/ledger; "/v2/..." is appended. Required.
+	BaseURL string
+
+	// Timeout bounds each request (connect, send, wait, read the body).
+	// Default DefaultTimeout.
+	Timeout time.Duration
+
+	// ClientID, ClientSecret and TokenURL switch on OAuth2 client
+	// credentials; all empty means plain HTTP without a token. With a
+	// Formance stack the token URL is <stack>/api/auth/oauth/token.
+	ClientID, ClientSecret, TokenURL string
+
+	// Scopes asked for with the token. Default DefaultScopes.
+	Scopes []string
+
+	// HTTPClient is an optional base, e.g. for custom TLS. When its
+	// Transport is an *http.Transport, a clone of it is used with the pool
+	// and timeout settings below filled in where unset; any other
+	// RoundTripper is used as is. Its Timeout is ignored: Config.Timeout
+	// applies per request.
+	HTTPClient *http.Client
+}
+
+func (c *Config) setDefaults() {
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if len(c.Scopes) == 0 {
+		c.Scopes = append([]string(nil), DefaultScopes...)
+	}
+}
+
+// Validate reports every problem of the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.BaseURL == "" {
+		errs = append(errs, errors.New("ledgeradapter: BaseURL is required"))
+	} else if err := checkHTTPURL(c.BaseURL); err != nil {
+		errs = append(errs, fmt.Errorf("ledgeradapter: BaseURL: %w", err))
+	}
+	if c.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("ledgeradapter: Timeout must be positive, got %s", c.Timeout))
+	}
+	if c.ClientID != "" || c.ClientSecret != "" || c.TokenURL != "" {
+		if c.ClientID == "" {
+			errs = append(errs, errors.New("ledgeradapter: ClientID is required with ClientSecret or TokenURL"))
+		}
+		if c.ClientSecret == "" {
+			errs = append(errs, errors.New("ledgeradapter: ClientSecret is required with ClientID"))
+		}
+		if c.TokenURL == "" {
+			errs = append(errs, errors.New("ledgeradapter: TokenURL is required with ClientID"))
+		} else if err := checkHTTPURL(c.TokenURL); err != nil {
+			errs = append(errs, fmt.Errorf("ledgeradapter: TokenURL: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkHTTPURL accepts absolute http(s) URLs without query or fragment. Its
+// errors never quote the URL, which may carry credentials.
+func checkHTTPURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return errors.New("not a valid URL")
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("scheme must be http or https, got %q", u.Scheme)
+	case u.Host == "":
+		return errors.New("host is missing")
+	case u.RawQuery != "" || u.Fragment != "":
+		return errors.New("must not have a query or a fragment")
+	}
+	return nil
+}

@@ -1,0 +1,33 @@
+// Package ledgeradapter is the worker's HTTP client for a Formance Ledger v2
+// (shared/formance-ledger/CONTRACT.md describes the server it talks to).
+//
+// # Contract
+//
+// Client offers the few calls the worker needs, each taking a context first:
+// EnsureLedger, GetAccount, AddAccountMetadata, ListLogs/AllLogs and
+// Healthcheck. It promises that:
+//
+//   - an address or ledger name is validated before any request is sent
+//     (ValidateAddress, ValidateLedgerName), so a malformed address can never
+//     reach the ledger, where it would be read as a pattern (CONTRACT §1);
+//   - a never-touched account is (Account{}, false, nil), not an error;
+//   - a replayed write (same Idempotency-Key, same input) succeeds with
+//     WriteResult.IdempotencyHit set;
+//   - every failure is an *Error that keeps the ledger's errorCode,
+//     errorMessage and details, and says whether trying again may help
+//     (Error.Retryable, IsRetryable): network errors, timeouts, 401, 408, 429
+//     and every 5xx are retryable, so is the caller's own cancellation (the
+//     command will come back); every other answer of the ledger (400
+//     VALIDATION, 404 LEDGER_NOT_FOUND, ...) is permanent;
+//   - no error string carries a client secret or a bearer token.
+//
+// The client never retries by itself: the worker owns retries and their
+// backoff, and every attempt of a write sends the same Idempotency-Key.
+//
+// # Who imports it
+//
+// The handlers package reaches the ledger only through small interfaces it
+// declares (GetAccount, AddAccountMetadata), which *Client satisfies; cmd
+// builds the Client from flags and calls EnsureLedger at start. Tests and
+// local runs point it at ledgeradapter/embeddedledger.
+package ledgeradapter

@@ -1,0 +1,47 @@
+// Package embeddedledger is a small, durable, Formance-Ledger-v2-compatible
+// HTTP server for local runs and tests. Production points the worker at a real
+// Formance Ledger; this package only exists so that `wallets-worker run` works
+// without one and so that tests exercise real HTTP against real semantics.
+//
+// # Contract
+//
+// It serves, under the same paths, bodies, status codes and error codes as the
+// real ledger (shared/formance-ledger/CONTRACT.md is the authority), exactly
+// the endpoints the worker uses:
+//
+//	GET    /_healthcheck
+//	GET    /v2/{ledger}                               404 NOT_FOUND when missing
+//	POST   /v2/{ledger}                               400 LEDGER_ALREADY_EXISTS when present
+//	GET    /v2/{ledger}/accounts/{address}            404 NOT_FOUND when never touched
+//	POST   /v2/{ledger}/accounts/{address}/metadata   additive shallow merge, creates the account
+//	DELETE /v2/{ledger}/accounts/{address}/metadata/{key}
+//	GET    /v2/{ledger}/logs                          newest first, cursor-paginated
+//
+// Ledger-scoped routes answer 404 LEDGER_NOT_FOUND for an unknown ledger.
+// Writes honour the Idempotency-Key header like the real ledger: one key space
+// per ledger shared by every write, a hash of the command input stored with
+// the log, a replay answered 204 with "Idempotency-Hit: true", a reuse with
+// another input answered 400 VALIDATION, concurrent users of one key getting
+// exactly one log.
+//
+// # Storage and durability
+//
+// State lives in one SQLite file, dir/ledger.db (pure Go driver
+// modernc.org/sqlite), in WAL mode. Every write request is one SQLite
+// transaction; writes are serialized by a mutex and a single write connection,
+// reads use a separate pool and see committed snapshots. The default
+// synchronous=NORMAL makes a committed write (one answered 204) survive a crash
+// or SIGKILL of the process, not a power loss or kernel crash; WithSyncFull
+// adds an fsync per commit for that. One process at a time should own a
+// directory.
+//
+// # Not implemented
+//
+// Transactions, volumes and balances (no postings, so accounts never carry
+// volumes), schemas (any schemaVersion answers 404 NOT_FOUND), ledger listing
+// and ledger metadata updates, bulk, logs import/export, pit (parsed, then
+// ignored), sort orders other than id:desc, authentication, the
+// Formance-Bigint-As-String header, and the real ledger's 500 on racing first
+// writes to one new account (CONTRACT §3): writes are serialized here, so the
+// loser of such a race gets the Idempotency-Hit directly.
+package embeddedledger

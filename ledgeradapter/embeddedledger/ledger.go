@@ -1,0 +1,227 @@
+package embeddedledger
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// FileName is the name of the SQLite database Open keeps in its directory.
+const FileName = "ledger.db"
+
+// schemaVersion is stored in PRAGMA user_version; Open refuses a file written
+// by a newer layout rather than guessing.
+const schemaVersion = 1
+
+const (
+	// DefaultPageSize and MaxPageSize mirror the real server's
+	// DEFAULT_PAGE_SIZE and MAX_PAGE_SIZE defaults (CONTRACT §6).
+	DefaultPageSize = 15
+	MaxPageSize     = 100
+
+	// maxIdempotencyKeyLen mirrors logs.idempotency_key varchar(255).
+	maxIdempotencyKeyLen = 255
+
+	// readConns bounds the read pool of a file-backed ledger.
+	readConns = 8
+
+	busyTimeout = 10 * time.Second
+)
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	syncFull bool
+	now      func() time.Time
+	log      *slog.Logger
+}
+
+// WithSyncFull makes every commit fsync the write-ahead log
+// (synchronous=FULL), so that an acknowledged write also survives a power
+// loss. The default (NORMAL) already survives a crash of the process.
+func WithSyncFull() Option { return func(o *options) { o.syncFull = true } }
+
+// WithLogger sets where the causes of 500 answers are logged (default: a
+// logger that discards).
+func WithLogger(log *slog.Logger) Option { return func(o *options) { o.log = log } }
+
+// WithClock replaces time.Now for the dates the ledger records (tests).
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// Ledger is an embedded Formance-v2-compatible ledger. Its methods are safe
+// for concurrent use.
+type Ledger struct {
+	// writeMu serializes write transactions: with one write connection
+	// SQLite would serialize them anyway, the mutex only keeps waiting
+	// goroutines out of database/sql's connection queue and makes the
+	// check-then-write of an Idempotency-Key trivially atomic.
+	writeMu sync.Mutex
+	w       *sql.DB
+	r       *sql.DB
+	now     func() time.Time
+	log     *slog.Logger
+
+	mu      sync.RWMutex
+	ledgers map[string]ledgerRow // positive cache; ledgers are never deleted
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens (creating when needed) the ledger stored in dir/ledger.db. With
+// dir == "" the ledger lives in memory and vanishes on Close, which is meant
+// for tests that do not exercise durability.
+func Open(dir string, opts ...Option) (*Ledger, error) {
+	o := options{now: time.Now, log: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	l := &Ledger{now: o.now, log: o.log, ledgers: map[string]ledgerRow{}}
+
+	syncMode := "NORMAL"
+	if o.syncFull {
+		syncMode = "FULL"
+	}
+	q := url.Values{}
+	q.Set("_busy_timeout", fmt.Sprint(busyTimeout.Milliseconds()))
+	q.Set("_journal_mode", "WAL")
+	q.Set("_synchronous", syncMode)
+	q.Set("_txlock", "immediate")
+
+	if dir == "" {
+		// One connection that both reads and writes: every connection to
+		// ":memory:" would otherwise be a database of its own.
+		db, err := sql.Open("sqlite", ":memory:?"+q.Encode())
+		if err != nil {
+			return nil, fmt.Errorf("embeddedledger: open in-memory database: %w", err)
+		}
+		db.SetMaxOpenConns(1)
+		db.SetMaxIdleConns(1)
+		db.SetConnMaxLifetime(0)
+		db.SetConnMaxIdleTime(0)
+		l.w, l.r = db, db
+	} else {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("embeddedledger: create data directory: %w", err)
+		}
+		path := filepath.Join(dir, FileName)
+		w, err := sql.Open("sqlite", path+"?"+q.Encode())
+		if err != nil {
+			return nil, fmt.Errorf("embeddedledger: open %s: %w", path, err)
+		}
+		w.SetMaxOpenConns(1)
+		w.SetMaxIdleConns(1)
+		w.SetConnMaxLifetime(0)
+		w.SetConnMaxIdleTime(0)
+		l.w = w
+
+		rq := url.Values{}
+		rq.Set("_busy_timeout", fmt.Sprint(busyTimeout.Milliseconds()))
+		rq.Set("_query_only", "1")
+		r, err := sql.Open("sqlite", path+"?"+rq.Encode())
+		if err != nil {
+			_ = w.Close()
+			return nil, fmt.Errorf("embeddedledger: open %s for reading: %w", path, err)
+		}
+		r.SetMaxOpenConns(readConns)
+		r.SetMaxIdleConns(readConns)
+		l.r = r
+	}
+
+	if err := l.migrate(context.Background()); err != nil {
+		_ = l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// Close releases the database. Requests still in flight fail; stop the HTTP
+// server first.
+func (l *Ledger) Close() error {
+	l.closeOnce.Do(func() {
+		var errs []error
+		if l.r != nil && l.r != l.w {
+			errs = append(errs, l.r.Close())
+		}
+		if l.w != nil {
+			errs = append(errs, l.w.Close())
+		}
+		l.closeErr = errors.Join(errs...)
+	})
+	return l.closeErr
+}
+
+const ddl = `
+CREATE TABLE ledgers (
+	id        INTEGER PRIMARY KEY AUTOINCREMENT,
+	name      TEXT    NOT NULL UNIQUE,
+	bucket    TEXT    NOT NULL,
+	metadata  TEXT    NOT NULL,
+	features  TEXT    NOT NULL,
+	added_at  INTEGER NOT NULL
+);
+CREATE TABLE accounts (
+	ledger_id      INTEGER NOT NULL REFERENCES ledgers (id),
+	address        TEXT    NOT NULL,
+	metadata       TEXT    NOT NULL,
+	first_usage    INTEGER NOT NULL,
+	insertion_date INTEGER NOT NULL,
+	updated_at     INTEGER NOT NULL,
+	PRIMARY KEY (ledger_id, address)
+) WITHOUT ROWID;
+CREATE TABLE logs (
+	ledger_id        INTEGER NOT NULL REFERENCES ledgers (id),
+	id               INTEGER NOT NULL,
+	type             TEXT    NOT NULL,
+	data             TEXT    NOT NULL,
+	date             INTEGER NOT NULL,
+	idempotency_key  TEXT,
+	idempotency_hash TEXT,
+	hash             BLOB    NOT NULL,
+	PRIMARY KEY (ledger_id, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX logs_idempotency_key ON logs (ledger_id, idempotency_key)
+	WHERE idempotency_key IS NOT NULL;
+`
+
+func (l *Ledger) migrate(ctx context.Context) error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+
+	tx, err := l.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("embeddedledger: begin migration: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+
+	var version int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return fmt.Errorf("embeddedledger: read schema version: %w", err)
+	}
+	switch {
+	case version == schemaVersion:
+		return nil
+	case version > schemaVersion:
+		return fmt.Errorf("embeddedledger: database schema version %d is newer than this build (%d)", version, schemaVersion)
+	}
+	if _, err := tx.ExecContext(ctx, ddl); err != nil {
+		return fmt.Errorf("embeddedledger: create schema: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", schemaVersion)); err != nil {
+		return fmt.Errorf("embeddedledger: set schema version: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("embeddedledger: commit schema: %w", err)
+	}
+	return nil
+}
