@@ -1,0 +1,63 @@
+package handlers
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// Outcome is what one command came to: exactly one of Created and Rejected is
+// set. The worker publishes it as the command's outcome event.
+type Outcome struct {
+	Created  *messages.BalanceCreated
+	Rejected *messages.BalanceCreateRejected
+}
+
+// Code is the rejection code, or "" for a created or replayed balance.
+func (o Outcome) Code() messages.Code {
+	if o.Rejected != nil {
+		return o.Rejected.Code
+	}
+	return ""
+}
+
+// Reject builds a rejected outcome.
+func Reject(key string, cmd messages.CreateBalance, code messages.Code, message string) Outcome {
+	return Outcome{Rejected: &messages.BalanceCreateRejected{
+		Key: key, WalletID: cmd.WalletID, Name: cmd.Name, Code: code, Message: message,
+	}}
+}
+
+// RetryError says the command could not be decided now and should be tried
+// again later. It is the only error Handle returns.
+type RetryError struct {
+	Err error
+	// Delay, when non-zero, is how long to wait before the next attempt;
+	// zero leaves the delay to the caller's backoff policy.
+	Delay time.Duration
+	// Deferred marks a wait for another command (a live claim on the same
+	// balance) rather than a failure: it should not use up the retry budget.
+	Deferred bool
+}
+
+func (e *RetryError) Error() string {
+	if e.Deferred {
+		return "deferred: " + e.Err.Error()
+	}
+	return "retryable: " + e.Err.Error()
+}
+
+func (e *RetryError) Unwrap() error { return e.Err }
+
+func transient(format string, args ...any) error {
+	return &RetryError{Err: fmt.Errorf(format, args...)}
+}
+
+// AsRetry returns the *RetryError in err's chain, if any.
+func AsRetry(err error) (*RetryError, bool) {
+	var r *RetryError
+	ok := errors.As(err, &r)
+	return r, ok
+}
