@@ -1,0 +1,152 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config configures a Worker. Zero values take the documented defaults.
+type Config struct {
+	// Concurrency is how many commands this process handles at once
+	// (default 32).
+	Concurrency int
+	// AckWait is how long JetStream waits for a settle before it redelivers
+	// a command to any worker (default 30s). InProgress renews it.
+	AckWait time.Duration
+	// HandlerTimeout bounds the handling of one delivery, counted from the
+	// moment it was received (default AckWait*2/3). It must be shorter than
+	// AckWait, and longer than the ledger client's request timeout.
+	HandlerTimeout time.Duration
+	// MaxDeliver is the retry budget: the delivery on which a command that
+	// still fails transiently is dead-lettered as RETRIES_EXHAUSTED
+	// (default 20, about 15 minutes of backoff, see RetryBudget).
+	MaxDeliver int
+	// MaxAckPending caps the commands handed out and not yet settled across
+	// every worker of the consumer (default 1000).
+	MaxAckPending int
+	// DuplicateWindow is the deduplication window of the three streams
+	// (default 10m). A command republished with the same key within it is
+	// dropped by JetStream; an outcome event re-published within it is too.
+	DuplicateWindow time.Duration
+	// StreamReplicas is the replica count of the streams and the consumer
+	// (default 1; 3 on a JetStream cluster).
+	StreamReplicas int
+	// EventsMaxAge and DLQMaxAge bound how long outcome events and dead
+	// letters are kept (defaults 7 days and 30 days).
+	EventsMaxAge time.Duration
+	DLQMaxAge    time.Duration
+	// Backoff shapes the delay before a command that failed transiently is
+	// delivered again.
+	Backoff Backoff
+	// ClaimTTL is how long a balance claim blocks other commands for the
+	// same balance when its claimant neither writes nor returns (default
+	// AckWait).
+	ClaimTTL time.Duration
+	// SettleTimeout bounds the publish of an outcome and the ack that
+	// follows it (default 10s). Settling runs on a context that shutdown does
+	// not cancel.
+	SettleTimeout time.Duration
+	// DrainTimeout is how long a shutdown waits for commands in flight
+	// (default 25s).
+	DrainTimeout time.Duration
+}
+
+// Backoff is an exponential backoff with jitter and a cap.
+type Backoff struct {
+	Initial    time.Duration // default 1s
+	Max        time.Duration // default 60s
+	Multiplier float64       // default 2
+	// Jitter is the randomization factor: a delay d becomes a random value
+	// in [d*(1-Jitter), d*(1+Jitter)] (default 0.2).
+	Jitter float64
+}
+
+func (c *Config) setDefaults() {
+	if c.Concurrency <= 0 {
+		c.Concurrency = 32
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 30 * time.Second
+	}
+	if c.HandlerTimeout <= 0 {
+		c.HandlerTimeout = c.AckWait * 2 / 3
+	}
+	if c.MaxDeliver <= 0 {
+		c.MaxDeliver = 20
+	}
+	if c.MaxAckPending <= 0 {
+		c.MaxAckPending = 1000
+	}
+	if c.DuplicateWindow <= 0 {
+		c.DuplicateWindow = 10 * time.Minute
+	}
+	if c.StreamReplicas <= 0 {
+		c.StreamReplicas = 1
+	}
+	if c.EventsMaxAge <= 0 {
+		c.EventsMaxAge = 7 * 24 * time.Hour
+	}
+	if c.DLQMaxAge <= 0 {
+		c.DLQMaxAge = 30 * 24 * time.Hour
+	}
+	if c.ClaimTTL <= 0 {
+		c.ClaimTTL = c.AckWait
+	}
+	if c.SettleTimeout <= 0 {
+		c.SettleTimeout = 10 * time.Second
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 25 * time.Second
+	}
+	b := &c.Backoff
+	if b.Initial <= 0 {
+		b.Initial = time.Second
+	}
+	if b.Max <= 0 {
+		b.Max = time.Minute
+	}
+	if b.Multiplier < 1 {
+		b.Multiplier = 2
+	}
+	if b.Jitter <= 0 {
+		b.Jitter = 0.2
+	}
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	c.setDefaults()
+	return c
+}
+
+// Validate reports every problem of c (after defaults) at once.
+func (c Config) Validate() error {
+	c.setDefaults()
+	var errs []error
+	if c.HandlerTimeout >= c.AckWait {
+		errs = append(errs, fmt.Errorf("handler timeout %s must be shorter than ack wait %s", c.HandlerTimeout, c.AckWait))
+	}
+	if c.AckWait < time.Second {
+		errs = append(errs, fmt.Errorf("ack wait %s is under 1s", c.AckWait))
+	}
+	if c.MaxAckPending < c.Concurrency {
+		errs = append(errs, fmt.Errorf("max ack pending %d is below concurrency %d", c.MaxAckPending, c.Concurrency))
+	}
+	if c.DuplicateWindow < time.Second {
+		errs = append(errs, fmt.Errorf("duplicate window %s is under 1s", c.DuplicateWindow))
+	}
+	if c.StreamReplicas > 5 {
+		errs = append(errs, fmt.Errorf("stream replicas %d: JetStream allows at most 5", c.StreamReplicas))
+	}
+	if c.ClaimTTL < time.Second {
+		errs = append(errs, fmt.Errorf("claim TTL %s is under 1s, the least JetStream allows", c.ClaimTTL))
+	}
+	if c.Backoff.Jitter >= 1 {
+		errs = append(errs, errors.New("backoff jitter must be below 1"))
+	}
+	if c.Backoff.Max < c.Backoff.Initial {
+		errs = append(errs, fmt.Errorf("backoff max %s is below its initial %s", c.Backoff.Max, c.Backoff.Initial))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,23 @@
+// Package worker moves CreateBalance commands from JetStream to a handler and
+// settles each delivery in one place.
+//
+// It provisions the streams and the durable pull consumer of SPEC §3
+// (Provision), pulls commands through a Watermill router with a small
+// message.Subscriber of its own on nats.go's jetstream package, and for every
+// delivery:
+//
+//   - decodes the key (Nats-Msg-Id) and the body strictly; an invalid command
+//     is dead-lettered, gets a rejected event and is terminated;
+//   - calls the handler with a deadline counted from delivery, sending
+//     InProgress while it runs so that no other worker takes the command;
+//   - publishes the outcome event (synchronously, PubAck checked, deduplicated
+//     by Nats-Msg-Id key:sequence) and only then DoubleAcks the command;
+//   - on a transient failure, NakWithDelay with an exponential, jittered delay
+//     computed from the delivery count, until the retry budget (MaxDeliver) is
+//     spent; the last failure becomes RETRIES_EXHAUSTED.
+//
+// Nothing acknowledged is lost: a command is acked only after its outcome is
+// stored. Nothing is applied twice: the handler is idempotent, and a replayed
+// outcome carries the same event ID. cmd imports this package; handlers never
+// see a jetstream.Msg.
+package worker

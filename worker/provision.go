@@ -1,0 +1,89 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// serverMaxDeliverMargin is how many deliveries past Config.MaxDeliver the
+// consumer still makes. The worker dead-letters a command itself on delivery
+// MaxDeliver; the margin lets a command whose last attempt died with its worker
+// still reach a worker that can settle it, while a command that kills every
+// worker that touches it stops after a bounded number of crashes (JetStream
+// then emits its MAX_DELIVERIES advisory).
+const serverMaxDeliverMargin = 5
+
+// StreamConfigs returns the three streams of SPEC §3 as c provisions them.
+func (c Config) StreamConfigs() []jetstream.StreamConfig {
+	c.setDefaults()
+	return []jetstream.StreamConfig{
+		{
+			Name:        messages.StreamCommands,
+			Description: "CreateBalance commands awaiting a wallets-worker",
+			Subjects:    []string{messages.SubjectCommands},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.StreamReplicas,
+			Duplicates:  c.DuplicateWindow,
+			MaxMsgSize:  messages.MaxBodyBytes + 4096, // headers ride along
+			Discard:     jetstream.DiscardOld,
+		},
+		{
+			Name:        messages.StreamEvents,
+			Description: "Outcome events of wallets-worker commands",
+			Subjects:    []string{messages.SubjectEvents},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.StreamReplicas,
+			Duplicates:  c.DuplicateWindow,
+			MaxAge:      c.EventsMaxAge,
+		},
+		{
+			Name:        messages.StreamDLQ,
+			Description: "Dead-lettered wallets-worker commands",
+			Subjects:    []string{messages.SubjectDLQ},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.StreamReplicas,
+			Duplicates:  c.DuplicateWindow,
+			MaxAge:      c.DLQMaxAge,
+		},
+	}
+}
+
+// ConsumerConfig returns the durable pull consumer of SPEC §3.
+func (c Config) ConsumerConfig() jetstream.ConsumerConfig {
+	c.setDefaults()
+	return jetstream.ConsumerConfig{
+		Durable:       messages.ConsumerName,
+		Description:   "Shared by every wallets-worker process",
+		FilterSubject: messages.SubjectCreateBalanceFilter,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    c.MaxDeliver + serverMaxDeliverMargin,
+		MaxAckPending: c.MaxAckPending,
+		Replicas:      c.StreamReplicas,
+	}
+}
+
+// Provision creates the streams, the consumer and the claims bucket, or updates them when their
+// settings changed. It is idempotent and safe to run from many workers at once.
+func Provision(ctx context.Context, js jetstream.JetStream, c Config) error {
+	for _, sc := range c.StreamConfigs() {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
+		}
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, messages.StreamCommands, c.ConsumerConfig()); err != nil {
+		return fmt.Errorf("provision consumer %s: %w", messages.ConsumerName, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, c.KeyValueConfig()); err != nil {
+		return fmt.Errorf("provision claims bucket %s (per-key TTLs need nats-server 2.11 or later): %w", messages.BucketClaims, err)
+	}
+	return nil
+}

@@ -1,0 +1,162 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// maxReasonBytes bounds the Wallets-Dlq-Reason header.
+const maxReasonBytes = 1024
+
+// settle is the one place a decided delivery is settled: the dead letter (for
+// codes that dead-letter), then the outcome event, then the ack (DoubleAck) or
+// the termination (TermWithReason). It runs on a context that shutdown does
+// not cancel. If a publish fails the command is retried: the redelivery
+// replays the same outcome under the same event ID.
+func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.SettleTimeout)
+	defer cancel()
+
+	key, walletID, subject, body, err := w.event(d, o)
+	if err != nil { // an Outcome is plain data; this is a programming error
+		w.log.Error("cannot encode outcome event", w.logAttrs(d, key, "error", err)...)
+		w.nak(d, w.cfg.Backoff.Delay(d.delivered))
+		return
+	}
+	code := o.Code()
+	if code.DeadLetters() {
+		if err := w.publish(sctx, w.deadLetter(d, walletID, code, o.Rejected.Message)); err != nil {
+			w.log.Warn("dead letter publish failed; will retry", w.logAttrs(d, key, "error", err)...)
+			w.nak(d, w.cfg.Backoff.Delay(d.delivered))
+			return
+		}
+	}
+	ev := &nats.Msg{Subject: subject, Data: body, Header: nats.Header{}}
+	ev.Header.Set(messages.HeaderCommandKey, key)
+	ev.Header.Set(messages.HeaderCommandSeq, strconv.FormatUint(d.seq, 10))
+	ev.Header.Set(messages.HeaderMsgID, messages.EventMsgID(key, d.seq))
+	if err := w.publish(sctx, ev); err != nil {
+		w.log.Warn("outcome event publish failed; will retry", w.logAttrs(d, key, "error", err)...)
+		w.nak(d, w.cfg.Backoff.Delay(d.delivered))
+		return
+	}
+	if w.hooks.beforeAck != nil {
+		if err := w.hooks.beforeAck(d); err != nil {
+			d.settled.Store(true) // as if the ack were lost on the way
+			return
+		}
+	}
+	if !d.settled.CompareAndSwap(false, true) {
+		return
+	}
+	if code.DeadLetters() {
+		w.stats.DeadLettered.Add(1)
+		w.stats.Rejected.Add(1)
+		if err := d.msg.TermWithReason(string(code)); err != nil {
+			w.log.Warn("term failed; the redelivery will replay the outcome", w.logAttrs(d, key, "error", err)...)
+		}
+		w.log.Warn("command dead-lettered", w.logAttrs(d, key, "outcome", code, "reason", o.Rejected.Message)...)
+		return
+	}
+	if err := d.msg.DoubleAck(sctx); err != nil {
+		// The outcome is stored; a redelivery replays it under the same
+		// event ID, so JetStream drops the second event.
+		w.log.Warn("ack failed; the redelivery will replay the outcome", w.logAttrs(d, key, "error", err)...)
+		return
+	}
+	switch {
+	case o.Created != nil && o.Created.Replayed:
+		w.stats.Replayed.Add(1)
+		w.log.Debug("command settled", w.logAttrs(d, key, "outcome", "replayed")...)
+	case o.Created != nil:
+		w.stats.Created.Add(1)
+		w.log.Debug("command settled", w.logAttrs(d, key, "outcome", "created")...)
+	default:
+		w.stats.Rejected.Add(1)
+		w.log.Info("command rejected", w.logAttrs(d, key, "outcome", code, "reason", o.Rejected.Message)...)
+	}
+}
+
+// event returns the outcome event of o: the key and wallet it names, its
+// subject and its body.
+func (w *Worker) event(d *delivery, o handlers.Outcome) (key, walletID, subject string, body []byte, err error) {
+	switch {
+	case o.Created != nil:
+		key, walletID = o.Created.Key, o.Created.WalletID
+		subject = messages.BalanceCreatedSubject(walletID)
+		body, err = json.Marshal(o.Created)
+	case o.Rejected != nil:
+		r := *o.Rejected
+		r.Key = headerSafe(r.Key, messages.MaxKeyBytes)
+		if messages.BalanceCreateRejectedSubject(r.WalletID) == messages.BalanceCreateRejectedSubject("") {
+			// The body's wallet is unusable; fall back on the subject's.
+			r.WalletID = messages.WalletFromSubject(d.subject)
+			if r.WalletID == messages.UnknownWallet {
+				r.WalletID = ""
+			}
+		}
+		key, walletID = r.Key, r.WalletID
+		subject = messages.BalanceCreateRejectedSubject(walletID)
+		body, err = json.Marshal(r)
+	default:
+		err = fmt.Errorf("outcome has neither Created nor Rejected")
+	}
+	return key, walletID, subject, body, err
+}
+
+// deadLetter copies the command, body and headers intact, with the dead-letter
+// headers added.
+func (w *Worker) deadLetter(d *delivery, walletID string, code messages.Code, reason string) *nats.Msg {
+	h := nats.Header{}
+	for k, vs := range d.msg.Headers() {
+		h[k] = append([]string(nil), vs...)
+	}
+	h.Set(messages.HeaderDLQCode, string(code))
+	h.Set(messages.HeaderDLQReason, headerSafe(reason, maxReasonBytes))
+	h.Set(messages.HeaderOriginalSubject, d.subject)
+	h.Set(messages.HeaderOriginalSeq, strconv.FormatUint(d.seq, 10))
+	h.Set(messages.HeaderDeliveries, strconv.FormatUint(d.delivered, 10))
+	return &nats.Msg{Subject: messages.DLQSubject(walletID), Header: h, Data: d.msg.Data()}
+}
+
+func (w *Worker) publish(ctx context.Context, m *nats.Msg) error {
+	var err error
+	if w.hooks.publish != nil {
+		_, err = w.hooks.publish(ctx, m)
+	} else {
+		_, err = w.js.PublishMsg(ctx, m)
+	}
+	return err
+}
+
+// headerSafe makes s fit in a NATS header value: printable ASCII only (others
+// become '?'), at most max bytes.
+func headerSafe(s string, max int) string {
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			clean = false
+			break
+		}
+	}
+	if clean && len(s) <= max {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s) && b.Len() < max; i++ {
+		if c := s[i]; c >= 0x20 && c <= 0x7e {
+			b.WriteByte(c)
+		} else {
+			b.WriteByte('?')
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,288 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// Handler decides one command. handlers.CreateBalance implements it.
+type Handler interface {
+	Handle(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error)
+}
+
+// ErrShutdown is the cancel cause of in-flight work when a shutdown stops
+// waiting for it: such a command is handed back, not counted as failed.
+var ErrShutdown = errors.New("worker shutting down")
+
+// Worker consumes CreateBalance commands from the durable consumer and
+// settles each one.
+type Worker struct {
+	cfg     Config
+	js      jetstream.JetStream
+	handler Handler
+	log     *slog.Logger
+
+	work      context.Context
+	abortWork context.CancelCauseFunc
+
+	stats Stats
+
+	// hooks lets tests inject faults at the settle seam.
+	hooks hooks
+}
+
+type hooks struct {
+	// beforeAck runs after the outcome event is stored and before the ack;
+	// returning an error skips the ack, as a lost ack would.
+	beforeAck func(*delivery) error
+	// publish replaces the event/dead-letter publish when set.
+	publish func(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error)
+}
+
+// Stats counts what a Worker did since it started.
+type Stats struct {
+	Created, Replayed, Rejected, DeadLettered atomic.Int64
+	Retried, Deferred, HandedBack, Panics     atomic.Int64
+}
+
+// New returns a Worker. cfg is validated after defaults are applied.
+func New(js jetstream.JetStream, h Handler, cfg Config, log *slog.Logger) (*Worker, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("worker config: %w", err)
+	}
+	if js == nil || h == nil {
+		return nil, errors.New("worker: JetStream and Handler are required")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	work, abort := context.WithCancelCause(context.Background())
+	return &Worker{cfg: cfg, js: js, handler: h, log: log, work: work, abortWork: abort}, nil
+}
+
+// Stats returns the worker's counters.
+func (w *Worker) Stats() *Stats { return &w.stats }
+
+// Config returns the configuration in force, defaults applied.
+func (w *Worker) Config() Config { return w.cfg }
+
+// Abort cancels the commands in flight at once (a second signal). They are
+// handed back to JetStream for another delivery; nothing is lost.
+func (w *Worker) Abort() { w.abortWork(ErrShutdown) }
+
+// Run consumes until ctx is cancelled, then drains: it stops pulling, hands
+// back deliveries not yet started, and waits up to DrainTimeout for the ones
+// in flight, after which it aborts them. It returns nil after a clean drain.
+func (w *Worker) Run(ctx context.Context) error {
+	consumer, err := w.js.Consumer(ctx, messages.StreamCommands, messages.ConsumerName)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it started: nothing to drain
+		}
+		return fmt.Errorf("bind consumer %s on %s: %w", messages.ConsumerName, messages.StreamCommands, err)
+	}
+	sub := &subscriber{
+		consumer:    consumer,
+		concurrency: w.cfg.Concurrency,
+		log:         w.log,
+		work:        w.work,
+		onUnsettled: w.unsettled,
+		handBack:    w.handBack,
+	}
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: w.cfg.DrainTimeout + time.Second},
+		watermill.NewSlogLoggerWithLevelMapping(w.log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}))
+	if err != nil {
+		return err
+	}
+	router.AddConsumerHandler("create-balance", messages.SubjectCreateBalanceFilter, sub, w.process)
+
+	var drainTimer *time.Timer
+	var once sync.Once
+	go func() {
+		<-ctx.Done()
+		once.Do(func() {
+			w.log.Info("draining: no new commands; waiting for those in flight", "budget", w.cfg.DrainTimeout)
+			drainTimer = time.AfterFunc(w.cfg.DrainTimeout, func() {
+				w.log.Warn("drain budget spent; handing back the commands still in flight")
+				w.Abort()
+			})
+		})
+	}()
+	err = router.Run(ctx)
+	once.Do(func() {})
+	if drainTimer != nil {
+		drainTimer.Stop()
+	}
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	return nil
+}
+
+// process is the router's handler: it decides and settles one delivery. It
+// returns nil once the delivery is settled; a panic below is recovered by the
+// router, which Nacks the message, and the subscriber then calls unsettled.
+func (w *Worker) process(wm *message.Message) error {
+	d := deliveryFrom(wm.Context())
+	if d == nil {
+		return errors.New("worker: message without delivery")
+	}
+	w.handle(wm.Context(), d)
+	return nil
+}
+
+func (w *Worker) handle(ctx context.Context, d *delivery) {
+	key, keyErr := messages.ParseKey(d.msg.Headers()[messages.HeaderMsgID])
+	cmd, cmdErr := messages.DecodeCreateBalance(d.subject, d.msg.Data())
+	if err := errors.Join(keyErr, cmdErr); err != nil {
+		if keyErr != nil {
+			key = firstHeader(d, messages.HeaderMsgID)
+		}
+		w.settle(ctx, d, handlers.Reject(key, cmd, messages.CodeInvalidCommand, err.Error()))
+		return
+	}
+
+	hctx, cancel := context.WithDeadline(ctx, d.receivedAt.Add(w.cfg.HandlerTimeout))
+	defer cancel()
+	stopLease := w.keepLease(d)
+	defer stopLease()
+
+	for {
+		outcome, err := w.handler.Handle(hctx, key, cmd)
+		if err == nil {
+			w.settle(ctx, d, outcome)
+			return
+		}
+		retry, _ := handlers.AsRetry(err)
+		if retry != nil && retry.Deferred {
+			wait := jitter(retry.Delay, w.cfg.Backoff.Jitter)
+			if dl, _ := hctx.Deadline(); time.Until(dl) > wait {
+				w.stats.Deferred.Add(1)
+				select {
+				case <-time.After(wait):
+					continue
+				case <-hctx.Done():
+				}
+			}
+		}
+		w.failed(ctx, d, key, cmd, err)
+		return
+	}
+}
+
+// failed settles a delivery whose handling failed transiently.
+func (w *Worker) failed(ctx context.Context, d *delivery, key string, cmd messages.CreateBalance, err error) {
+	if errors.Is(context.Cause(ctx), ErrShutdown) {
+		w.handBack(d)
+		return
+	}
+	if retry, ok := handlers.AsRetry(err); ok && retry.Deferred {
+		// Waiting for another command's claim is not a failure: it does
+		// not spend the retry budget.
+		w.nak(d, jitter(retry.Delay, w.cfg.Backoff.Jitter))
+		return
+	}
+	if d.delivered >= uint64(w.cfg.MaxDeliver) {
+		msg := fmt.Sprintf("gave up after %d deliveries; last error: %v", d.delivered, err)
+		w.settle(ctx, d, handlers.Reject(key, cmd, messages.CodeRetriesExhausted, msg))
+		return
+	}
+	delay := w.cfg.Backoff.Delay(d.delivered)
+	w.log.Warn("command failed; will retry", w.logAttrs(d, key, "error", err, "retry_in", delay)...)
+	w.nak(d, delay)
+}
+
+// unsettled handles a delivery the router gave up on without settling it (a
+// recovered panic): it is retried like any transient failure.
+func (w *Worker) unsettled(d *delivery) {
+	w.stats.Panics.Add(1)
+	key := firstHeader(d, messages.HeaderMsgID)
+	cmd, _ := messages.DecodeCreateBalance(d.subject, d.msg.Data())
+	w.failed(w.work, d, key, cmd, errors.New("handler panicked"))
+}
+
+func (w *Worker) nak(d *delivery, delay time.Duration) {
+	if !d.settled.CompareAndSwap(false, true) {
+		return
+	}
+	w.stats.Retried.Add(1)
+	if err := d.msg.NakWithDelay(delay); err != nil {
+		w.log.Warn("nak failed; JetStream redelivers after ack wait", w.logAttrs(d, "", "error", err)...)
+	}
+}
+
+// handBack returns a delivery the worker will not handle now (shutdown) for
+// immediate redelivery, to this worker after a restart or to another one. This
+// is the one place a delay of zero is right: nothing failed.
+func (w *Worker) handBack(d *delivery) {
+	if !d.settled.CompareAndSwap(false, true) {
+		return
+	}
+	w.stats.HandedBack.Add(1)
+	if err := d.msg.NakWithDelay(0); err != nil {
+		w.log.Warn("hand back failed; JetStream redelivers after ack wait", w.logAttrs(d, "", "error", err)...)
+	}
+}
+
+// keepLease renews the delivery's AckWait with InProgress while it is being
+// handled and settled, so that a slow but live ledger call is not redelivered
+// to another worker.
+func (w *Worker) keepLease(d *delivery) (stop func()) {
+	every := w.cfg.AckWait / 3
+	var t *time.Timer
+	var mu sync.Mutex
+	stopped := false
+	t = time.AfterFunc(every, func() {
+		if err := d.msg.InProgress(); err != nil {
+			w.log.Debug("in-progress failed", w.logAttrs(d, "", "error", err)...)
+		}
+		mu.Lock()
+		if !stopped {
+			t.Reset(every)
+		}
+		mu.Unlock()
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		t.Stop()
+	}
+}
+
+func jitter(d time.Duration, factor float64) time.Duration {
+	if d <= 0 || factor <= 0 {
+		return d
+	}
+	delta := factor * float64(d)
+	return time.Duration(float64(d) - delta + rand.Float64()*2*delta)
+}
+
+func firstHeader(d *delivery, name string) string {
+	if v := d.msg.Headers()[name]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func (w *Worker) logAttrs(d *delivery, key string, extra ...any) []any {
+	if key == "" {
+		key = firstHeader(d, messages.HeaderMsgID)
+	}
+	return append([]any{"key", key, "subject", d.subject, "seq", d.seq, "delivery", d.delivered}, extra...)
+}
