@@ -1,0 +1,113 @@
+// Package cli is the wallets-worker command line: `run`, `publish
+// create-balance` and their flags (SPEC §2). cmd/wallets-worker calls Main;
+// tests call it too, in process.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+// Exit statuses (SPEC §2).
+const (
+	ExitOK       = 0
+	ExitError    = 1
+	ExitUsage    = 2
+	ExitRejected = 3
+	ExitTimeout  = 4
+)
+
+// Env is what Main needs from its surroundings.
+type Env struct {
+	Stdout, Stderr io.Writer
+	// Getenv defaults to os.Getenv.
+	Getenv func(string) string
+	// Signals, when set, delivers shutdown requests to `run` (the first
+	// drains, the second aborts); main wires SIGINT and SIGTERM to it.
+	Signals <-chan os.Signal
+	// Ready, when set, is called by `run` once it consumes, with the
+	// addresses it serves.
+	Ready func(Addrs)
+}
+
+// Addrs are where a running worker's services listen.
+type Addrs struct {
+	NATSURL, LedgerURL, HTTPAddr string
+}
+
+// Main runs the command line args (without the program name) and returns the
+// exit status.
+func Main(ctx context.Context, args []string, env Env) int {
+	if env.Stdout == nil {
+		env.Stdout = io.Discard
+	}
+	if env.Stderr == nil {
+		env.Stderr = io.Discard
+	}
+	if env.Getenv == nil {
+		env.Getenv = os.Getenv
+	}
+	if len(args) == 0 {
+		topUsage(env.Stderr)
+		return ExitUsage
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = runCommand(ctx, args[1:], env)
+	case "publish":
+		if len(args) < 2 || args[1] != "create-balance" {
+			fmt.Fprintln(env.Stderr, "usage: wallets-worker publish create-balance [flags]")
+			return ExitUsage
+		}
+		return publishCommand(ctx, args[2:], env)
+	case "dlq":
+		err = dlqCommand(ctx, args[1:], env)
+	case "help", "-h", "--help":
+		topUsage(env.Stdout)
+		return ExitOK
+	default:
+		fmt.Fprintf(env.Stderr, "wallets-worker: unknown command %q\n", args[0])
+		topUsage(env.Stderr)
+		return ExitUsage
+	}
+	return exitStatus(err, env.Stderr)
+}
+
+func exitStatus(err error, stderr io.Writer) int {
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, flag.ErrHelp):
+		return ExitOK
+	case errors.Is(err, errUsage):
+		fmt.Fprintln(stderr, "wallets-worker:", err)
+		return ExitUsage
+	default:
+		fmt.Fprintln(stderr, "wallets-worker:", err)
+		return ExitError
+	}
+}
+
+var errUsage = errors.New("usage")
+
+func usageError(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+}
+
+func topUsage(w io.Writer) {
+	fmt.Fprint(w, `wallets-worker applies CreateBalance commands from NATS JetStream to a Formance ledger.
+
+Usage:
+  wallets-worker run [flags]                        consume commands (embedded NATS and ledger by default)
+  wallets-worker publish create-balance [flags]     publish one command, optionally wait for its outcome
+  wallets-worker dlq list [flags]                   list dead letters: what, why, when, how many deliveries
+  wallets-worker dlq redrive (--seq N | --all)      republish dead-lettered commands with their original keys
+
+Run "wallets-worker <command> --help" for the flags of a command.
+`)
+}

@@ -1,0 +1,399 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
+	"github.com/wallets-worker/wallets-worker/worker"
+)
+
+type runFlags struct {
+	natsURL, natsCreds, natsCA                         string
+	ledgerURL, ledgerName, accountPrefix               string
+	ledgerClientID, ledgerClientSecret, ledgerTokenURL string
+	dataDir, embeddedNATSAddr, embeddedLedgerAddr      string
+	httpAddr, logFormat, logLevel                      string
+	ledgerTimeout                                      time.Duration
+	noProvision, noClaim                               bool
+	w                                                  worker.Config
+}
+
+func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
+	f := &runFlags{}
+	def := worker.Config{}.WithDefaults()
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	fs.StringVar(&f.natsURL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded NATS server with JetStream")
+	fs.StringVar(&f.natsCreds, "nats-creds", "", "NATS credentials file (JWT and NKey seed)")
+	fs.StringVar(&f.natsCA, "nats-ca", "", "PEM file of the CA that signed the NATS server's certificate (enables TLS)")
+	fs.StringVar(&f.ledgerURL, "ledger-url", "", "base URL of a Formance Ledger (\"/v2/...\" is appended); empty starts an embedded ledger")
+	fs.StringVar(&f.ledgerName, "ledger-name", "wallets-002", "ledger to write to (created at start if missing)")
+	fs.StringVar(&f.accountPrefix, "account-prefix", "", "account prefix, as the wallets service's ACCOUNT_PREFIX")
+	fs.StringVar(&f.ledgerClientID, "ledger-client-id", "", "OAuth2 client ID for the ledger (empty: no authentication)")
+	fs.StringVar(&f.ledgerClientSecret, "ledger-client-secret", "", "OAuth2 client secret for the ledger")
+	fs.StringVar(&f.ledgerTokenURL, "ledger-token-url", "", "OAuth2 token URL, e.g. <stack>/api/auth/oauth/token")
+	fs.DurationVar(&f.ledgerTimeout, "ledger-timeout", ledgeradapter.DefaultTimeout, "timeout of one ledger request; below --handler-timeout")
+	fs.StringVar(&f.dataDir, "data-dir", "./data", "where the embedded NATS server and the embedded ledger keep their files")
+	fs.StringVar(&f.embeddedNATSAddr, "embedded-nats-addr", "127.0.0.1:4222", "listen address of the embedded NATS server")
+	fs.StringVar(&f.embeddedLedgerAddr, "embedded-ledger-addr", "127.0.0.1:3068", "listen address of the embedded ledger")
+	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9090", "listen address of /healthz and /readyz (empty: off)")
+	fs.IntVar(&f.w.Concurrency, "concurrency", def.Concurrency, "commands in flight in this process")
+	fs.DurationVar(&f.w.AckWait, "ack-wait", def.AckWait, "JetStream ack wait of the consumer: a command not settled by then goes to another worker")
+	fs.DurationVar(&f.w.HandlerTimeout, "handler-timeout", 0, "deadline of one delivery, counted from its receipt; below --ack-wait (default 2/3 of --ack-wait)")
+	fs.IntVar(&f.w.MaxDeliver, "max-deliver", def.MaxDeliver, "deliveries before a still-failing command is dead-lettered as RETRIES_EXHAUSTED")
+	fs.IntVar(&f.w.MaxAckPending, "max-ack-pending", def.MaxAckPending, "commands handed out and not settled, across all workers")
+	fs.DurationVar(&f.w.DuplicateWindow, "duplicate-window", def.DuplicateWindow, "JetStream deduplication window of the streams")
+	fs.IntVar(&f.w.StreamReplicas, "stream-replicas", def.StreamReplicas, "replicas of the streams and the consumer (3 on a cluster)")
+	fs.DurationVar(&f.w.DrainTimeout, "drain-timeout", def.DrainTimeout, "how long a shutdown waits for the commands in flight")
+	fs.BoolVar(&f.noProvision, "no-provision", false, "do not create or update the streams, the consumer and the claims bucket")
+	fs.DurationVar(&f.w.ClaimTTL, "claim-ttl", 0, "how long a balance claim blocks other commands for that balance if its claimant dies (default --ack-wait)")
+	fs.BoolVar(&f.noClaim, "no-claim", false, "testing only: skip the first-writer-wins claim, reopening the race between two keys creating one balance")
+	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.Usage = usage(fs, "wallets-worker run [flags]")
+	return fs, f
+}
+
+func (f *runFlags) validate() error {
+	var errs []error
+	if f.logFormat != "json" && f.logFormat != "text" {
+		errs = append(errs, usageError("--log-format must be json or text, not %q", f.logFormat))
+	}
+	if _, err := parseLevel(f.logLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if err := f.w.Validate(); err != nil {
+		errs = append(errs, usageError("%v", err))
+	}
+	if w := f.w.WithDefaults(); f.ledgerTimeout >= w.HandlerTimeout {
+		errs = append(errs, usageError("--ledger-timeout %s must be shorter than the handler timeout %s", f.ledgerTimeout, w.HandlerTimeout))
+	}
+	if (f.ledgerClientID == "") != (f.ledgerClientSecret == "") || (f.ledgerClientID != "" && f.ledgerTokenURL == "") {
+		errs = append(errs, usageError("--ledger-client-id, --ledger-client-secret and --ledger-token-url go together"))
+	}
+	return errors.Join(errs...)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, usageError("--log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func newLogger(f *runFlags, env Env) *slog.Logger {
+	level, _ := parseLevel(f.logLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if f.logFormat == "text" {
+		return slog.New(slog.NewTextHandler(env.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(env.Stderr, opts))
+}
+
+func runCommand(ctx context.Context, args []string, env Env) error {
+	fs, f := runFlagSet(env)
+	if err := parse(fs, args, env.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError("%v", err)
+	}
+	if err := f.validate(); err != nil {
+		return err
+	}
+	log := newLogger(f, env)
+
+	ctx, drain := context.WithCancel(ctx)
+	defer drain()
+	var w atomic.Pointer[worker.Worker]
+	if env.Signals != nil {
+		go func() {
+			select {
+			case sig := <-env.Signals:
+				log.Info("signal received: draining; a second signal stops at once", "signal", sig.String())
+				drain()
+			case <-ctx.Done():
+				return
+			}
+			if sig, ok := <-env.Signals; ok {
+				log.Warn("second signal: handing back the commands in flight and stopping", "signal", sig.String())
+				if wk := w.Load(); wk != nil {
+					wk.Abort()
+				}
+			}
+		}()
+	}
+
+	var cleanups []func()
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}()
+
+	natsURL := f.natsURL
+	if natsURL == "" {
+		ns, err := embeddednats.Start(embeddednats.Options{Addr: f.embeddedNATSAddr, StoreDir: filepath.Join(f.dataDir, "nats")})
+		if err != nil {
+			return fmt.Errorf("embedded NATS: %w", err)
+		}
+		cleanups = append(cleanups, func() { ns.Shutdown(); ns.WaitForShutdown() })
+		natsURL = ns.ClientURL()
+		log.Info("embedded NATS server listening", "url", natsURL, "store", filepath.Join(f.dataDir, "nats"))
+	}
+
+	ledgerURL := f.ledgerURL
+	if ledgerURL == "" {
+		url, stop, err := serveEmbeddedLedger(f, log)
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, stop)
+		ledgerURL = url
+	}
+
+	client, err := ledgeradapter.NewClient(ledgeradapter.Config{
+		BaseURL: ledgerURL, Timeout: f.ledgerTimeout,
+		ClientID: f.ledgerClientID, ClientSecret: f.ledgerClientSecret, TokenURL: f.ledgerTokenURL,
+	})
+	if err != nil {
+		return fmt.Errorf("ledger client: %w", err)
+	}
+	h := &handlers.CreateBalance{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}
+	if err := h.Validate(); err != nil {
+		return usageError("%v", err)
+	}
+
+	nc, err := connectNATS(natsURL, f, log)
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() { _ = nc.Drain() })
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+
+	if err := retryStartup(ctx, log, "ensure ledger "+f.ledgerName, func() error {
+		return client.EnsureLedger(ctx, f.ledgerName)
+	}, ledgeradapter.IsRetryable); err != nil {
+		return stoppedOr(ctx, err)
+	}
+	if !f.noProvision {
+		if err := retryStartup(ctx, log, "provision streams and consumer", func() error {
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			return worker.Provision(pctx, js, f.w)
+		}, func(error) bool { return true }); err != nil {
+			return stoppedOr(ctx, err)
+		}
+	}
+
+	if f.noClaim {
+		log.Warn("--no-claim: two commands with different keys may both write one new balance")
+	} else {
+		claims, err := worker.NewClaims(ctx, js, f.w)
+		if err != nil {
+			return stoppedOr(ctx, err)
+		}
+		h.Claim = claims
+	}
+
+	wk, err := worker.New(js, h, f.w, log)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	w.Store(wk)
+
+	var ready atomic.Bool
+	httpAddr := ""
+	if f.httpAddr != "" {
+		addr, stop, err := serveHTTP(f.httpAddr, nc, client, &ready, log)
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, stop)
+		httpAddr = addr
+	}
+
+	cfg := wk.Config()
+	log.Info("consuming commands",
+		"nats", redactURL(natsURL), "ledger", redactURL(ledgerURL), "ledger_name", f.ledgerName,
+		"concurrency", cfg.Concurrency, "ack_wait", cfg.AckWait, "max_deliver", cfg.MaxDeliver,
+		"retry_budget", cfg.RetryBudget().Round(time.Second))
+	ready.Store(true)
+	if env.Ready != nil {
+		env.Ready(Addrs{NATSURL: natsURL, LedgerURL: ledgerURL, HTTPAddr: httpAddr})
+	}
+	err = wk.Run(ctx)
+	ready.Store(false)
+	if err != nil {
+		return err
+	}
+	st := wk.Stats()
+	log.Info("stopped",
+		"created", st.Created.Load(), "replayed", st.Replayed.Load(), "rejected", st.Rejected.Load(),
+		"dead_lettered", st.DeadLettered.Load(), "handed_back", st.HandedBack.Load())
+	return nil
+}
+
+// stoppedOr is nil when ctx was cancelled (a signal during start-up is a
+// clean stop), err otherwise.
+func stoppedOr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// retryStartup retries a start-up step with backoff while retryable says so,
+// until ctx ends: a ledger or NATS that comes up after the worker is waited
+// for, a wrong setting fails at once.
+func retryStartup(ctx context.Context, log *slog.Logger, what string, op func() error, retryable func(error) bool) error {
+	b := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	return backoff.RetryNotify(func() error {
+		err := op()
+		if err != nil && !retryable(err) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}, backoff.WithContext(b, ctx), func(err error, next time.Duration) {
+		log.Warn(what+" failed; retrying", "error", err, "retry_in", next.Round(time.Millisecond))
+	})
+}
+
+func serveEmbeddedLedger(f *runFlags, log *slog.Logger) (string, func(), error) {
+	dir := filepath.Join(f.dataDir, "ledger")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", nil, fmt.Errorf("embedded ledger: %w", err)
+	}
+	l, err := embeddedledger.Open(dir, embeddedledger.WithLogger(log))
+	if err != nil {
+		return "", nil, fmt.Errorf("embedded ledger: %w", err)
+	}
+	ln, err := net.Listen("tcp", f.embeddedLedgerAddr)
+	if err != nil {
+		_ = l.Close()
+		return "", nil, fmt.Errorf("embedded ledger: listen: %w", err)
+	}
+	srv := &http.Server{Handler: l.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	url := "http://" + ln.Addr().String()
+	log.Info("embedded ledger listening", "url", url, "store", dir)
+	return url, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		_ = l.Close()
+	}, nil
+}
+
+func connectNATS(url string, f *runFlags, log *slog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name("wallets-worker"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: we closed the connection ourselves
+				log.Warn("NATS disconnected; reconnecting", "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("NATS reconnected", "url", redactURL(nc.ConnectedUrl()))
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Warn("NATS error", "error", err)
+		}),
+	}
+	if f.natsCreds != "" {
+		opts = append(opts, nats.UserCredentials(f.natsCreds))
+	}
+	if f.natsCA != "" {
+		opts = append(opts, nats.RootCAs(f.natsCA))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS %s: %w", redactURL(url), err)
+	}
+	return nc, nil
+}
+
+func serveHTTP(addr string, nc *nats.Conn, ledger *ledgeradapter.Client, ready *atomic.Bool, log *slog.Logger) (string, func(), error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeStatus(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		problems := map[string]string{}
+		if !ready.Load() {
+			problems["worker"] = "not consuming (starting or draining)"
+		}
+		if !nc.IsConnected() {
+			problems["nats"] = nc.Status().String()
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := ledger.Healthcheck(ctx); err != nil {
+			problems["ledger"] = err.Error()
+		}
+		if len(problems) > 0 {
+			writeStatus(w, http.StatusServiceUnavailable, problems)
+			return
+		}
+		writeStatus(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("http: listen: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("health endpoints listening", "addr", ln.Addr().String())
+	return ln.Addr().String(), func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}, nil
+}
+
+func writeStatus(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// redactURL drops user information from URLs before they are logged.
+func redactURL(raw string) string {
+	parts := strings.Split(raw, ",")
+	for i, p := range parts {
+		if at := strings.LastIndex(p, "@"); at >= 0 {
+			if scheme := strings.Index(p, "://"); scheme >= 0 && scheme < at {
+				parts[i] = p[:scheme+3] + "REDACTED@" + p[at+1:]
+			}
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
