@@ -396,4 +396,3 @@ func redactURL(raw string) string {
 	}
 	return strings.Join(parts, ",")
 }
-
