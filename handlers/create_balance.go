@@ -148,7 +148,7 @@ func (h *CreateBalance) created(key string, cmd messages.CreateBalance, address 
 }
 
 func (h *CreateBalance) ledgerFailure(key string, cmd messages.CreateBalance, op string, err error) (Outcome, error) {
-	if ledgeradapter.IsRetryable(err) {
+	if ledgeradapter.IsRetryable(err) || isLedgerUnavailable(err) {
 		return Outcome{}, transient("%s: %w", op, err)
 	}
 	return Reject(key, cmd, messages.CodeLedgerRejected, fmt.Sprintf("%s: %v", op, err)), nil
@@ -157,7 +157,15 @@ func (h *CreateBalance) ledgerFailure(key string, cmd messages.CreateBalance, op
 // isIdempotencyConflict recognises the ledger's answer to a key it has stored
 // with another input (CONTRACT §3): 400 VALIDATION "invalid idempotency hash".
 func isIdempotencyConflict(err error) bool {
+	return errors.Is(err, ledgeradapter.ErrIdempotencyConflict)
+}
+
+// isLedgerUnavailable recognises answers that say the ledger itself is not
+// usable yet (deleted or not created, or its schema awaiting an upgrade):
+// nothing is wrong with the command, so it waits, within its retry budget,
+// rather than being dead-lettered at once.
+func isLedgerUnavailable(err error) bool {
 	var le *ledgeradapter.Error
-	return errors.As(err, &le) && le.ErrorCode == "VALIDATION" &&
-		strings.Contains(le.ErrorMessage, "idempotency")
+	return errors.Is(err, ledgeradapter.ErrLedgerNotFound) ||
+		(errors.As(err, &le) && le.ErrorCode == "OUTDATED_SCHEMA")
 }
