@@ -32,7 +32,7 @@ var ErrClaimed = errors.New("balance is claimed by another command")
 
 // DefaultClaimDeferral is how long a command that lost the claim waits before
 // it looks again, unless CreateBalance.ClaimDeferral says otherwise.
-const DefaultClaimDeferral = 250 * time.Millisecond
+const DefaultClaimDeferral = 50 * time.Millisecond
 
 // CreateBalance decides and applies CreateBalance commands.
 type CreateBalance struct {

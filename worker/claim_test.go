@@ -190,4 +190,3 @@ func TestWithoutClaimTheRaceShows(t *testing.T) {
 	}
 	require.Positive(t, doubled)
 }
-

@@ -50,6 +50,8 @@ type Config struct {
 	// DrainTimeout is how long a shutdown waits for commands in flight
 	// (default 25s).
 	DrainTimeout time.Duration
+	// Metrics, when set, records what the worker does (see NewMetrics).
+	Metrics *Metrics
 }
 
 // Backoff is an exponential backoff with jitter and a cap.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -28,14 +29,14 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
 	key, walletID, subject, body, err := w.event(d, o)
 	if err != nil { // an Outcome is plain data; this is a programming error
 		w.log.Error("cannot encode outcome event", w.logAttrs(d, key, "error", err)...)
-		w.nak(d, w.cfg.Backoff.Delay(d.delivered))
+		w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
 		return
 	}
 	code := o.Code()
 	if code.DeadLetters() {
 		if err := w.publish(sctx, w.deadLetter(d, walletID, code, o.Rejected.Message)); err != nil {
 			w.log.Warn("dead letter publish failed; will retry", w.logAttrs(d, key, "error", err)...)
-			w.nak(d, w.cfg.Backoff.Delay(d.delivered))
+			w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
 			return
 		}
 	}
@@ -45,7 +46,7 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
 	ev.Header.Set(messages.HeaderMsgID, messages.EventMsgID(key, d.seq))
 	if err := w.publish(sctx, ev); err != nil {
 		w.log.Warn("outcome event publish failed; will retry", w.logAttrs(d, key, "error", err)...)
-		w.nak(d, w.cfg.Backoff.Delay(d.delivered))
+		w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
 		return
 	}
 	if w.hooks.beforeAck != nil {
@@ -57,6 +58,7 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
 	if !d.settled.CompareAndSwap(false, true) {
 		return
 	}
+	w.cfg.Metrics.settled(d, o, time.Now())
 	if code.DeadLetters() {
 		w.stats.DeadLettered.Add(1)
 		w.stats.Rejected.Add(1)

@@ -142,6 +142,8 @@ func (w *Worker) process(wm *message.Message) error {
 	if d == nil {
 		return errors.New("worker: message without delivery")
 	}
+	w.cfg.Metrics.received(d)
+	defer w.cfg.Metrics.done()
 	w.handle(wm.Context(), d)
 	return nil
 }
@@ -173,6 +175,7 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 			wait := jitter(retry.Delay, w.cfg.Backoff.Jitter)
 			if dl, _ := hctx.Deadline(); time.Until(dl) > wait {
 				w.stats.Deferred.Add(1)
+				w.cfg.Metrics.claimWait()
 				select {
 				case <-time.After(wait):
 					continue
@@ -194,7 +197,8 @@ func (w *Worker) failed(ctx context.Context, d *delivery, key string, cmd messag
 	if retry, ok := handlers.AsRetry(err); ok && retry.Deferred {
 		// Waiting for another command's claim is not a failure: it does
 		// not spend the retry budget.
-		w.nak(d, jitter(retry.Delay, w.cfg.Backoff.Jitter))
+		w.cfg.Metrics.claimWait()
+		w.nak(d, jitter(retry.Delay, w.cfg.Backoff.Jitter), retryDeferred)
 		return
 	}
 	if d.delivered >= uint64(w.cfg.MaxDeliver) {
@@ -204,7 +208,7 @@ func (w *Worker) failed(ctx context.Context, d *delivery, key string, cmd messag
 	}
 	delay := w.cfg.Backoff.Delay(d.delivered)
 	w.log.Warn("command failed; will retry", w.logAttrs(d, key, "error", err, "retry_in", delay)...)
-	w.nak(d, delay)
+	w.nak(d, delay, retryTransient)
 }
 
 // unsettled handles a delivery the router gave up on without settling it (a
@@ -216,25 +220,37 @@ func (w *Worker) unsettled(d *delivery) {
 	w.failed(w.work, d, key, cmd, errors.New("handler panicked"))
 }
 
-func (w *Worker) nak(d *delivery, delay time.Duration) {
+// Reasons of wallets_worker_retries_total.
+const (
+	retryTransient = "transient"
+	retryDeferred  = "deferred"
+	retryShutdown  = "shutdown"
+)
+
+func (w *Worker) nak(d *delivery, delay time.Duration, reason string) {
 	if !d.settled.CompareAndSwap(false, true) {
 		return
 	}
 	w.stats.Retried.Add(1)
+	w.cfg.Metrics.retried(reason)
 	if err := d.msg.NakWithDelay(delay); err != nil {
 		w.log.Warn("nak failed; JetStream redelivers after ack wait", w.logAttrs(d, "", "error", err)...)
 	}
 }
 
 // handBack returns a delivery the worker will not handle now (shutdown) for
-// immediate redelivery, to this worker after a restart or to another one. This
-// is the one place a delay of zero is right: nothing failed.
+// immediate redelivery, to this worker after a restart or to another one.
+// Nothing failed, so the delay is the smallest positive one: a bare NAK (delay
+// 0) only queues the message in the server's memory, and a server that stops
+// right after (the embedded one) forgets it, leaving the command leased until
+// its AckWait runs out; a delay is stored with the consumer's state.
 func (w *Worker) handBack(d *delivery) {
 	if !d.settled.CompareAndSwap(false, true) {
 		return
 	}
 	w.stats.HandedBack.Add(1)
-	if err := d.msg.NakWithDelay(0); err != nil {
+	w.cfg.Metrics.retried(retryShutdown)
+	if err := d.msg.NakWithDelay(time.Millisecond); err != nil {
 		w.log.Warn("hand back failed; JetStream redelivers after ack wait", w.logAttrs(d, "", "error", err)...)
 	}
 }
@@ -247,6 +263,9 @@ func (w *Worker) keepLease(d *delivery) (stop func()) {
 	var t *time.Timer
 	var mu sync.Mutex
 	stopped := false
+	// The callback reads t under mu, so t is assigned under mu too.
+	mu.Lock()
+	defer mu.Unlock()
 	t = time.AfterFunc(every, func() {
 		if err := d.msg.InProgress(); err != nil {
 			w.log.Debug("in-progress failed", w.logAttrs(d, "", "error", err)...)

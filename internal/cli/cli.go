@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/wallets-worker/wallets-worker/internal/bench"
 )
 
 // Exit statuses (SPEC §2).
@@ -67,6 +69,11 @@ func Main(ctx context.Context, args []string, env Env) int {
 		return publishCommand(ctx, args[2:], env)
 	case "dlq":
 		err = dlqCommand(ctx, args[1:], env)
+	case "bench":
+		err = bench.Command(ctx, args[1:], env.Stdout, env.Stderr)
+		if errors.Is(err, bench.ErrUsage) {
+			err = usageError("%v", err)
+		}
 	case "help", "-h", "--help":
 		topUsage(env.Stdout)
 		return ExitOK
@@ -107,6 +114,7 @@ Usage:
   wallets-worker publish create-balance [flags]     publish one command, optionally wait for its outcome
   wallets-worker dlq list [flags]                   list dead letters: what, why, when, how many deliveries
   wallets-worker dlq redrive (--seq N | --all)      republish dead-lettered commands with their original keys
+  wallets-worker bench [flags]                      measure the worker against raw JetStream, all in process
 
 Run "wallets-worker <command> --help" for the flags of a command.
 `)

@@ -18,6 +18,9 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
@@ -55,7 +58,7 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.dataDir, "data-dir", "./data", "where the embedded NATS server and the embedded ledger keep their files")
 	fs.StringVar(&f.embeddedNATSAddr, "embedded-nats-addr", "127.0.0.1:4222", "listen address of the embedded NATS server")
 	fs.StringVar(&f.embeddedLedgerAddr, "embedded-ledger-addr", "127.0.0.1:3068", "listen address of the embedded ledger")
-	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9090", "listen address of /healthz and /readyz (empty: off)")
+	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9090", "listen address of /metrics (Prometheus), /healthz and /readyz (empty: off)")
 	fs.IntVar(&f.w.Concurrency, "concurrency", def.Concurrency, "commands in flight in this process")
 	fs.DurationVar(&f.w.AckWait, "ack-wait", def.AckWait, "JetStream ack wait of the consumer: a command not settled by then goes to another worker")
 	fs.DurationVar(&f.w.HandlerTimeout, "handler-timeout", 0, "deadline of one delivery, counted from its receipt; below --ack-wait (default 2/3 of --ack-wait)")
@@ -179,6 +182,7 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return fmt.Errorf("ledger client: %w", err)
 	}
+	cleanups = append(cleanups, client.CloseIdleConnections) // before the embedded ledger's server waits for idle connections
 	h := &handlers.CreateBalance{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}
 	if err := h.Validate(); err != nil {
 		return usageError("%v", err)
@@ -219,6 +223,10 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		h.Claim = claims
 	}
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f.w.Metrics = worker.NewMetrics(reg)
+
 	wk, err := worker.New(js, h, f.w, log)
 	if err != nil {
 		return usageError("%v", err)
@@ -228,7 +236,7 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	var ready atomic.Bool
 	httpAddr := ""
 	if f.httpAddr != "" {
-		addr, stop, err := serveHTTP(f.httpAddr, nc, client, &ready, log)
+		addr, stop, err := serveHTTP(f.httpAddr, nc, client, &ready, reg, log)
 		if err != nil {
 			return err
 		}
@@ -340,8 +348,9 @@ func connectNATS(url string, f *runFlags, log *slog.Logger) (*nats.Conn, error) 
 	return nc, nil
 }
 
-func serveHTTP(addr string, nc *nats.Conn, ledger *ledgeradapter.Client, ready *atomic.Bool, log *slog.Logger) (string, func(), error) {
+func serveHTTP(addr string, nc *nats.Conn, ledger *ledgeradapter.Client, ready *atomic.Bool, reg *prometheus.Registry, log *slog.Logger) (string, func(), error) {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeStatus(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -370,7 +379,7 @@ func serveHTTP(addr string, nc *nats.Conn, ledger *ledgeradapter.Client, ready *
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	log.Info("health endpoints listening", "addr", ln.Addr().String())
+	log.Info("metrics and health endpoints listening", "addr", ln.Addr().String())
 	return ln.Addr().String(), func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

@@ -1,0 +1,147 @@
+package worker
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// Outcome label values of wallets_worker_commands_total.
+const (
+	OutcomeCreated          = "created"
+	OutcomeReplayed         = "replayed"
+	OutcomeAlreadyExists    = "already_exists"
+	OutcomeKeyReused        = "key_reused"
+	OutcomeInvalid          = "invalid"
+	OutcomeLedgerRejected   = "ledger_rejected"
+	OutcomeRetriesExhausted = "retries_exhausted"
+)
+
+// Metrics are the worker's Prometheus metrics. A nil *Metrics records nothing.
+type Metrics struct {
+	commands     *prometheus.CounterVec
+	redeliveries prometheus.Counter
+	retries      *prometheus.CounterVec
+	deadLetters  *prometheus.CounterVec
+	inFlight     prometheus.Gauge
+	handling     prometheus.Histogram
+	age          prometheus.Histogram
+	claimWaits   prometheus.Counter
+}
+
+// NewMetrics creates the worker's metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wallets_worker_commands_total",
+			Help: "Commands settled, by outcome (created, replayed, already_exists, key_reused, invalid, ledger_rejected, retries_exhausted).",
+		}, []string{"outcome"}),
+		redeliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wallets_worker_redeliveries_total",
+			Help: "Deliveries received that were not a command's first delivery.",
+		}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wallets_worker_retries_total",
+			Help: "Deliveries handed back to JetStream for a later attempt, by reason (transient, deferred, shutdown).",
+		}, []string{"reason"}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wallets_worker_dead_letters_total",
+			Help: "Commands copied to the dead-letter stream, by code.",
+		}, []string{"code"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wallets_worker_commands_in_flight",
+			Help: "Commands being handled or settled by this process.",
+		}),
+		handling: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "wallets_worker_handling_seconds",
+			Help:    "Time from the receipt of a delivery to its settle.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}),
+		age: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "wallets_worker_command_age_seconds",
+			Help:    "Time from the command's publish (its JetStream timestamp) to its outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 3, 14),
+		}),
+		claimWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wallets_worker_claim_waits_total",
+			Help: "Times a command waited because another command held the claim on its balance.",
+		}),
+	}
+	reg.MustRegister(m.commands, m.redeliveries, m.retries, m.deadLetters, m.inFlight, m.handling, m.age, m.claimWaits)
+	for _, o := range []string{OutcomeCreated, OutcomeReplayed, OutcomeAlreadyExists, OutcomeKeyReused,
+		OutcomeInvalid, OutcomeLedgerRejected, OutcomeRetriesExhausted} {
+		m.commands.WithLabelValues(o) // every outcome shows from the start, at 0
+	}
+	return m
+}
+
+// OutcomeLabel is the outcome label of o.
+func OutcomeLabel(o handlers.Outcome) string {
+	if o.Created != nil {
+		if o.Created.Replayed {
+			return OutcomeReplayed
+		}
+		return OutcomeCreated
+	}
+	switch o.Code() {
+	case messages.CodeAlreadyExists:
+		return OutcomeAlreadyExists
+	case messages.CodeKeyReused:
+		return OutcomeKeyReused
+	case messages.CodeInvalidCommand:
+		return OutcomeInvalid
+	case messages.CodeLedgerRejected:
+		return OutcomeLedgerRejected
+	case messages.CodeRetriesExhausted:
+		return OutcomeRetriesExhausted
+	}
+	return "unknown"
+}
+
+func (m *Metrics) received(d *delivery) {
+	if m == nil {
+		return
+	}
+	m.inFlight.Inc()
+	if d.delivered > 1 {
+		m.redeliveries.Inc()
+	}
+}
+
+func (m *Metrics) done() {
+	if m == nil {
+		return
+	}
+	m.inFlight.Dec()
+}
+
+func (m *Metrics) settled(d *delivery, o handlers.Outcome, now time.Time) {
+	if m == nil {
+		return
+	}
+	m.commands.WithLabelValues(OutcomeLabel(o)).Inc()
+	if code := o.Code(); code.DeadLetters() {
+		m.deadLetters.WithLabelValues(string(code)).Inc()
+	}
+	m.handling.Observe(now.Sub(d.receivedAt).Seconds())
+	if !d.published.IsZero() {
+		m.age.Observe(now.Sub(d.published).Seconds())
+	}
+}
+
+func (m *Metrics) retried(reason string) {
+	if m == nil {
+		return
+	}
+	m.retries.WithLabelValues(reason).Inc()
+}
+
+func (m *Metrics) claimWait() {
+	if m == nil {
+		return
+	}
+	m.claimWaits.Inc()
+}
