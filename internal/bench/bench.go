@@ -1,0 +1,480 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/metrics"
+	"runtime/pprof"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
+	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/worker"
+)
+
+// Modes.
+const (
+	// ModeLive publishes while the consumer runs.
+	ModeLive = "live"
+	// ModeDrain stores every command before the consumer starts.
+	ModeDrain = "drain"
+)
+
+// Ledgers.
+const (
+	// LedgerNull is an in-memory handlers.Ledger that answers at once.
+	LedgerNull = "null"
+	// LedgerEmbedded is the embedded ledger behind a loopback HTTP server,
+	// reached through ledgeradapter.Client: the production path.
+	LedgerEmbedded = "embedded"
+)
+
+// ledgerName is the ledger the bench writes to.
+const ledgerName = "wallets-002"
+
+// Config is one bench run. Zero values take the defaults of the flags.
+type Config struct {
+	// Commands is how many commands are published, duplicates included.
+	Commands int
+	// Duplicates, Conflicts and Replays are shares of Commands: republished
+	// commands (same key, same body), second keys for a balance already
+	// commanded, and balances already in the ledger under their key.
+	Duplicates, Conflicts, Replays float64
+	// Rate is the open-loop publish rate in commands per second; 0 publishes
+	// as fast as MaxPending outstanding acks allow.
+	Rate       float64
+	MaxPending int
+	// Mode is ModeLive or ModeDrain.
+	Mode string
+	// Ledger is LedgerNull or LedgerEmbedded; LedgerLatency delays every
+	// ledger request.
+	Ledger        string
+	LedgerLatency time.Duration
+	// Concurrency of the worker and of the baseline (default the worker's).
+	Concurrency int
+	// Baseline runs the baseline phase after the worker's.
+	Baseline bool
+	// Seed shuffles the workload.
+	Seed uint64
+	// Timeout bounds each phase.
+	Timeout time.Duration
+	// CPUProfile and MemProfile, when set, receive a CPU profile of the
+	// worker phase and a heap profile taken when half its outcomes are in.
+	CPUProfile, MemProfile string
+	// Log receives progress lines and the worker's warnings.
+	Log io.Writer
+}
+
+func (c *Config) setDefaults() {
+	if c.Commands == 0 {
+		c.Commands = 10000
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 256
+	}
+	if c.Mode == "" {
+		c.Mode = ModeLive
+	}
+	if c.Ledger == "" {
+		c.Ledger = LedgerNull
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = worker.Config{}.WithDefaults().Concurrency
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 10 * time.Minute
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+}
+
+// Validate reports every problem of c (after defaults) at once.
+func (c Config) Validate() error {
+	c.setDefaults()
+	var errs []error
+	if c.Commands < 1 {
+		errs = append(errs, fmt.Errorf("commands %d: want at least 1", c.Commands))
+	}
+	for name, r := range map[string]float64{"duplicates": c.Duplicates, "conflicts": c.Conflicts, "replays": c.Replays} {
+		if r < 0 || r >= 1 {
+			errs = append(errs, fmt.Errorf("%s %g: want a ratio in [0, 1)", name, r))
+		}
+	}
+	if _, _, _, f := kindCounts(c.Commands, c.Duplicates, c.Conflicts, c.Replays); f < 1 {
+		errs = append(errs, fmt.Errorf("duplicates + conflicts + replays leave no fresh command out of %d", c.Commands))
+	}
+	if c.Rate < 0 {
+		errs = append(errs, fmt.Errorf("rate %g: want 0 (as fast as possible) or more", c.Rate))
+	}
+	if c.Mode != ModeLive && c.Mode != ModeDrain {
+		errs = append(errs, fmt.Errorf("mode %q: want %s or %s", c.Mode, ModeLive, ModeDrain))
+	}
+	if c.Ledger != LedgerNull && c.Ledger != LedgerEmbedded {
+		errs = append(errs, fmt.Errorf("ledger %q: want %s or %s", c.Ledger, LedgerNull, LedgerEmbedded))
+	}
+	if c.LedgerLatency < 0 {
+		errs = append(errs, fmt.Errorf("ledger latency %s is negative", c.LedgerLatency))
+	}
+	return errors.Join(errs...)
+}
+
+// Result is a bench run's report; Command prints it as a table or as JSON.
+type Result struct {
+	Mode            string  `json:"mode"`
+	Ledger          string  `json:"ledger"`
+	LedgerLatencyMs float64 `json:"ledgerLatencyMs"`
+	Concurrency     int     `json:"concurrency"`
+	Rate            float64 `json:"rate"`
+	GOMAXPROCS      int     `json:"gomaxprocs"`
+	Commands        int     `json:"commands"`
+	// Workload is what the published commands were built to exercise.
+	Workload struct {
+		Fresh      int `json:"fresh"`
+		Duplicates int `json:"duplicates"`
+		Conflicts  int `json:"conflicts"`
+		Replays    int `json:"replays"`
+	} `json:"workload"`
+
+	Worker Phase `json:"worker"`
+	// Outcomes are the worker's outcomes by kind (from the handler's
+	// answers).
+	Outcomes struct {
+		Created       int `json:"created"`
+		Replayed      int `json:"replayed"`
+		AlreadyExists int `json:"alreadyExists"`
+		Other         int `json:"other"`
+	} `json:"outcomes"`
+	LedgerRequests LedgerRequests `json:"ledgerRequests"`
+	// WorkerStats are the worker's own counters.
+	WorkerStats struct {
+		Created      int64 `json:"created"`
+		Replayed     int64 `json:"replayed"`
+		Rejected     int64 `json:"rejected"`
+		DeadLettered int64 `json:"deadLettered"`
+		Retried      int64 `json:"retried"`
+		Deferred     int64 `json:"deferred"`
+		HandedBack   int64 `json:"handedBack"`
+		Panics       int64 `json:"panics"`
+	} `json:"workerStats"`
+	// CommandsLeft is what WALLETS_COMMANDS still held once the worker
+	// stopped (0: every command acked); EventsStored what WALLETS_EVENTS
+	// holds (Worker.Stored: one event per stored command).
+	CommandsLeft uint64 `json:"commandsLeft"`
+	EventsStored uint64 `json:"eventsStored"`
+
+	Baseline *Phase `json:"baseline,omitempty"`
+	// WorkerToBaseline is the worker's commands/s over the baseline's.
+	WorkerToBaseline float64 `json:"workerToBaseline,omitempty"`
+
+	// Memory of the whole process (the embedded NATS server, the ledger and
+	// the workload included) once everything is started and before the first
+	// phase, and its peak RSS over the run (VmHWM).
+	Memory struct {
+		IdleHeapBytes   uint64 `json:"idleHeapBytes"`
+		IdleRSSBytes    uint64 `json:"idleRSSBytes"`
+		ProcessHWMBytes uint64 `json:"processHWMBytes"`
+	} `json:"memory"`
+}
+
+// runner holds what the phases share.
+type runner struct {
+	cfg      Config
+	workload *workload
+	admin    jetstream.JetStream // provisioning, stream info, event readers
+	pub      *nats.Conn          // the publisher's own connection
+	mem      *memory
+	wcfg     worker.Config
+}
+
+// Run runs the bench described by cfg.
+func Run(ctx context.Context, cfg Config) (res Result, err error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return res, err
+	}
+	logf := func(format string, args ...any) { fmt.Fprintf(cfg.Log, "bench: "+format+"\n", args...) }
+
+	w, err := newWorkload(cfg.Commands, cfg.Duplicates, cfg.Conflicts, cfg.Replays, cfg.Seed)
+	if err != nil {
+		return res, err
+	}
+	dir, err := os.MkdirTemp("", "wallets-worker-bench-*")
+	if err != nil {
+		return res, err
+	}
+	var cleanups []func()
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+		if rmErr := os.RemoveAll(dir); rmErr != nil {
+			err = errors.Join(err, rmErr)
+		}
+	}()
+
+	ns, err := embeddednats.Start(embeddednats.Options{StoreDir: filepath.Join(dir, "nats")})
+	if err != nil {
+		return res, err
+	}
+	cleanups = append(cleanups, func() { ns.Shutdown(); ns.WaitForShutdown() })
+	connect := func(name string) (*nats.Conn, error) {
+		nc, err := nats.Connect(ns.ClientURL(), nats.Name("wallets-worker-bench-"+name))
+		if err != nil {
+			return nil, fmt.Errorf("connect %s: %w", name, err)
+		}
+		cleanups = append(cleanups, nc.Close)
+		return nc, nil
+	}
+	adminConn, err := connect("admin")
+	if err != nil {
+		return res, err
+	}
+	admin, err := jetstream.New(adminConn)
+	if err != nil {
+		return res, err
+	}
+	pub, err := connect("publisher")
+	if err != nil {
+		return res, err
+	}
+	r := &runner{cfg: cfg, workload: w, admin: admin, pub: pub}
+	r.wcfg = worker.Config{Concurrency: cfg.Concurrency}
+	if def := r.wcfg.WithDefaults(); def.MaxAckPending < cfg.Concurrency {
+		r.wcfg.MaxAckPending = cfg.Concurrency
+	}
+	if err := worker.Provision(ctx, admin, r.wcfg); err != nil {
+		return res, err
+	}
+	if err := provisionBaseline(ctx, admin, r.wcfg); err != nil {
+		return res, err
+	}
+
+	ledger, httpRequests, arm, stopLedger, err := r.ledger(ctx, dir)
+	if err != nil {
+		return res, err
+	}
+	cleanups = append(cleanups, stopLedger)
+	for _, i := range w.stored {
+		if it := w.items[i]; it.kind == replay {
+			// As the wallets service would have created it: the same
+			// metadata, the same marker, its own Idempotency-Key.
+			addr := handlers.AccountAddress("", it.cmd.WalletID, it.cmd.Name)
+			if _, err := ledger.AddAccountMetadata(ctx, ledgerName, addr, handlers.BalanceMetadata(it.key, it.cmd), ""); err != nil {
+				return res, fmt.Errorf("seed replay %s: %w", it.key, err)
+			}
+		}
+	}
+	arm()
+
+	t := newTally()
+	t.ledger = ledger
+	t.handler = &handlers.CreateBalance{Ledger: tallyLedger{t}, LedgerName: ledgerName}
+	workConn, err := connect("worker")
+	if err != nil {
+		return res, err
+	}
+	workJS, err := jetstream.New(workConn)
+	if err != nil {
+		return res, err
+	}
+	claims, err := worker.NewClaims(ctx, workJS, r.wcfg)
+	if err != nil {
+		return res, err
+	}
+	t.claimer = claims
+	t.handler.(*handlers.CreateBalance).Claim = tallyClaimer{t}
+	wk, err := worker.New(workJS, tallyHandler{t}, r.wcfg, slog.New(slog.NewTextHandler(cfg.Log, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		return res, err
+	}
+
+	runtime.GC()
+	r.mem = startMemory()
+	defer r.mem.close()
+	res.Memory.IdleHeapBytes = readHeap()
+	if st, err := procStatus(); err == nil {
+		res.Memory.IdleRSSBytes = st.rss
+	}
+
+	res.Mode, res.Ledger, res.Concurrency, res.Rate = cfg.Mode, cfg.Ledger, cfg.Concurrency, cfg.Rate
+	res.LedgerLatencyMs = ms(cfg.LedgerLatency)
+	res.GOMAXPROCS = runtime.GOMAXPROCS(0)
+	res.Commands = cfg.Commands
+	res.Workload.Fresh, res.Workload.Duplicates = w.counts[fresh], w.counts[duplicate]
+	res.Workload.Conflicts, res.Workload.Replays = w.counts[conflict], w.counts[replay]
+
+	all := make([]int, len(w.items))
+	for i := range all {
+		all[i] = i
+	}
+	logf("worker phase: %d commands, mode %s, ledger %s (+%s), concurrency %d", cfg.Commands, cfg.Mode, cfg.Ledger, cfg.LedgerLatency, cfg.Concurrency)
+	workerSide := side{
+		name:        "worker",
+		subject:     messages.CreateBalanceSubject,
+		eventStream: messages.StreamEvents,
+		start: func() (func() error, <-chan struct{}, error) {
+			runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+			exited := make(chan struct{})
+			var runErr error
+			go func() { runErr = wk.Run(runCtx); close(exited) }()
+			return func() error { stop(); <-exited; return runErr }, exited, nil
+		},
+		profile: r.profiler(),
+		midway:  r.heapProfiler(),
+	}
+	if res.Worker, err = r.phase(ctx, workerSide, all); err != nil {
+		return res, err
+	}
+	var classes outcomeCounts
+	res.LedgerRequests, classes = t.summary(res.Worker.Stored)
+	res.LedgerRequests.HTTP = httpRequests.Load()
+	res.Outcomes.Created, res.Outcomes.Replayed = classes[classCreated], classes[classReplayed]
+	res.Outcomes.AlreadyExists, res.Outcomes.Other = classes[classAlreadyExists], classes[classOther]
+	st := wk.Stats()
+	ws := &res.WorkerStats
+	ws.Created, ws.Replayed, ws.Rejected, ws.DeadLettered = st.Created.Load(), st.Replayed.Load(), st.Rejected.Load(), st.DeadLettered.Load()
+	ws.Retried, ws.Deferred, ws.HandedBack, ws.Panics = st.Retried.Load(), st.Deferred.Load(), st.HandedBack.Load(), st.Panics.Load()
+	if res.CommandsLeft, err = r.streamMsgs(ctx, messages.StreamCommands); err != nil {
+		return res, err
+	}
+	if res.EventsStored, err = r.streamMsgs(ctx, messages.StreamEvents); err != nil {
+		return res, err
+	}
+
+	if cfg.Baseline {
+		logf("baseline phase: %d messages, concurrency %d", len(w.stored), cfg.Concurrency)
+		baseConn, err := connect("baseline")
+		if err != nil {
+			return res, err
+		}
+		b, err := r.phase(ctx, r.baselineSide(ctx, baseConn), w.stored)
+		if err != nil {
+			return res, err
+		}
+		res.Baseline = &b
+		if b.CommandsPerSecond > 0 {
+			res.WorkerToBaseline = res.Worker.CommandsPerSecond / b.CommandsPerSecond
+		}
+	}
+	if st, err := procStatus(); err == nil {
+		res.Memory.ProcessHWMBytes = st.hwm
+	}
+	return res, nil
+}
+
+// ledger returns the ledger the handler will use, a counter of the HTTP
+// requests it receives (embedded only), a function that switches on the
+// injected latency and the counting once the replays are seeded, and a stop.
+func (r *runner) ledger(ctx context.Context, dir string) (handlers.Ledger, *atomic.Int64, func(), func(), error) {
+	var requests atomic.Int64
+	if r.cfg.Ledger == LedgerNull {
+		l := newNullLedger(0)
+		return l, &requests, func() { l.latency = r.cfg.LedgerLatency }, func() {}, nil
+	}
+	l, err := embeddedledger.Open(filepath.Join(dir, "ledger"))
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		_ = l.Close()
+		return nil, nil, nil, nil, err
+	}
+	var armed atomic.Bool
+	srv := &http.Server{Handler: delayed(l.Handler(), r.cfg.LedgerLatency, &armed, &requests), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: "http://" + ln.Addr().String()})
+	stop := func() {
+		if client != nil {
+			// First, or Shutdown waits for the client's idle connections.
+			client.CloseIdleConnections()
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		_ = l.Close()
+	}
+	if err == nil {
+		err = client.EnsureLedger(ctx, ledgerName)
+	}
+	if err != nil {
+		stop()
+		return nil, nil, nil, nil, err
+	}
+	return client, &requests, func() { armed.Store(true) }, stop, nil
+}
+
+// profiler returns the CPU profiling of the worker phase, or nil.
+func (r *runner) profiler() func() (func() error, error) {
+	if r.cfg.CPUProfile == "" {
+		return nil
+	}
+	return func() (func() error, error) {
+		f, err := os.Create(r.cfg.CPUProfile)
+		if err != nil {
+			return nil, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			_ = f.Close()
+			return nil, err
+		}
+		return func() error {
+			pprof.StopCPUProfile()
+			return f.Close()
+		}, nil
+	}
+}
+
+// heapProfiler returns what writes the heap profile of the worker phase, or
+// nil. It is called once, when half the outcomes are in, so that the profile
+// shows the process at work rather than idle after the phase; its in-use
+// figures are those of the last garbage collection before that moment.
+func (r *runner) heapProfiler() func() error {
+	if r.cfg.MemProfile == "" {
+		return nil
+	}
+	return func() error {
+		f, err := os.Create(r.cfg.MemProfile)
+		if err != nil {
+			return err
+		}
+		return errors.Join(pprof.Lookup("heap").WriteTo(f, 0), f.Close())
+	}
+}
+
+func (r *runner) streamMsgs(ctx context.Context, name string) (uint64, error) {
+	s, err := r.admin.Stream(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.Msgs, nil
+}
+
+func readHeap() uint64 {
+	s := []metrics.Sample{{Name: heapObjects}}
+	metrics.Read(s)
+	if s[0].Value.Kind() == metrics.KindUint64 {
+		return s[0].Value.Uint64()
+	}
+	return 0
+}

@@ -1,0 +1,171 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// TestCountsAreHonest runs the bench end to end with a small workload and
+// checks that what it reports adds up: every publish is accounted for, every
+// stored command has exactly one outcome, and the report's figures are there.
+func TestCountsAreHonest(t *testing.T) {
+	t.Parallel()
+
+	const n = 300
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"live null", []string{"--mode", "live", "--ledger", "null"}},
+		{"drain embedded with latency", []string{"--mode", "drain", "--ledger", "embedded", "--ledger-latency", "1ms"}},
+		{"live at a rate", []string{"--mode", "live", "--rate", "2000", "--concurrency", "8"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+
+			args := append([]string{"--json", "--timeout", "30s", "--commands", "300", "--duplicates", "0.1", "--conflicts", "0.1", "--replays", "0.05"}, tt.args...)
+			var out bytes.Buffer
+			require.NoError(t, Command(t.Context(), args, &out, t.Output()))
+
+			var res Result
+			require.NoError(t, json.Unmarshal(out.Bytes(), &res), out.String())
+			const dups, conflicts, replays = 30, 30, 15
+			const stored = n - dups
+			require.Equal(t, n-dups-conflicts-replays, res.Workload.Fresh)
+
+			w := res.Worker
+			require.Equal(t, n, w.Published)
+			require.Equal(t, dups, w.Duplicates, "JetStream drops every duplicate")
+			require.Equal(t, stored, w.Stored)
+			require.Equal(t, stored, w.Outcomes, "one outcome per stored command")
+			require.EqualValues(t, stored, res.EventsStored, "one event per stored command in %s", messages.StreamEvents)
+			require.Zero(t, res.CommandsLeft, "every command acked")
+
+			require.Equal(t, n-dups-conflicts-replays, res.Outcomes.Created)
+			require.Equal(t, replays, res.Outcomes.Replayed)
+			require.Equal(t, conflicts, res.Outcomes.AlreadyExists)
+			require.Zero(t, res.Outcomes.Other)
+			require.EqualValues(t, res.Outcomes.Created, res.WorkerStats.Created)
+			require.EqualValues(t, replays, res.WorkerStats.Replayed)
+			require.EqualValues(t, conflicts, res.WorkerStats.Rejected)
+			require.Zero(t, res.WorkerStats.DeadLettered)
+
+			lr := res.LedgerRequests
+			require.Equal(t, lr.GetAccount+lr.AddMetadata, lr.Total)
+			require.EqualValues(t, res.Outcomes.Created, lr.AddMetadata, "one write per created balance")
+			require.InDelta(t, 2, lr.PerCreate, 0.5)
+			require.InDelta(t, 1, lr.PerReplay, 1e-9, "a replay is one read")
+			require.GreaterOrEqual(t, lr.PerConflict, 1.0)
+			require.GreaterOrEqual(t, lr.ClaimsPerCreate, 1.0)
+			if res.Ledger == LedgerEmbedded {
+				require.Equal(t, lr.Total, lr.HTTP, "the client makes one HTTP request per call")
+			} else {
+				require.Zero(t, lr.HTTP)
+			}
+
+			b := res.Baseline
+			require.NotNil(t, b)
+			require.Equal(t, stored, b.Published)
+			require.Zero(t, b.Duplicates)
+			require.Equal(t, stored, b.Stored)
+			require.Equal(t, stored, b.Outcomes)
+
+			for name, v := range map[string]float64{
+				"worker.seconds": w.Seconds, "worker.commandsPerSecond": w.CommandsPerSecond,
+				"worker.latency.p50": w.Latency.P50, "worker.latency.p90": w.Latency.P90,
+				"worker.latency.p99": w.Latency.P99, "worker.latency.max": w.Latency.Max,
+				"worker.peakHeap": float64(w.PeakHeapBytes), "worker.peakRSS": float64(w.PeakRSSBytes),
+				"baseline.commandsPerSecond": b.CommandsPerSecond, "baseline.latency.p50": b.Latency.P50,
+				"baseline.latency.max": b.Latency.Max, "baseline.peakHeap": float64(b.PeakHeapBytes),
+				"baseline.peakRSS": float64(b.PeakRSSBytes), "workerToBaseline": res.WorkerToBaseline,
+				"ledgerRequests.perCommand": lr.PerCommand, "memory.idleHeap": float64(res.Memory.IdleHeapBytes),
+				"memory.idleRSS": float64(res.Memory.IdleRSSBytes), "memory.processHWM": float64(res.Memory.ProcessHWMBytes),
+			} {
+				require.Positive(t, v, name)
+			}
+			require.LessOrEqual(t, w.Latency.P50, w.Latency.P90)
+			require.LessOrEqual(t, w.Latency.P90, w.Latency.P99)
+			require.LessOrEqual(t, w.Latency.P99, w.Latency.Max)
+
+			// The JSON has the names the report documents.
+			var raw map[string]any
+			require.NoError(t, json.Unmarshal(out.Bytes(), &raw))
+			for _, k := range []string{"worker", "baseline", "workerToBaseline", "ledgerRequests", "outcomes", "memory"} {
+				require.Contains(t, raw, k)
+			}
+		})
+	}
+}
+
+func TestTable(t *testing.T) {
+	t.Parallel()
+
+	var out bytes.Buffer
+	require.NoError(t, Command(t.Context(), []string{"--commands", "50", "--concurrency", "4"}, &out, io.Discard))
+	for _, want := range []string{"commands/s", "latency p99", "peak RSS*", "worker ÷ baseline", "per create", "embedded NATS server"} {
+		require.Contains(t, out.String(), want)
+	}
+}
+
+func TestWorkload(t *testing.T) {
+	t.Parallel()
+
+	w, err := newWorkload(1000, 0.1, 0.2, 0.05, 7)
+	require.NoError(t, err)
+	require.Equal(t, [4]int{fresh: 650, duplicate: 100, conflict: 200, replay: 50}, w.counts)
+	require.Len(t, w.stored, 900)
+	require.Len(t, w.byKey, 900, "stored keys are distinct")
+	require.Equal(t, fresh, w.items[0].kind)
+
+	balances := map[string]int{} // wallet → index of its first command
+	seenKeys := map[string]bool{}
+	for i, it := range w.items {
+		switch it.kind {
+		case fresh, replay:
+			require.NotContains(t, balances, it.cmd.WalletID)
+			balances[it.cmd.WalletID] = i
+		case duplicate:
+			require.True(t, seenKeys[it.key], "a duplicate repeats an earlier key")
+			orig := w.items[w.byKey[it.key]]
+			require.Equal(t, orig.body, it.body)
+		case conflict:
+			first, ok := balances[it.cmd.WalletID]
+			require.True(t, ok, "a conflict targets an earlier balance")
+			require.Equal(t, fresh, w.items[first].kind)
+			require.False(t, seenKeys[it.key], "with a new key")
+		}
+		seenKeys[it.key] = true
+	}
+
+	again, err := newWorkload(1000, 0.1, 0.2, 0.05, 7)
+	require.NoError(t, err)
+	require.Equal(t, w.items, again.items, "one seed, one workload")
+}
+
+func TestFlags(t *testing.T) {
+	t.Parallel()
+
+	ctx := context.Background()
+	for _, args := range [][]string{
+		{"--mode", "sideways"},
+		{"--ledger", "paper"},
+		{"--duplicates", "0.5", "--conflicts", "0.5"},
+		{"--commands", "-3"},
+		{"extra"},
+	} {
+		err := Command(ctx, args, io.Discard, io.Discard)
+		require.ErrorIs(t, err, ErrUsage, "%v", args)
+	}
+	require.ErrorIs(t, Command(ctx, []string{"--help"}, io.Discard, io.Discard), flag.ErrHelp)
+	require.False(t, errors.Is(flag.ErrHelp, ErrUsage))
+}

@@ -1,0 +1,164 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/wallets-worker/wallets-worker/worker"
+)
+
+// ErrUsage is wrapped by the errors of Command that come from its arguments.
+var ErrUsage = errors.New("usage")
+
+// envPrefix is the prefix of the environment variable of every flag (SPEC
+// §2): --ledger-latency ⇔ WALLETS_WORKER_LEDGER_LATENCY.
+const envPrefix = "WALLETS_WORKER_"
+
+// Command is `wallets-worker bench [flags]`. It prints the report to stdout,
+// progress and the worker's warnings to stderr.
+func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := Config{Log: stderr}
+	var asJSON bool
+	def := worker.Config{}.WithDefaults()
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&cfg.Commands, "commands", 10000, "commands to publish, duplicates included")
+	fs.Float64Var(&cfg.Duplicates, "duplicates", 0.05, "share of the commands republished with the key and body of an earlier one (JetStream drops them)")
+	fs.Float64Var(&cfg.Conflicts, "conflicts", 0.05, "share of the commands that use a new key for a balance already commanded (ALREADY_EXISTS)")
+	fs.Float64Var(&cfg.Replays, "replays", 0.05, "share of the commands whose balance is already in the ledger under the same key (replayed)")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "open-loop publish rate in commands/s; 0 publishes as fast as --max-pending outstanding acks allow")
+	fs.IntVar(&cfg.MaxPending, "max-pending", 256, "outstanding async publish acks when --rate is 0")
+	fs.StringVar(&cfg.Mode, "mode", ModeLive, "live: publish while the worker consumes (throughput and latency under load); drain: store every command first, then time the worker draining them")
+	fs.StringVar(&cfg.Ledger, "ledger", LedgerNull, "null: in-memory ledger that answers at once; embedded: the embedded ledger over loopback HTTP through the ledger client")
+	fs.DurationVar(&cfg.LedgerLatency, "ledger-latency", 0, "delay added to every ledger request")
+	fs.IntVar(&cfg.Concurrency, "concurrency", def.Concurrency, "commands in flight in the worker, and in the baseline")
+	fs.BoolVar(&cfg.Baseline, "baseline", true, "also run the baseline (plain pull, publish, DoubleAck) and report worker ÷ baseline")
+	fs.Uint64Var(&cfg.Seed, "seed", 1, "seed of the workload's order")
+	fs.DurationVar(&cfg.Timeout, "timeout", 10*time.Minute, "limit of each phase")
+	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write a CPU profile of the worker phase to this file")
+	fs.StringVar(&cfg.MemProfile, "memprofile", "", "write a heap profile taken at the end of the worker phase to this file")
+	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of the table")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "Usage: wallets-worker bench [flags]\n\n"+
+			"Measures the worker in process (embedded NATS, temporary directory) against a\n"+
+			"baseline loop on the same server. Flags (each also read from its environment variable):\n")
+		fs.VisitAll(func(f *flag.Flag) {
+			name, help := flag.UnquoteUsage(f)
+			fmt.Fprintf(stderr, "  --%s %s\n    \t%s (default %s) [$%s]\n", f.Name, name, help, f.DefValue, envName(f.Name))
+		})
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", ErrUsage, fs.Arg(0))
+	}
+	if err := applyEnv(fs); err != nil {
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+
+	res, err := Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	return printTable(stdout, res)
+}
+
+func envName(flag string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// applyEnv sets every flag not given on the command line from its
+// environment variable, when that is set.
+func applyEnv(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(f.Name)); ok && v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", envName(f.Name), v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func printTable(out io.Writer, r Result) error {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	rate := "max"
+	if r.Rate > 0 {
+		rate = fmt.Sprintf("%g/s", r.Rate)
+	}
+	fmt.Fprintf(out, "wallets-worker bench: mode %s, ledger %s (+%gms/request), concurrency %d, rate %s, GOMAXPROCS %d\n",
+		r.Mode, r.Ledger, r.LedgerLatencyMs, r.Concurrency, rate, r.GOMAXPROCS)
+	fmt.Fprintf(out, "published %d: %d fresh, %d duplicates, %d conflicts, %d replays; JetStream stored %d, dropped %d as duplicates\n",
+		r.Worker.Published, r.Workload.Fresh, r.Workload.Duplicates, r.Workload.Conflicts, r.Workload.Replays, r.Worker.Stored, r.Worker.Duplicates)
+	fmt.Fprintf(out, "outcomes %d (events stored %d, commands left %d): created %d, replayed %d, already exists %d, other %d; deferred %d, retried %d\n\n",
+		r.Worker.Outcomes, r.EventsStored, r.CommandsLeft, r.Outcomes.Created, r.Outcomes.Replayed, r.Outcomes.AlreadyExists, r.Outcomes.Other,
+		r.WorkerStats.Deferred, r.WorkerStats.Retried)
+
+	b := r.Baseline
+	col := func(w, base string) string {
+		if b == nil {
+			return "\t" + w + "\t\n"
+		}
+		return "\t" + w + "\t" + base + "\t\n"
+	}
+	mb := func(v uint64) string { return fmt.Sprintf("%.1f MiB", float64(v)/(1<<20)) }
+	msf := func(v float64) string { return fmt.Sprintf("%.2f ms", v) }
+	var base Phase
+	if b != nil {
+		base = *b
+	}
+	fmt.Fprint(tw, "", col("worker", "baseline"))
+	fmt.Fprint(tw, "commands/s", col(fmt.Sprintf("%.0f", r.Worker.CommandsPerSecond), fmt.Sprintf("%.0f", base.CommandsPerSecond)))
+	fmt.Fprint(tw, "elapsed", col(fmt.Sprintf("%.2f s", r.Worker.Seconds), fmt.Sprintf("%.2f s", base.Seconds)))
+	fmt.Fprint(tw, "latency p50", col(msf(r.Worker.Latency.P50), msf(base.Latency.P50)))
+	fmt.Fprint(tw, "latency p90", col(msf(r.Worker.Latency.P90), msf(base.Latency.P90)))
+	fmt.Fprint(tw, "latency p99", col(msf(r.Worker.Latency.P99), msf(base.Latency.P99)))
+	fmt.Fprint(tw, "latency max", col(msf(r.Worker.Latency.Max), msf(base.Latency.Max)))
+	fmt.Fprint(tw, "peak heap*", col(mb(r.Worker.PeakHeapBytes), mb(base.PeakHeapBytes)))
+	fmt.Fprint(tw, "peak RSS*", col(mb(r.Worker.PeakRSSBytes), mb(base.PeakRSSBytes)))
+	if r.Rate > 0 {
+		fmt.Fprint(tw, "publish lag", col(msf(r.Worker.PublishLagMs), msf(base.PublishLagMs)))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if b != nil {
+		fmt.Fprintf(out, "\nworker ÷ baseline (commands/s): %.2f\n", r.WorkerToBaseline)
+	}
+	lr := r.LedgerRequests
+	fmt.Fprintf(out, "ledger requests: %.2f per command (%d GetAccount, %d AddMetadata", lr.PerCommand, lr.GetAccount, lr.AddMetadata)
+	if r.Ledger == LedgerEmbedded {
+		fmt.Fprintf(out, ", %d over HTTP", lr.HTTP)
+	}
+	fmt.Fprintf(out, "); per create %.2f, per replay %.2f, per conflict %.2f; claims per create %.2f\n",
+		lr.PerCreate, lr.PerReplay, lr.PerConflict, lr.ClaimsPerCreate)
+	fmt.Fprintf(out, "* whole process: the embedded NATS server runs in the same Go heap and RSS. Idle after start-up: heap %s, RSS %s; peak RSS of the run (VmHWM) %s\n",
+		mb(r.Memory.IdleHeapBytes), mb(r.Memory.IdleRSSBytes), mb(r.Memory.ProcessHWMBytes))
+	return nil
+}

@@ -1,0 +1,37 @@
+// Package bench is `wallets-worker bench`: it measures the worker in one
+// process, on a temporary directory it removes, against an embedded NATS
+// server, and compares it with the least a worker that reports outcomes must
+// do. internal/cli dispatches to Command; nothing else imports it.
+//
+// A run has two phases on the same server, one after the other:
+//
+//   - worker: N commands are published to WALLETS_COMMANDS (a share of them
+//     duplicates, which JetStream drops; conflicts, a second key for a balance
+//     already commanded; replays, balances already in the ledger under the
+//     same key, as the wallets service would have written them) and consumed
+//     by worker.New + Run with the first-writer-wins claims on, through the
+//     real handlers.CreateBalance, until every stored command has its outcome
+//     event in WALLETS_EVENTS.
+//   - baseline: the same number of stored messages go through a second work
+//     queue stream and durable pull consumer, consumed with the same
+//     concurrency by a plain nats.go loop that publishes one event per message
+//     (synchronously, PubAck checked, Nats-Msg-Id set) to a second events
+//     stream and DoubleAcks it.
+//
+// Mode decides when publishing happens. In live mode (the default) the
+// consumer runs first and commands are published while it consumes: the
+// figures are throughput and latency under that load, the clock starting at
+// the first publish. In drain mode every command is stored first and the clock
+// starts when the consumer starts: the figure is drain throughput, and the
+// latencies include the time a command waited in the stream.
+//
+// Latency is measured from the moment a command was due to be published (its
+// slot in the schedule with --rate, so that a publisher falling behind does
+// not hide queueing; the call to publish otherwise) to the moment JetStream
+// stored its outcome event, both read from the clock of this one process.
+// Outcomes are counted once per stored command, by the Wallets-Command-Seq
+// header of the events an ordered consumer reads back from the events stream.
+//
+// Memory figures are those of the whole process: the embedded NATS server
+// runs in the same Go heap as the worker, and RSS covers both.
+package bench

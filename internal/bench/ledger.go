@@ -1,0 +1,259 @@
+package bench
+
+import (
+	"context"
+	"maps"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
+	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/worker"
+)
+
+// nullLedger is an in-memory handlers.Ledger with the semantics the handler
+// relies on: an absent account is found=false (the ledger's 404), metadata
+// merges key by key, and an Idempotency-Key already stored answers a hit for
+// the same address and a VALIDATION error for another one (the ledger hashes
+// the whole input; the address stands in for it here). It answers at once
+// unless latency is set.
+type nullLedger struct {
+	latency time.Duration
+
+	mu       sync.Mutex
+	accounts map[string]map[string]string
+	keys     map[string]string // Idempotency-Key → address
+}
+
+var _ handlers.Ledger = (*nullLedger)(nil)
+
+func newNullLedger(latency time.Duration) *nullLedger {
+	return &nullLedger{latency: latency, accounts: map[string]map[string]string{}, keys: map[string]string{}}
+}
+
+func (l *nullLedger) GetAccount(ctx context.Context, _, address string) (ledgeradapter.Account, bool, error) {
+	if err := sleep(ctx, l.latency); err != nil {
+		return ledgeradapter.Account{}, false, &ledgeradapter.Error{Op: "GetAccount", Err: err}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	md, ok := l.accounts[address]
+	if !ok {
+		return ledgeradapter.Account{}, false, nil
+	}
+	return ledgeradapter.Account{Address: address, Metadata: maps.Clone(md)}, true, nil
+}
+
+func (l *nullLedger) AddAccountMetadata(ctx context.Context, _, address string, md map[string]string, key string) (ledgeradapter.WriteResult, error) {
+	if err := sleep(ctx, l.latency); err != nil {
+		return ledgeradapter.WriteResult{}, &ledgeradapter.Error{Op: "AddAccountMetadata", Err: err}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if key != "" {
+		if prev, ok := l.keys[key]; ok {
+			if prev != address {
+				return ledgeradapter.WriteResult{}, &ledgeradapter.Error{
+					Op: "AddAccountMetadata", StatusCode: http.StatusBadRequest, ErrorCode: ledgeradapter.CodeValidation,
+					ErrorMessage: "invalid idempotency hash when using idempotency key '" + key + "'",
+				}
+			}
+			return ledgeradapter.WriteResult{IdempotencyHit: true}, nil
+		}
+		l.keys[key] = address
+	}
+	acc := l.accounts[address]
+	if acc == nil {
+		acc = make(map[string]string, len(md))
+		l.accounts[address] = acc
+	}
+	maps.Copy(acc, md)
+	return ledgeradapter.WriteResult{}, nil
+}
+
+// sleep waits d, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// delayed puts latency in front of every request next serves, and counts the
+// requests while armed.
+func delayed(next http.Handler, latency time.Duration, armed *atomic.Bool, requests *atomic.Int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if armed.Load() {
+			requests.Add(1)
+			if err := sleep(r.Context(), latency); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Outcome classes the requests at the ledger seam are attributed to.
+const (
+	classCreated = iota
+	classReplayed
+	classAlreadyExists
+	classOther
+	numClasses
+)
+
+// keyTally is what the commands of one key cost at the seams, over every
+// Handle call (a deferred command is handled again) and delivery.
+type keyTally struct {
+	gets, adds, claims atomic.Int64
+	class              atomic.Int32 // -1 until a Handle call returned an outcome
+}
+
+type tallyKey struct{}
+
+// tally wraps the handler, the ledger and the claimer so that every ledger
+// request and claim is counted against the key of the command that made it.
+type tally struct {
+	handler worker.Handler
+	ledger  handlers.Ledger
+	claimer handlers.Claimer
+
+	mu    sync.Mutex
+	byKey map[string]*keyTally
+}
+
+func newTally() *tally { return &tally{byKey: map[string]*keyTally{}} }
+
+func (t *tally) of(key string) *keyTally {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	kt := t.byKey[key]
+	if kt == nil {
+		kt = &keyTally{}
+		kt.class.Store(-1)
+		t.byKey[key] = kt
+	}
+	return kt
+}
+
+func from(ctx context.Context) *keyTally {
+	kt, _ := ctx.Value(tallyKey{}).(*keyTally)
+	return kt
+}
+
+type tallyHandler struct{ *tally }
+
+func (h tallyHandler) Handle(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error) {
+	kt := h.of(key)
+	o, err := h.handler.Handle(context.WithValue(ctx, tallyKey{}, kt), key, cmd)
+	if err == nil {
+		class := classOther
+		switch {
+		case o.Created != nil && o.Created.Replayed:
+			class = classReplayed
+		case o.Created != nil:
+			class = classCreated
+		case o.Code() == messages.CodeAlreadyExists:
+			class = classAlreadyExists
+		}
+		kt.class.Store(int32(class))
+	}
+	return o, err
+}
+
+type tallyLedger struct{ *tally }
+
+func (l tallyLedger) GetAccount(ctx context.Context, ledger, address string) (ledgeradapter.Account, bool, error) {
+	if kt := from(ctx); kt != nil {
+		kt.gets.Add(1)
+	}
+	return l.ledger.GetAccount(ctx, ledger, address)
+}
+
+func (l tallyLedger) AddAccountMetadata(ctx context.Context, ledger, address string, md map[string]string, key string) (ledgeradapter.WriteResult, error) {
+	if kt := from(ctx); kt != nil {
+		kt.adds.Add(1)
+	}
+	return l.ledger.AddAccountMetadata(ctx, ledger, address, md, key)
+}
+
+type tallyClaimer struct{ *tally }
+
+func (c tallyClaimer) Claim(ctx context.Context, ledger, account, key string) error {
+	if kt := from(ctx); kt != nil {
+		kt.claims.Add(1)
+	}
+	return c.claimer.Claim(ctx, ledger, account, key)
+}
+
+// LedgerRequests are the ledger calls the handler made, counted at the
+// handlers.Ledger seam, and the claims it took.
+type LedgerRequests struct {
+	Total       int64 `json:"total"`
+	GetAccount  int64 `json:"getAccount"`
+	AddMetadata int64 `json:"addMetadata"`
+	// HTTP counts the requests the embedded ledger's HTTP server received
+	// (0 with the null ledger); it should equal Total.
+	HTTP int64 `json:"http"`
+	// PerCommand is Total over the stored commands.
+	PerCommand float64 `json:"perCommand"`
+	// PerCreate, PerReplay and PerConflict divide the requests of the
+	// commands that ended created, replayed and ALREADY_EXISTS by their
+	// number (0 when there were none).
+	PerCreate   float64 `json:"perCreate"`
+	PerReplay   float64 `json:"perReplay"`
+	PerConflict float64 `json:"perConflict"`
+	// Claims is how many claims were taken; ClaimsPerCreate divides those of
+	// created commands by their number.
+	Claims          int64   `json:"claims"`
+	ClaimsPerCreate float64 `json:"claimsPerCreate"`
+}
+
+// outcomeCounts are the commands by the outcome their last Handle call gave.
+type outcomeCounts [numClasses]int
+
+func (t *tally) summary(stored int) (LedgerRequests, outcomeCounts) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var r LedgerRequests
+	var n outcomeCounts
+	var reqs, claims [numClasses]int64
+	for _, kt := range t.byKey {
+		g, a, c := kt.gets.Load(), kt.adds.Load(), kt.claims.Load()
+		r.GetAccount += g
+		r.AddMetadata += a
+		r.Claims += c
+		class := int(kt.class.Load())
+		if class < 0 {
+			class = classOther
+		}
+		n[class]++
+		reqs[class] += g + a
+		claims[class] += c
+	}
+	r.Total = r.GetAccount + r.AddMetadata
+	r.PerCommand = ratio(float64(r.Total), stored)
+	r.PerCreate = ratio(float64(reqs[classCreated]), n[classCreated])
+	r.PerReplay = ratio(float64(reqs[classReplayed]), n[classReplayed])
+	r.PerConflict = ratio(float64(reqs[classAlreadyExists]), n[classAlreadyExists])
+	r.ClaimsPerCreate = ratio(float64(claims[classCreated]), n[classCreated])
+	return r, n
+}
+
+func ratio(a float64, b int) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / float64(b)
+}
