@@ -336,8 +336,14 @@ func (r *response) fail() *Error {
 		// printable excerpt for the operator.
 		e.ErrorMessage = excerpt(r.body, 200)
 	}
-	if r.status < 400 {
+	switch {
+	case r.status < 400:
 		e.Err = fmt.Errorf("%w: status %d", ErrUnexpectedResponse, r.status)
+	case r.status < 500 && e.ErrorCode == "" && !authOrThrottle(r.status):
+		// The ledger names every refusal; a bare 4xx comes from something
+		// else on the way (a gateway with a wrong path, say), so it says
+		// nothing about the command.
+		e.Err = fmt.Errorf("%w: %d without a ledger error code", ErrUnexpectedResponse, r.status)
 	}
 	return e
 }
@@ -363,13 +369,19 @@ func (c *Client) do(ctx context.Context, req request) (*response, *Error) {
 
 	rctx, cancel := context.WithTimeoutCause(ctx, c.timeout, ErrTimeout)
 	defer cancel()
-	// ended tells the caller's cancellation from our own timeout.
+	// ended tells the caller's cancellation from our own timeouts (the
+	// context's, or the transport's dial/TLS/response-header ones).
 	ended := func(err error) error {
+		var ne net.Error
 		switch {
 		case ctx.Err() != nil:
 			return ctxError(ctx)
 		case errors.Is(context.Cause(rctx), ErrTimeout):
 			return fmt.Errorf("%w after %s", ErrTimeout, c.timeout)
+		case errors.As(err, &ne) && ne.Timeout():
+			// Not wrapped: net/http's timeout errors match
+			// context.DeadlineExceeded, which is the caller's to own.
+			return fmt.Errorf("%w: %v", ErrTimeout, err)
 		}
 		return err
 	}
@@ -430,6 +442,16 @@ func (c *Client) do(ctx context.Context, req request) (*response, *Error) {
 		c.tokens.invalidate(tokenGen)
 	}
 	return resp, nil
+}
+
+// authOrThrottle are the 4xx statuses that carry no ledger error code by
+// design (401 comes with an empty body from the JWT middleware).
+func authOrThrottle(status int) bool {
+	switch status {
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusRequestTimeout, http.StatusTooManyRequests:
+		return true
+	}
+	return false
 }
 
 func notSent(op string, err error) *Error {

@@ -17,8 +17,10 @@
 //     errorMessage and details, and says whether trying again may help
 //     (Error.Retryable, IsRetryable): network errors, timeouts, 401, 408, 429
 //     and every 5xx are retryable, so is the caller's own cancellation (the
-//     command will come back); every other answer of the ledger (400
-//     VALIDATION, 404 LEDGER_NOT_FOUND, ...) is permanent;
+//     command will come back) and an answer that is not a ledger's (a
+//     gateway's bare 404, an HTML 200); every other 4xx, which the ledger
+//     names with an error code (400 VALIDATION, 404 LEDGER_NOT_FOUND, ...),
+//     is permanent;
 //   - no error string carries a client secret or a bearer token.
 //
 // The client never retries by itself: the worker owns retries and their

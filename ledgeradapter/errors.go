@@ -52,7 +52,8 @@ var (
 	// ErrTimeout: the request took longer than Config.Timeout.
 	ErrTimeout = errors.New("ledgeradapter: request timed out")
 	// ErrUnexpectedResponse: the answer is not what a Formance ledger sends
-	// (undecodable body, unexpected status for the call, body too large).
+	// (undecodable body, unexpected status for the call, a 4xx without an
+	// error code, body too large). Retryable: it says nothing about the call.
 	ErrUnexpectedResponse = errors.New("ledgeradapter: unexpected response")
 )
 
@@ -130,9 +131,11 @@ func (e *Error) Is(target error) bool {
 // (a token expired or revoked, a misconfiguration: not the command's fault,
 // and the next attempt fetches a new token), 408, 429 and every 5xx,
 // including 500 INTERNAL, which racing first writes to a new account produce
-// (the retry is an Idempotency-Hit, CONTRACT §3). Every other 4xx answer is
-// the ledger refusing the call for good, and so is a check that failed before
-// sending.
+// (the retry is an Idempotency-Hit, CONTRACT §3). Every other 4xx answer that
+// carries a ledger error code (VALIDATION, LEDGER_NOT_FOUND, ...) is the
+// ledger refusing the call for good, and so is a check that failed before
+// sending; a 4xx without one did not come from the ledger
+// (ErrUnexpectedResponse, retryable).
 func (e *Error) Retryable() bool {
 	if e.notSent {
 		return false

@@ -99,7 +99,7 @@ func (l *Ledger) route(w http.ResponseWriter, r *http.Request) error {
 
 	switch {
 	case len(seg) == 1 && seg[0] == "_healthcheck":
-		if err := allow(r, http.MethodGet); err != nil {
+		if r.Method != http.MethodGet {
 			return methodNotAllowed(w, http.MethodGet)
 		}
 		if err := l.r.PingContext(r.Context()); err != nil {
@@ -121,30 +121,26 @@ func (l *Ledger) route(w http.ResponseWriter, r *http.Request) error {
 	}
 
 	name, rest := seg[1], seg[2:]
+	var method string
 	var handle func(ledgerRow) error
 	switch {
 	case len(rest) == 1 && rest[0] == "logs":
-		if err := allow(r, http.MethodGet); err != nil {
-			return methodNotAllowed(w, http.MethodGet)
-		}
+		method = http.MethodGet
 		handle = func(lg ledgerRow) error { return l.listLogsHandler(w, r, lg) }
 	case len(rest) == 2 && rest[0] == "accounts":
-		if err := allow(r, http.MethodGet); err != nil {
-			return methodNotAllowed(w, http.MethodGet)
-		}
+		method = http.MethodGet
 		handle = func(lg ledgerRow) error { return l.getAccountHandler(w, r, lg, rest[1]) }
 	case len(rest) == 3 && rest[0] == "accounts" && rest[2] == "metadata":
-		if err := allow(r, http.MethodPost); err != nil {
-			return methodNotAllowed(w, http.MethodPost)
-		}
+		method = http.MethodPost
 		handle = func(lg ledgerRow) error { return l.addAccountMetadataHandler(w, r, lg, rest[1]) }
 	case len(rest) == 4 && rest[0] == "accounts" && rest[2] == "metadata":
-		if err := allow(r, http.MethodDelete); err != nil {
-			return methodNotAllowed(w, http.MethodDelete)
-		}
+		method = http.MethodDelete
 		handle = func(lg ledgerRow) error { return l.deleteAccountMetadataHandler(w, r, lg, rest[1], rest[3]) }
 	default:
 		return routeNotFound()
+	}
+	if r.Method != method {
+		return methodNotAllowed(w, method)
 	}
 
 	// The real LedgerMiddleware: an unknown ledger is 404 LEDGER_NOT_FOUND
@@ -157,13 +153,6 @@ func (l *Ledger) route(w http.ResponseWriter, r *http.Request) error {
 		return &httpError{status: http.StatusNotFound, code: codeLedgerNotFound, message: fmt.Sprintf("ledger %s not found", name)}
 	}
 	return handle(lg)
-}
-
-func allow(r *http.Request, method string) error {
-	if r.Method != method {
-		return errors.New("method not allowed")
-	}
-	return nil
 }
 
 func methodNotAllowed(w http.ResponseWriter, methods ...string) error {

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -74,6 +75,9 @@ type Ledger struct {
 	mu      sync.RWMutex
 	ledgers map[string]ledgerRow // positive cache; ledgers are never deleted
 
+	// stmts is filled by Open and only read afterwards.
+	stmts map[stmtKey]*sql.Stmt
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -86,7 +90,7 @@ func Open(dir string, opts ...Option) (*Ledger, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	l := &Ledger{now: o.now, log: o.log, ledgers: map[string]ledgerRow{}}
+	l := &Ledger{now: o.now, log: o.log, ledgers: map[string]ledgerRow{}, stmts: map[stmtKey]*sql.Stmt{}}
 
 	syncMode := "NORMAL"
 	if o.syncFull {
@@ -111,6 +115,10 @@ func Open(dir string, opts ...Option) (*Ledger, error) {
 		db.SetConnMaxIdleTime(0)
 		l.w, l.r = db, db
 	} else {
+		if strings.ContainsAny(dir, "?#") {
+			// The driver would read what follows as DSN parameters.
+			return nil, fmt.Errorf("embeddedledger: data directory %q must not contain '?' or '#'", dir)
+		}
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("embeddedledger: create data directory: %w", err)
 		}
@@ -142,6 +150,10 @@ func Open(dir string, opts ...Option) (*Ledger, error) {
 		_ = l.Close()
 		return nil, err
 	}
+	if err := l.prepare(context.Background()); err != nil {
+		_ = l.Close()
+		return nil, err
+	}
 	return l, nil
 }
 
@@ -150,6 +162,9 @@ func Open(dir string, opts ...Option) (*Ledger, error) {
 func (l *Ledger) Close() error {
 	l.closeOnce.Do(func() {
 		var errs []error
+		for _, s := range l.stmts {
+			errs = append(errs, s.Close())
+		}
 		if l.r != nil && l.r != l.w {
 			errs = append(errs, l.r.Close())
 		}
@@ -224,4 +239,88 @@ func (l *Ledger) migrate(ctx context.Context) error {
 		return fmt.Errorf("embeddedledger: commit schema: %w", err)
 	}
 	return nil
+}
+
+type stmtKey struct {
+	db    *sql.DB
+	query string
+}
+
+// prepare prepares the hot-path statements. It runs before any request:
+// preparing on the single write connection while a transaction holds it
+// would wait forever.
+func (l *Ledger) prepare(ctx context.Context) error {
+	sets := []struct {
+		db      *sql.DB
+		queries []string
+	}{{l.w, writeQueries}, {l.r, readQueries}}
+	for _, set := range sets {
+		db := set.db
+		for _, q := range set.queries {
+			s, err := db.PrepareContext(ctx, q)
+			if err != nil {
+				return fmt.Errorf("embeddedledger: prepare %q: %w", q, err)
+			}
+			l.stmts[stmtKey{db, q}] = s
+		}
+	}
+	return nil
+}
+
+// stmt returns query as prepared on db, or nil: run it unprepared.
+func (l *Ledger) stmt(db *sql.DB, query string) *sql.Stmt {
+	return l.stmts[stmtKey{db, query}]
+}
+
+// readStmt runs a query on the read pool, prepared.
+func (l *Ledger) readStmt(query string) reader {
+	if s := l.stmt(l.r, query); s != nil {
+		return s
+	}
+	return unprepared{db: l.r, query: query}
+}
+
+type reader interface {
+	QueryRowContext(ctx context.Context, args ...any) *sql.Row
+	QueryContext(ctx context.Context, args ...any) (*sql.Rows, error)
+}
+
+type unprepared struct {
+	db    *sql.DB
+	query string
+}
+
+func (u unprepared) QueryRowContext(ctx context.Context, args ...any) *sql.Row {
+	return u.db.QueryRowContext(ctx, u.query, args...)
+}
+
+func (u unprepared) QueryContext(ctx context.Context, args ...any) (*sql.Rows, error) {
+	return u.db.QueryContext(ctx, u.query, args...)
+}
+
+// querier is what a write transaction's steps use.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// preparedTx runs a transaction's statements through statements prepared
+// once on the single write connection.
+type preparedTx struct {
+	l  *Ledger
+	tx *sql.Tx
+}
+
+func (p preparedTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if s := p.l.stmt(p.l.w, query); s != nil {
+		return p.tx.StmtContext(ctx, s).QueryRowContext(ctx, args...)
+	}
+	return p.tx.QueryRowContext(ctx, query, args...)
+}
+
+func (p preparedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if s := p.l.stmt(p.l.w, query); s != nil {
+		return p.tx.StmtContext(ctx, s).ExecContext(ctx, args...)
+	}
+	return p.tx.ExecContext(ctx, query, args...)
 }

@@ -48,6 +48,31 @@ type logRow struct {
 
 var errLedgerExists = errors.New("ledger already exists")
 
+// Statements of the hot paths, prepared once at Open: the write ones on the
+// write connection, the read ones on the read pool.
+const (
+	qIdempotencyHash = `SELECT idempotency_hash FROM logs WHERE ledger_id = ? AND idempotency_key = ?`
+	qLastLog         = `SELECT id, hash FROM logs WHERE ledger_id = ? ORDER BY id DESC LIMIT 1`
+	qInsertLog       = `INSERT INTO logs (ledger_id, id, type, data, date, idempotency_key, idempotency_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+	qAccountMetadata = `SELECT metadata FROM accounts WHERE ledger_id = ? AND address = ?`
+	qInsertAccount   = `INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) VALUES (?, ?, ?, ?, ?, ?)`
+	qUpdateAccount   = `UPDATE accounts SET metadata = ?, updated_at = ? WHERE ledger_id = ? AND address = ?`
+
+	qLedgerByName   = `SELECT id, bucket, metadata, features, added_at FROM ledgers WHERE name = ?`
+	qAccount        = `SELECT metadata, first_usage, insertion_date, updated_at FROM accounts WHERE ledger_id = ? AND address = ?`
+	qLogsFrom       = logColumns + `WHERE ledger_id = ? AND id >= ? ORDER BY id ASC LIMIT ?`
+	qLogsUpTo       = logColumns + `WHERE ledger_id = ? AND id <= ? ORDER BY id DESC LIMIT ?`
+	qOlderLogExists = `SELECT EXISTS (SELECT 1 FROM logs WHERE ledger_id = ? AND id < ?)`
+	qNewerLogExists = `SELECT EXISTS (SELECT 1 FROM logs WHERE ledger_id = ? AND id > ?)`
+
+	logColumns = `SELECT id, type, data, date, idempotency_key, idempotency_hash, hash FROM logs `
+)
+
+var (
+	writeQueries = []string{qIdempotencyHash, qLastLog, qInsertLog, qAccountMetadata, qInsertAccount, qUpdateAccount}
+	readQueries  = []string{qLedgerByName, qAccount, qLogsFrom, qLogsUpTo, qOlderLogExists, qNewerLogExists}
+)
+
 // idempotencyMismatchError is the real ledger's ErrInvalidIdempotencyInput.
 type idempotencyMismatchError struct {
 	key, computed, stored string
@@ -91,8 +116,7 @@ func (l *Ledger) getLedger(ctx context.Context, name string) (ledgerRow, bool, e
 	}
 	var md, features string
 	var added int64
-	err := l.r.QueryRowContext(ctx,
-		`SELECT id, bucket, metadata, features, added_at FROM ledgers WHERE name = ?`, name).
+	err := l.readStmt(qLedgerByName).QueryRowContext(ctx, name).
 		Scan(&row.ID, &row.Bucket, &md, &features, &added)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ledgerRow{}, false, nil
@@ -153,9 +177,8 @@ func (l *Ledger) createLedger(ctx context.Context, row ledgerRow) error {
 func (l *Ledger) getAccount(ctx context.Context, ledgerID int64, address string) (accountRow, bool, error) {
 	var md string
 	var first, inserted, updated int64
-	err := l.r.QueryRowContext(ctx,
-		`SELECT metadata, first_usage, insertion_date, updated_at FROM accounts WHERE ledger_id = ? AND address = ?`,
-		ledgerID, address).Scan(&md, &first, &inserted, &updated)
+	err := l.readStmt(qAccount).
+		QueryRowContext(ctx, ledgerID, address).Scan(&md, &first, &inserted, &updated)
 	if errors.Is(err, sql.ErrNoRows) {
 		return accountRow{}, false, nil
 	}
@@ -184,23 +207,24 @@ type write struct {
 	ihash    string
 	dryRun   bool
 	// apply changes the state and returns the log's type and payload.
-	apply func(ctx context.Context, tx *sql.Tx, now time.Time) (string, any, error)
+	apply func(ctx context.Context, tx querier, now time.Time) (string, any, error)
 }
 
 func (l *Ledger) write(ctx context.Context, w write) (hit bool, err error) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 
-	tx, err := l.w.BeginTx(ctx, nil)
+	sqlTx, err := l.w.BeginTx(ctx, nil)
 	if err != nil {
 		return false, fmt.Errorf("begin: %w", err)
 	}
-	defer func() { _ = tx.Rollback() }()
+	defer func() { _ = sqlTx.Rollback() }()
+	tx := preparedTx{l: l, tx: sqlTx}
 
 	if w.ikey != "" {
 		var stored sql.NullString
 		err := tx.QueryRowContext(ctx,
-			`SELECT idempotency_hash FROM logs WHERE ledger_id = ? AND idempotency_key = ?`,
+			qIdempotencyHash,
 			w.ledgerID, w.ikey).Scan(&stored)
 		switch {
 		case err == nil:
@@ -227,7 +251,7 @@ func (l *Ledger) write(ctx context.Context, w write) (hit bool, err error) {
 	var lastID int64
 	var lastHash []byte
 	err = tx.QueryRowContext(ctx,
-		`SELECT id, hash FROM logs WHERE ledger_id = ? ORDER BY id DESC LIMIT 1`, w.ledgerID).Scan(&lastID, &lastHash)
+		qLastLog, w.ledgerID).Scan(&lastID, &lastHash)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return false, fmt.Errorf("read last log: %w", err)
 	}
@@ -235,7 +259,7 @@ func (l *Ledger) write(ctx context.Context, w write) (hit bool, err error) {
 	row.Hash = chainHash(lastHash, row)
 
 	if _, err := tx.ExecContext(ctx,
-		`INSERT INTO logs (ledger_id, id, type, data, date, idempotency_key, idempotency_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		qInsertLog,
 		w.ledgerID, row.ID, row.Type, string(row.Data), row.Date.UnixMicro(),
 		nullString(w.ikey), nullString(w.ihash), row.Hash); err != nil {
 		return false, fmt.Errorf("insert log: %w", err)
@@ -243,7 +267,7 @@ func (l *Ledger) write(ctx context.Context, w write) (hit bool, err error) {
 	if w.dryRun {
 		return false, nil
 	}
-	if err := tx.Commit(); err != nil {
+	if err := sqlTx.Commit(); err != nil {
 		return false, fmt.Errorf("commit: %w", err)
 	}
 	return false, nil
@@ -269,11 +293,11 @@ func chainHash(previous []byte, l logRow) []byte {
 // created with the sent metadata; an existing one gets a shallow merge (sent
 // keys overwrite, others stay) and a new updated_at, unless it already
 // contains every sent key with the same value.
-func saveAccountMetadata(ledgerID int64, address string, md map[string]string) func(context.Context, *sql.Tx, time.Time) (string, any, error) {
-	return func(ctx context.Context, tx *sql.Tx, now time.Time) (string, any, error) {
+func saveAccountMetadata(ledgerID int64, address string, md map[string]string) func(context.Context, querier, time.Time) (string, any, error) {
+	return func(ctx context.Context, tx querier, now time.Time) (string, any, error) {
 		var raw string
 		err := tx.QueryRowContext(ctx,
-			`SELECT metadata FROM accounts WHERE ledger_id = ? AND address = ?`, ledgerID, address).Scan(&raw)
+			qAccountMetadata, ledgerID, address).Scan(&raw)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			enc, err := json.Marshal(nonNil(md))
@@ -281,7 +305,7 @@ func saveAccountMetadata(ledgerID int64, address string, md map[string]string) f
 				return "", nil, err
 			}
 			if _, err := tx.ExecContext(ctx,
-				`INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) VALUES (?, ?, ?, ?, ?, ?)`,
+				qInsertAccount,
 				ledgerID, address, string(enc), now.UnixMicro(), now.UnixMicro(), now.UnixMicro()); err != nil {
 				return "", nil, fmt.Errorf("insert account: %w", err)
 			}
@@ -301,7 +325,7 @@ func saveAccountMetadata(ledgerID int64, address string, md map[string]string) f
 					return "", nil, err
 				}
 				if _, err := tx.ExecContext(ctx,
-					`UPDATE accounts SET metadata = ?, updated_at = ? WHERE ledger_id = ? AND address = ?`,
+					qUpdateAccount,
 					string(enc), now.UnixMicro(), ledgerID, address); err != nil {
 					return "", nil, fmt.Errorf("update account: %w", err)
 				}
@@ -314,11 +338,11 @@ func saveAccountMetadata(ledgerID int64, address string, md map[string]string) f
 // deleteAccountMetadata is the real DeleteAccountMetadata: it removes the key
 // and bumps updated_at of an existing account (inferred: even when the key is
 // absent), does nothing to a missing one, and logs in every case.
-func deleteAccountMetadata(ledgerID int64, address, key string) func(context.Context, *sql.Tx, time.Time) (string, any, error) {
-	return func(ctx context.Context, tx *sql.Tx, now time.Time) (string, any, error) {
+func deleteAccountMetadata(ledgerID int64, address, key string) func(context.Context, querier, time.Time) (string, any, error) {
+	return func(ctx context.Context, tx querier, now time.Time) (string, any, error) {
 		var raw string
 		err := tx.QueryRowContext(ctx,
-			`SELECT metadata FROM accounts WHERE ledger_id = ? AND address = ?`, ledgerID, address).Scan(&raw)
+			qAccountMetadata, ledgerID, address).Scan(&raw)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 		case err != nil:
@@ -334,7 +358,7 @@ func deleteAccountMetadata(ledgerID int64, address, key string) func(context.Con
 				return "", nil, err
 			}
 			if _, err := tx.ExecContext(ctx,
-				`UPDATE accounts SET metadata = ?, updated_at = ? WHERE ledger_id = ? AND address = ?`,
+				qUpdateAccount,
 				string(enc), now.UnixMicro(), ledgerID, address); err != nil {
 				return "", nil, fmt.Errorf("update account: %w", err)
 			}
@@ -366,16 +390,15 @@ type logsPage struct {
 func (l *Ledger) listLogs(ctx context.Context, ledgerID int64, q logsQuery) (logsPage, error) {
 	var rows *sql.Rows
 	var err error
-	const cols = `SELECT id, type, data, date, idempotency_key, idempotency_hash, hash FROM logs `
 	if q.MinID > 0 {
-		rows, err = l.r.QueryContext(ctx, cols+`WHERE ledger_id = ? AND id >= ? ORDER BY id ASC LIMIT ?`,
+		rows, err = l.readStmt(qLogsFrom).QueryContext(ctx,
 			ledgerID, q.MinID, q.PageSize)
 	} else {
 		maxID := q.MaxID
 		if maxID <= 0 {
 			maxID = 1<<63 - 1
 		}
-		rows, err = l.r.QueryContext(ctx, cols+`WHERE ledger_id = ? AND id <= ? ORDER BY id DESC LIMIT ?`,
+		rows, err = l.readStmt(qLogsUpTo).QueryContext(ctx,
 			ledgerID, maxID, q.PageSize)
 	}
 	if err != nil {
@@ -410,7 +433,7 @@ func (l *Ledger) listLogs(ctx context.Context, ledgerID int64, q logsQuery) (log
 	}
 
 	newest, oldest := page.Logs[0].ID, page.Logs[len(page.Logs)-1].ID
-	older, err := l.logExists(ctx, `id < ?`, ledgerID, oldest)
+	older, err := l.logExists(ctx, qOlderLogExists, ledgerID, oldest)
 	if err != nil {
 		return logsPage{}, err
 	}
@@ -419,7 +442,7 @@ func (l *Ledger) listLogs(ctx context.Context, ledgerID int64, q logsQuery) (log
 		page.Next = &logsQuery{PageSize: q.PageSize, MaxID: oldest - 1, Paginated: true}
 	}
 	if q.Paginated {
-		newer, err := l.logExists(ctx, `id > ?`, ledgerID, newest)
+		newer, err := l.logExists(ctx, qNewerLogExists, ledgerID, newest)
 		if err != nil {
 			return logsPage{}, err
 		}
@@ -430,10 +453,9 @@ func (l *Ledger) listLogs(ctx context.Context, ledgerID int64, q logsQuery) (log
 	return page, nil
 }
 
-func (l *Ledger) logExists(ctx context.Context, cond string, ledgerID, id int64) (bool, error) {
+func (l *Ledger) logExists(ctx context.Context, query string, ledgerID, id int64) (bool, error) {
 	var ok bool
-	if err := l.r.QueryRowContext(ctx,
-		`SELECT EXISTS (SELECT 1 FROM logs WHERE ledger_id = ? AND `+cond+`)`, ledgerID, id).Scan(&ok); err != nil {
+	if err := l.readStmt(query).QueryRowContext(ctx, ledgerID, id).Scan(&ok); err != nil {
 		return false, fmt.Errorf("probe logs: %w", err)
 	}
 	return ok, nil
