@@ -73,7 +73,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.commands, m.redeliveries, m.retries, m.deadLetters, m.inFlight, m.handling, m.age, m.claimWaits)
 	for _, o := range []string{OutcomeCreated, OutcomeReplayed, OutcomeAlreadyExists, OutcomeKeyReused,
 		OutcomeInvalid, OutcomeLedgerRejected, OutcomeRetriesExhausted} {
-		m.commands.WithLabelValues(o) // every outcome shows from the start, at 0
+		m.commands.WithLabelValues(o) // every series shows from the start, at 0
+	}
+	for _, r := range []string{retryTransient, retryDeferred, retryShutdown} {
+		m.retries.WithLabelValues(r)
+	}
+	for _, c := range []messages.Code{messages.CodeInvalidCommand, messages.CodeLedgerRejected, messages.CodeRetriesExhausted} {
+		m.deadLetters.WithLabelValues(string(c))
 	}
 	return m
 }
