@@ -81,7 +81,7 @@ func TestMetricsCountEachOutcome(t *testing.T) {
 	publish("d", `{"walletID":"w1","name":"x","bogus":1}`)      // invalid
 	publish("e", `{"walletID":"w1","name":"main"}`)             // invalid
 	wait(5)
-	time.Sleep(1100 * time.Millisecond) // past the 1s duplicate window, so "a" is stored again
+	time.Sleep(1100 * time.Millisecond)                         // past the 1s duplicate window, so "a" is stored again
 	publish("a", `{"walletID":"w1","name":"one","priority":1}`) // replayed
 	publish("b", `{"walletID":"w1","name":"two","priority":9}`) // key reused
 	m := wait(7)

@@ -2,35 +2,26 @@ package cli
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wallets-worker/wallets-worker/internal/natsconn"
 	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/producer"
 )
 
 type publishFlags struct {
-	wallet, name, expiresAt, key, natsURL, natsCreds, natsCA string
-	priority                                                 int64
-	wait                                                     bool
-	timeout                                                  time.Duration
-}
-
-// publishResult is the first JSON object `publish` prints.
-type publishResult struct {
-	Key       string `json:"key"`
-	Stream    string `json:"stream"`
-	Seq       uint64 `json:"seq"`
-	Duplicate bool   `json:"duplicate"`
+	wallet, name, expiresAt, key string
+	priority                     int64
+	wait                         bool
+	timeout                      time.Duration
+	nats                         natsconn.Config
 }
 
 // outcomeResult is the second JSON object, printed with --wait.
@@ -51,9 +42,8 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 	fs.StringVar(&f.key, "key", "", "idempotency key, sent as Nats-Msg-Id (empty: a new random key)")
 	fs.BoolVar(&f.wait, "wait", false, "wait for the command's outcome event and print it")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "how long to wait for the publish and, with --wait, the outcome")
-	fs.StringVar(&f.natsURL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
-	fs.StringVar(&f.natsCreds, "nats-creds", "", "NATS credentials file")
-	fs.StringVar(&f.natsCA, "nats-ca", "", "PEM file of the NATS server's CA (enables TLS)")
+	fs.StringVar(&f.nats.URL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
+	natsconn.Register(fs, &f.nats)
 	fs.Usage = usage(fs, "wallets-worker publish create-balance --wallet ID --name NAME [flags]")
 	if err := parse(fs, args, env.Getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -70,21 +60,25 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 		}
 		cmd.ExpiresAt = &t
 	}
-	body, err := cmd.Encode()
-	if err != nil {
-		return exitStatus(usageError("%v", err), env.Stderr)
-	}
 	key := f.key
 	if key == "" {
-		key = randomKey()
+		key = producer.NewKey()
 	}
-	if err := messages.ValidateKey(key); err != nil {
-		return exitStatus(usageError("--key: %v", err), env.Stderr)
+	// Refused before anything connects.
+	if err := producer.Validate(cmd, key); err != nil {
+		var ve *messages.ValidationError
+		if errors.As(err, &ve) && ve.Field == messages.FieldKey {
+			return exitStatus(usageError("--key: %v", err), env.Stderr)
+		}
+		return exitStatus(usageError("%v", err), env.Stderr)
+	}
+	if err := f.nats.Validate(); err != nil {
+		return exitStatus(usageError("%v", err), env.Stderr)
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	nc, err := connectClient(f.natsURL, f.natsCreds, f.natsCA, "wallets-worker publish", f.timeout)
+	nc, err := natsconn.Connect(f.nats, nats.Name("wallets-worker publish"), nats.Timeout(min(f.timeout, 10*time.Second)))
 	if err != nil {
 		return exitStatus(err, env.Stderr)
 	}
@@ -93,76 +87,37 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 	if err != nil {
 		return exitStatus(err, env.Stderr)
 	}
+	p := producer.New(js)
 
-	msg := &nats.Msg{Subject: messages.CreateBalanceSubject(cmd.WalletID), Data: body, Header: nats.Header{}}
-	msg.Header.Set(messages.HeaderMsgID, key)
-	ack, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(messages.StreamCommands))
+	ack, err := p.Publish(ctx, cmd, key)
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(env.Stderr, "wallets-worker: publish timed out:", err)
 			return ExitTimeout
 		}
-		return exitStatus(fmt.Errorf("publish: %w", err), env.Stderr)
+		return exitStatus(err, env.Stderr)
 	}
 	out := json.NewEncoder(env.Stdout)
-	_ = out.Encode(publishResult{Key: key, Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate})
+	_ = out.Encode(ack)
 	if !f.wait {
 		return ExitOK
 	}
 
-	res, err := awaitOutcome(ctx, js, cmd.WalletID, ack.Sequence)
+	o, err := p.Await(ctx, cmd.WalletID, ack.Seq)
 	if err != nil {
 		if ctx.Err() != nil {
-			fmt.Fprintf(env.Stderr, "wallets-worker: no outcome for command %d within %s\n", ack.Sequence, f.timeout)
+			fmt.Fprintf(env.Stderr, "wallets-worker: no outcome for command %d within %s\n", ack.Seq, f.timeout)
 			return ExitTimeout
 		}
-		return exitStatus(fmt.Errorf("await outcome: %w", err), env.Stderr)
+		return exitStatus(err, env.Stderr)
+	}
+	res := outcomeResult{Type: "balance-created", Subject: o.Subject, Event: json.RawMessage(o.Data)}
+	if o.Rejected != nil {
+		res.Type = "balance-create-rejected"
 	}
 	_ = out.Encode(res)
-	if res.Type == "balance-created" {
+	if o.Created != nil {
 		return ExitOK
 	}
 	return ExitRejected
-}
-
-// awaitOutcome finds the outcome event of the command stored at seq, whether
-// it was published before or after the call: it reads the wallet's events from
-// the start of the events stream with an ordered consumer, and waits for new
-// ones.
-func awaitOutcome(ctx context.Context, js jetstream.JetStream, walletID string, seq uint64) (outcomeResult, error) {
-	created := messages.BalanceCreatedSubject(walletID)
-	rejected := messages.BalanceCreateRejectedSubject(walletID)
-	oc, err := js.OrderedConsumer(ctx, messages.StreamEvents, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{created, rejected},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return outcomeResult{}, err
-	}
-	iter, err := oc.Messages()
-	if err != nil {
-		return outcomeResult{}, err
-	}
-	defer iter.Stop()
-	want := strconv.FormatUint(seq, 10)
-	for {
-		m, err := iter.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			return outcomeResult{}, err
-		}
-		if m.Headers().Get(messages.HeaderCommandSeq) != want {
-			continue
-		}
-		typ := "balance-created"
-		if strings.HasPrefix(m.Subject(), strings.TrimSuffix(messages.SubjectBalanceRejectedAll, "*")) {
-			typ = "balance-create-rejected"
-		}
-		return outcomeResult{Type: typ, Subject: m.Subject(), Event: json.RawMessage(m.Data())}, nil
-	}
-}
-
-func randomKey() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
