@@ -41,6 +41,7 @@ type Client struct {
 	hc      *http.Client
 	timeout time.Duration
 	tokens  *tokenSource // nil without OAuth2
+	observe func(op string, status int, d time.Duration)
 }
 
 // NewClient validates cfg (with defaults applied) and builds a Client.
@@ -54,7 +55,7 @@ func NewClient(cfg Config) (*Client, error) {
 	if cfg.HTTPClient != nil {
 		hc.CheckRedirect, hc.Jar = cfg.HTTPClient.CheckRedirect, cfg.HTTPClient.Jar
 	}
-	c := &Client{base: strings.TrimRight(cfg.BaseURL, "/"), hc: hc, timeout: cfg.Timeout}
+	c := &Client{base: strings.TrimRight(cfg.BaseURL, "/"), hc: hc, timeout: cfg.Timeout, observe: cfg.Observe}
 	if cfg.ClientID != "" {
 		c.tokens = newTokenSource(cfg, &http.Client{Transport: rt, Timeout: cfg.Timeout})
 	}
@@ -414,9 +415,16 @@ func (c *Client) do(ctx context.Context, req request) (*response, *Error) {
 		tok.SetAuthHeader(hreq)
 	}
 
+	start := time.Now()
 	hresp, err := c.hc.Do(hreq)
 	if err != nil {
+		if c.observe != nil {
+			c.observe(req.op, 0, time.Since(start))
+		}
 		return nil, fail(ended(err))
+	}
+	if c.observe != nil {
+		defer func() { c.observe(req.op, hresp.StatusCode, time.Since(start)) }()
 	}
 	defer func() {
 		_, _ = io.CopyN(io.Discard, hresp.Body, drainBytes)

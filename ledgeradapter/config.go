@@ -47,6 +47,12 @@ type Config struct {
 	// RoundTripper is used as is. Its Timeout is ignored: Config.Timeout
 	// applies per request.
 	HTTPClient *http.Client
+
+	// Observe, when set, is called after every request with the operation
+	// (GetAccount, AddAccountMetadata, …), the HTTP status (0 when no answer
+	// came) and the time from sending to the end of the answer: the hook for
+	// metrics.
+	Observe func(op string, status int, d time.Duration)
 }
 
 func (c *Config) setDefaults() {

@@ -77,6 +77,7 @@ func TestMetricsCountEachOutcome(t *testing.T) {
 
 	publish("a", `{"walletID":"w1","name":"one","priority":1}`) // created
 	publish("b", `{"walletID":"w1","name":"two"}`)              // created
+	wait(2)                                                     // so that "a", not "c", creates "one"
 	publish("c", `{"walletID":"w1","name":"one"}`)              // already exists
 	publish("d", `{"walletID":"w1","name":"x","bogus":1}`)      // invalid
 	publish("e", `{"walletID":"w1","name":"main"}`)             // invalid
@@ -96,6 +97,10 @@ func TestMetricsCountEachOutcome(t *testing.T) {
 	require.Equal(t, 7.0, m["wallets_worker_handling_seconds_count"])
 	require.Equal(t, 7.0, m["wallets_worker_command_age_seconds_count"])
 	require.Equal(t, 0.0, m["wallets_worker_commands_in_flight"])
+	// 5 valid commands read their account, once more after each wait for
+	// another command's claim ("c" may race "a"); 2 of them wrote it.
+	require.Equal(t, 5.0+m["wallets_worker_claim_waits_total"], m["wallets_worker_ledger_requests_total{endpoint=GetAccount}{status=200}"]+m["wallets_worker_ledger_requests_total{endpoint=GetAccount}{status=404}"])
+	require.Equal(t, 2.0, m["wallets_worker_ledger_requests_total{endpoint=AddAccountMetadata}{status=204}"])
 
 	// Nothing secret, nothing unexpected: only our metrics and the Go
 	// runtime's are served.

@@ -175,9 +175,13 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		ledgerURL = url
 	}
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f.w.Metrics = worker.NewMetrics(reg)
 	client, err := ledgeradapter.NewClient(ledgeradapter.Config{
 		BaseURL: ledgerURL, Timeout: f.ledgerTimeout,
 		ClientID: f.ledgerClientID, ClientSecret: f.ledgerClientSecret, TokenURL: f.ledgerTokenURL,
+		Observe: newLedgerMetrics(reg).observe,
 	})
 	if err != nil {
 		return fmt.Errorf("ledger client: %w", err)
@@ -222,10 +226,6 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		}
 		h.Claim = claims
 	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	f.w.Metrics = worker.NewMetrics(reg)
 
 	wk, err := worker.New(js, h, f.w, log)
 	if err != nil {
