@@ -67,7 +67,7 @@ func (r *runner) baselineSide(ctx context.Context, nc *nats.Conn) side {
 			if err != nil {
 				return nil, nil, err
 			}
-			iter, err := cons.Messages(jetstream.PullMaxMessages(r.cfg.Concurrency))
+			iter, err := cons.Messages(jetstream.PullMaxMessages(r.cfg.inFlight()))
 			if err != nil {
 				return nil, nil, err
 			}
@@ -81,7 +81,7 @@ func (r *runner) baselineSide(ctx context.Context, nc *nats.Conn) side {
 				firstErr.CompareAndSwap(nil, &err)
 			}
 			settle := r.wcfg.WithDefaults().SettleTimeout
-			for range r.cfg.Concurrency {
+			for range r.cfg.inFlight() {
 				wg.Go(func() {
 					for {
 						m, err := iter.Next()

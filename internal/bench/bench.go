@@ -65,8 +65,13 @@ type Config struct {
 	// ledger request.
 	Ledger        string
 	LedgerLatency time.Duration
-	// Concurrency of the worker and of the baseline (default the worker's).
+	// Concurrency of each worker (default the worker's); the baseline runs
+	// Workers × Concurrency, the pool's total.
 	Concurrency int
+	// Workers is how many worker.Worker instances consume in the process,
+	// each with its own NATS connection and claims binding, all sharing the
+	// one durable consumer as separate processes would (default 1).
+	Workers int
 	// Baseline runs the baseline phase after the worker's.
 	Baseline bool
 	// Seed shuffles the workload.
@@ -95,6 +100,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = worker.Config{}.WithDefaults().Concurrency
+	}
+	if c.Workers == 0 {
+		c.Workers = 1
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 10 * time.Minute
@@ -131,14 +139,25 @@ func (c Config) Validate() error {
 	if c.LedgerLatency < 0 {
 		errs = append(errs, fmt.Errorf("ledger latency %s is negative", c.LedgerLatency))
 	}
+	if c.Workers < 1 || c.Workers > maxWorkers {
+		errs = append(errs, fmt.Errorf("workers %d: want 1 to %d", c.Workers, maxWorkers))
+	}
 	return errors.Join(errs...)
 }
+
+// maxWorkers bounds Config.Workers: each is a NATS connection and a pull
+// subscription in one process; more measures the process, not the pool.
+const maxWorkers = 64
+
+// inFlight is the pool's total concurrency.
+func (c Config) inFlight() int { return c.Workers * c.Concurrency }
 
 // Result is a bench run's report; Command prints it as a table or as JSON.
 type Result struct {
 	Mode            string  `json:"mode"`
 	Ledger          string  `json:"ledger"`
 	LedgerLatencyMs float64 `json:"ledgerLatencyMs"`
+	Workers         int     `json:"workers"`
 	Concurrency     int     `json:"concurrency"`
 	Rate            float64 `json:"rate"`
 	GOMAXPROCS      int     `json:"gomaxprocs"`
@@ -172,6 +191,10 @@ type Result struct {
 		HandedBack   int64 `json:"handedBack"`
 		Panics       int64 `json:"panics"`
 	} `json:"workerStats"`
+	// SettledByWorker is how many outcomes each worker instance settled
+	// (created, replayed or rejected): how the shared consumer spread the
+	// load.
+	SettledByWorker []int64 `json:"settledByWorker"`
 	// CommandsLeft is what WALLETS_COMMANDS still held once the worker
 	// stopped (0: every command acked); EventsStored what WALLETS_EVENTS
 	// holds (Worker.Stored: one event per stored command).
@@ -255,8 +278,10 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	}
 	r := &runner{cfg: cfg, workload: w, admin: admin, pub: pub}
 	r.wcfg = worker.Config{Concurrency: cfg.Concurrency}
-	if def := r.wcfg.WithDefaults(); def.MaxAckPending < cfg.Concurrency {
-		r.wcfg.MaxAckPending = cfg.Concurrency
+	if def := r.wcfg.WithDefaults(); def.MaxAckPending < cfg.inFlight() {
+		// The consumer's cap is across every worker: below the pool's
+		// total it, not the workers, would bound throughput.
+		r.wcfg.MaxAckPending = cfg.inFlight()
 	}
 	if err := worker.Provision(ctx, admin, r.wcfg); err != nil {
 		return res, err
@@ -284,24 +309,28 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 
 	t := newTally()
 	t.ledger = ledger
-	t.handler = &handlers.CreateBalance{Ledger: tallyLedger{t}, LedgerName: ledgerName}
-	workConn, err := connect("worker")
-	if err != nil {
-		return res, err
-	}
-	workJS, err := jetstream.New(workConn)
-	if err != nil {
-		return res, err
-	}
-	claims, err := worker.NewClaims(ctx, workJS, r.wcfg)
-	if err != nil {
-		return res, err
-	}
-	t.claimer = claims
-	t.handler.(*handlers.CreateBalance).Claim = tallyClaimer{t}
-	wk, err := worker.New(workJS, tallyHandler{t}, r.wcfg, slog.New(slog.NewTextHandler(cfg.Log, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		return res, err
+	wlog := slog.New(slog.NewTextHandler(cfg.Log, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// Each worker as a process of its own would have it: its connection,
+	// its claims binding, its handler; the ledger is the one service they
+	// share.
+	workers := make([]*worker.Worker, cfg.Workers)
+	for i := range workers {
+		conn, err := connect(fmt.Sprintf("worker-%d", i))
+		if err != nil {
+			return res, err
+		}
+		js, err := jetstream.New(conn)
+		if err != nil {
+			return res, err
+		}
+		claims, err := worker.NewClaims(ctx, js, r.wcfg)
+		if err != nil {
+			return res, err
+		}
+		h := &handlers.CreateBalance{Ledger: tallyLedger{t}, LedgerName: ledgerName, Claim: tallyClaimer{t, claims}}
+		if workers[i], err = worker.New(js, tallyHandler{t, h}, r.wcfg, wlog.With("worker", i)); err != nil {
+			return res, err
+		}
 	}
 
 	runtime.GC()
@@ -312,7 +341,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		res.Memory.IdleRSSBytes = st.rss
 	}
 
-	res.Mode, res.Ledger, res.Concurrency, res.Rate = cfg.Mode, cfg.Ledger, cfg.Concurrency, cfg.Rate
+	res.Mode, res.Ledger, res.Workers, res.Concurrency, res.Rate = cfg.Mode, cfg.Ledger, cfg.Workers, cfg.Concurrency, cfg.Rate
 	res.LedgerLatencyMs = ms(cfg.LedgerLatency)
 	res.GOMAXPROCS = runtime.GOMAXPROCS(0)
 	res.Commands = cfg.Commands
@@ -323,17 +352,28 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	for i := range all {
 		all[i] = i
 	}
-	logf("worker phase: %d commands, mode %s, ledger %s (+%s), concurrency %d", cfg.Commands, cfg.Mode, cfg.Ledger, cfg.LedgerLatency, cfg.Concurrency)
+	logf("worker phase: %d commands, mode %s, ledger %s (+%s), %d workers × concurrency %d",
+		cfg.Commands, cfg.Mode, cfg.Ledger, cfg.LedgerLatency, cfg.Workers, cfg.Concurrency)
 	workerSide := side{
 		name:        "worker",
 		subject:     messages.CreateBalanceSubject,
 		eventStream: messages.StreamEvents,
 		start: func() (func() error, <-chan struct{}, error) {
 			runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-			exited := make(chan struct{})
-			var runErr error
-			go func() { runErr = wk.Run(runCtx); close(exited) }()
-			return func() error { stop(); <-exited; return runErr }, exited, nil
+			// exited closes when the first worker stops on its own;
+			// all when every one has returned.
+			exited, all := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			var wg sync.WaitGroup
+			runErrs := make([]error, len(workers))
+			for i, wk := range workers {
+				wg.Go(func() {
+					runErrs[i] = wk.Run(runCtx)
+					once.Do(func() { close(exited) })
+				})
+			}
+			go func() { wg.Wait(); close(all) }()
+			return func() error { stop(); <-all; return errors.Join(runErrs...) }, exited, nil
 		},
 		profile: r.profiler(),
 		midway:  r.heapProfiler(),
@@ -346,10 +386,19 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	res.LedgerRequests.HTTP = httpRequests.Load()
 	res.Outcomes.Created, res.Outcomes.Replayed = classes[classCreated], classes[classReplayed]
 	res.Outcomes.AlreadyExists, res.Outcomes.Other = classes[classAlreadyExists], classes[classOther]
-	st := wk.Stats()
 	ws := &res.WorkerStats
-	ws.Created, ws.Replayed, ws.Rejected, ws.DeadLettered = st.Created.Load(), st.Replayed.Load(), st.Rejected.Load(), st.DeadLettered.Load()
-	ws.Retried, ws.Deferred, ws.HandedBack, ws.Panics = st.Retried.Load(), st.Deferred.Load(), st.HandedBack.Load(), st.Panics.Load()
+	for _, wk := range workers {
+		st := wk.Stats()
+		ws.Created += st.Created.Load()
+		ws.Replayed += st.Replayed.Load()
+		ws.Rejected += st.Rejected.Load()
+		ws.DeadLettered += st.DeadLettered.Load()
+		ws.Retried += st.Retried.Load()
+		ws.Deferred += st.Deferred.Load()
+		ws.HandedBack += st.HandedBack.Load()
+		ws.Panics += st.Panics.Load()
+		res.SettledByWorker = append(res.SettledByWorker, st.Created.Load()+st.Replayed.Load()+st.Rejected.Load())
+	}
 	if res.CommandsLeft, err = r.streamMsgs(ctx, messages.StreamCommands); err != nil {
 		return res, err
 	}
@@ -358,7 +407,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	}
 
 	if cfg.Baseline {
-		logf("baseline phase: %d messages, concurrency %d", len(w.stored), cfg.Concurrency)
+		logf("baseline phase: %d messages, concurrency %d", len(w.stored), cfg.inFlight())
 		baseConn, err := connect("baseline")
 		if err != nil {
 			return res, err

@@ -39,7 +39,8 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&cfg.Mode, "mode", ModeLive, "live: publish while the worker consumes (throughput and latency under load); drain: store every command first, then time the worker draining them")
 	fs.StringVar(&cfg.Ledger, "ledger", LedgerNull, "null: in-memory ledger that answers at once; embedded: the embedded ledger over loopback HTTP through the ledger client")
 	fs.DurationVar(&cfg.LedgerLatency, "ledger-latency", 0, "delay added to every ledger request")
-	fs.IntVar(&cfg.Concurrency, "concurrency", def.Concurrency, "commands in flight in the worker, and in the baseline")
+	fs.IntVar(&cfg.Concurrency, "concurrency", def.Concurrency, "commands in flight in each worker; the baseline runs --workers × this")
+	fs.IntVar(&cfg.Workers, "workers", 1, "worker instances in the process, each with its own NATS connection, sharing the durable consumer")
 	fs.BoolVar(&cfg.Baseline, "baseline", true, "also run the baseline (plain pull, publish, DoubleAck) and report worker ÷ baseline")
 	fs.Uint64Var(&cfg.Seed, "seed", 1, "seed of the workload's order")
 	fs.DurationVar(&cfg.Timeout, "timeout", 10*time.Minute, "limit of each phase")
@@ -112,8 +113,8 @@ func printTable(out io.Writer, r Result) error {
 	if r.Rate > 0 {
 		rate = fmt.Sprintf("%g/s", r.Rate)
 	}
-	fmt.Fprintf(out, "wallets-worker bench: mode %s, ledger %s (+%gms/request), concurrency %d, rate %s, GOMAXPROCS %d\n",
-		r.Mode, r.Ledger, r.LedgerLatencyMs, r.Concurrency, rate, r.GOMAXPROCS)
+	fmt.Fprintf(out, "wallets-worker bench: mode %s, ledger %s (+%gms/request), %d workers × concurrency %d, rate %s, GOMAXPROCS %d\n",
+		r.Mode, r.Ledger, r.LedgerLatencyMs, r.Workers, r.Concurrency, rate, r.GOMAXPROCS)
 	fmt.Fprintf(out, "published %d: %d fresh, %d duplicates, %d conflicts, %d replays; JetStream stored %d, dropped %d as duplicates\n",
 		r.Worker.Published, r.Workload.Fresh, r.Workload.Duplicates, r.Workload.Conflicts, r.Workload.Replays, r.Worker.Stored, r.Worker.Duplicates)
 	fmt.Fprintf(out, "outcomes %d (events stored %d, commands left %d): created %d, replayed %d, already exists %d, other %d; deferred %d, retried %d\n\n",

@@ -122,12 +122,11 @@ type keyTally struct {
 
 type tallyKey struct{}
 
-// tally wraps the handler, the ledger and the claimer so that every ledger
-// request and claim is counted against the key of the command that made it.
+// tally wraps the handlers, the ledger and the claimers so that every ledger
+// request and claim is counted against the key of the command that made it,
+// whichever worker made it.
 type tally struct {
-	handler worker.Handler
-	ledger  handlers.Ledger
-	claimer handlers.Claimer
+	ledger handlers.Ledger
 
 	mu    sync.Mutex
 	byKey map[string]*keyTally
@@ -152,11 +151,15 @@ func from(ctx context.Context) *keyTally {
 	return kt
 }
 
-type tallyHandler struct{ *tally }
+// tallyHandler wraps one worker's handler.
+type tallyHandler struct {
+	*tally
+	next worker.Handler
+}
 
 func (h tallyHandler) Handle(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error) {
 	kt := h.of(key)
-	o, err := h.handler.Handle(context.WithValue(ctx, tallyKey{}, kt), key, cmd)
+	o, err := h.next.Handle(context.WithValue(ctx, tallyKey{}, kt), key, cmd)
 	if err == nil {
 		class := classOther
 		switch {
@@ -188,13 +191,17 @@ func (l tallyLedger) AddAccountMetadata(ctx context.Context, ledger, address str
 	return l.ledger.AddAccountMetadata(ctx, ledger, address, md, key)
 }
 
-type tallyClaimer struct{ *tally }
+// tallyClaimer wraps one worker's claims binding.
+type tallyClaimer struct {
+	*tally
+	next handlers.Claimer
+}
 
 func (c tallyClaimer) Claim(ctx context.Context, ledger, account, key string) error {
 	if kt := from(ctx); kt != nil {
 		kt.claims.Add(1)
 	}
-	return c.claimer.Claim(ctx, ledger, account, key)
+	return c.next.Claim(ctx, ledger, account, key)
 }
 
 // LedgerRequests are the ledger calls the handler made, counted at the

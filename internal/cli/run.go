@@ -202,6 +202,19 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 
+	// Health endpoints first: /healthz answers while the start-up below
+	// waits for the ledger or NATS; /readyz says not ready until consuming.
+	var ready atomic.Bool
+	httpAddr := ""
+	if f.httpAddr != "" {
+		addr, stop, err := serveHTTP(f.httpAddr, nc, client, &ready, reg, log)
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, stop)
+		httpAddr = addr
+	}
+
 	if err := retryStartup(ctx, log, "ensure ledger "+f.ledgerName, func() error {
 		return client.EnsureLedger(ctx, f.ledgerName)
 	}, ledgeradapter.IsRetryable); err != nil {
@@ -233,16 +246,6 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	}
 	w.Store(wk)
 
-	var ready atomic.Bool
-	httpAddr := ""
-	if f.httpAddr != "" {
-		addr, stop, err := serveHTTP(f.httpAddr, nc, client, &ready, reg, log)
-		if err != nil {
-			return err
-		}
-		cleanups = append(cleanups, stop)
-		httpAddr = addr
-	}
 
 	cfg := wk.Config()
 	log.Info("consuming commands",
