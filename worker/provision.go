@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -16,6 +17,9 @@ import (
 // worker that touches it stops after a bounded number of crashes (JetStream
 // then emits its MAX_DELIVERIES advisory).
 const serverMaxDeliverMargin = 5
+
+// dlqDuplicateWindow is the deduplication window of the dead-letter stream.
+const dlqDuplicateWindow = time.Second
 
 // StreamConfigs returns the three streams of SPEC §3 as c provisions them.
 func (c Config) StreamConfigs() []jetstream.StreamConfig {
@@ -49,8 +53,14 @@ func (c Config) StreamConfigs() []jetstream.StreamConfig {
 			Retention:   jetstream.LimitsPolicy,
 			Storage:     jetstream.FileStorage,
 			Replicas:    c.StreamReplicas,
-			Duplicates:  c.DuplicateWindow,
-			MaxAge:      c.DLQMaxAge,
+			// A dead letter keeps the command's headers, Nats-Msg-Id (its
+			// key) included: with the usual window a later dead letter of
+			// the same key (after a republish) would be dropped as a
+			// duplicate. A short window keeps every dead letter; the price
+			// is a rare second copy of one (same Wallets-Original-Seq)
+			// when the event publish after it failed.
+			Duplicates: dlqDuplicateWindow,
+			MaxAge:     c.DLQMaxAge,
 		},
 	}
 }

@@ -98,10 +98,13 @@ func (w *Worker) event(d *delivery, o handlers.Outcome) (key, walletID, subject 
 	case o.Rejected != nil:
 		r := *o.Rejected
 		r.Key = headerSafe(r.Key, messages.MaxKeyBytes)
-		if messages.BalanceCreateRejectedSubject(r.WalletID) == messages.BalanceCreateRejectedSubject("") {
-			// The body's wallet is unusable; fall back on the subject's.
-			r.WalletID = messages.WalletFromSubject(d.subject)
-			if r.WalletID == messages.UnknownWallet {
+		if r.Code == messages.CodeInvalidCommand || messages.BalanceCreateRejectedSubject(r.WalletID) == messages.BalanceCreateRejectedSubject("") {
+			// An invalid body's walletID is not to be trusted (it may even
+			// contradict the subject): the rejection goes where the
+			// producer sent the command, to the subject's wallet.
+			if w := messages.WalletFromSubject(d.subject); w != messages.UnknownWallet {
+				r.WalletID = w
+			} else if messages.BalanceCreateRejectedSubject(r.WalletID) == messages.BalanceCreateRejectedSubject("") {
 				r.WalletID = ""
 			}
 		}
