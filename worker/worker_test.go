@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"github.com/wallets-worker/wallets-worker/messages"
 	"strconv"
 	"strings"
 	"testing"
@@ -362,14 +361,14 @@ func TestDeadLettersOfOneKeyAreAllKept(t *testing.T) {
 	b.settled(t)
 	dl := b.dlq.wait(t, 2)
 	require.Len(t, dl, 2)
-	require.Equal(t, seqString(first), dl[0].Header.Get(messages.HeaderOriginalSeq))
-	require.Equal(t, seqString(again), dl[1].Header.Get(messages.HeaderOriginalSeq))
+	require.Equal(t, seqString(first), dl[0].Header.Get("Wallets-Original-Seq"))
+	require.Equal(t, seqString(again), dl[1].Header.Get("Wallets-Original-Seq"))
 	require.Len(t, b.events.all(), 2)
 
 	// Whatever the commands' window, the dead letters' stays short: a dead
 	// letter comes at the earliest a retry budget after its command.
 	for _, sc := range (Config{DuplicateWindow: time.Hour}).StreamConfigs() {
-		if sc.Name == messages.StreamDLQ {
+		if sc.Name == "WALLETS_DLQ" {
 			require.Equal(t, time.Second, sc.Duplicates)
 		}
 	}

@@ -107,6 +107,43 @@ func TestCountsAreHonest(t *testing.T) {
 	}
 }
 
+// TestWorkersShareTheConsumer runs two workers on the one durable consumer
+// and checks that the counts stay exact: every stored command has exactly one
+// outcome whichever worker settled it, conflicts are ALREADY_EXISTS across
+// workers, and both workers took a share.
+func TestWorkersShareTheConsumer(t *testing.T) {
+	t.Parallel()
+
+	const n, dups, conflicts, replays = 400, 40, 40, 20
+	const stored = n - dups
+	var out bytes.Buffer
+	args := []string{"--json", "--timeout", "30s", "--workers", "2", "--concurrency", "4", "--baseline=false",
+		"--ledger-latency", "1ms", "--commands", "400", "--duplicates", "0.1", "--conflicts", "0.1", "--replays", "0.05"}
+	require.NoError(t, Command(t.Context(), args, &out, t.Output()))
+
+	var res Result
+	require.NoError(t, json.Unmarshal(out.Bytes(), &res), out.String())
+	require.Equal(t, 2, res.Workers)
+	require.Equal(t, stored, res.Worker.Stored)
+	require.Equal(t, stored, res.Worker.Outcomes, "one outcome per stored command")
+	require.EqualValues(t, stored, res.EventsStored, "one event per stored command in %s", messages.StreamEvents)
+	require.Zero(t, res.CommandsLeft, "every command acked")
+	require.Equal(t, n-dups-conflicts-replays, res.Outcomes.Created)
+	require.Equal(t, replays, res.Outcomes.Replayed)
+	require.Equal(t, conflicts, res.Outcomes.AlreadyExists)
+	require.Zero(t, res.Outcomes.Other)
+	require.EqualValues(t, res.Outcomes.Created, res.LedgerRequests.AddMetadata, "one write per created balance")
+
+	require.Len(t, res.SettledByWorker, 2)
+	var sum int64
+	for i, s := range res.SettledByWorker {
+		require.Positive(t, s, "worker %d settled nothing: the consumer is not shared", i)
+		sum += s
+	}
+	require.EqualValues(t, stored, sum, "the workers' settles add up to the outcomes")
+	require.Nil(t, res.Baseline)
+}
+
 func TestTable(t *testing.T) {
 	t.Parallel()
 
@@ -161,6 +198,8 @@ func TestFlags(t *testing.T) {
 		{"--ledger", "paper"},
 		{"--duplicates", "0.5", "--conflicts", "0.5"},
 		{"--commands", "-3"},
+		{"--workers", "-1"},
+		{"--workers", "65"},
 		{"extra"},
 	} {
 		err := Command(ctx, args, io.Discard, io.Discard)

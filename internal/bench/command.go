@@ -117,9 +117,13 @@ func printTable(out io.Writer, r Result) error {
 		r.Mode, r.Ledger, r.LedgerLatencyMs, r.Workers, r.Concurrency, rate, r.GOMAXPROCS)
 	fmt.Fprintf(out, "published %d: %d fresh, %d duplicates, %d conflicts, %d replays; JetStream stored %d, dropped %d as duplicates\n",
 		r.Worker.Published, r.Workload.Fresh, r.Workload.Duplicates, r.Workload.Conflicts, r.Workload.Replays, r.Worker.Stored, r.Worker.Duplicates)
-	fmt.Fprintf(out, "outcomes %d (events stored %d, commands left %d): created %d, replayed %d, already exists %d, other %d; deferred %d, retried %d\n\n",
+	fmt.Fprintf(out, "outcomes %d (events stored %d, commands left %d): created %d, replayed %d, already exists %d, other %d; deferred %d, retried %d\n",
 		r.Worker.Outcomes, r.EventsStored, r.CommandsLeft, r.Outcomes.Created, r.Outcomes.Replayed, r.Outcomes.AlreadyExists, r.Outcomes.Other,
 		r.WorkerStats.Deferred, r.WorkerStats.Retried)
+	if len(r.SettledByWorker) > 1 {
+		fmt.Fprintf(out, "settled by each worker: %v\n", r.SettledByWorker)
+	}
+	fmt.Fprintln(out)
 
 	b := r.Baseline
 	col := func(w, base string) string {

@@ -11,10 +11,12 @@
 //     same key, as the wallets service would have written them) and consumed
 //     by worker.New + Run with the first-writer-wins claims on, through the
 //     real handlers.CreateBalance, until every stored command has its outcome
-//     event in WALLETS_EVENTS.
+//     event in WALLETS_EVENTS. With --workers N, N workers consume in the
+//     process, each with its own NATS connection and claims binding, sharing
+//     the durable consumer as N worker processes would.
 //   - baseline: the same number of stored messages go through a second work
-//     queue stream and durable pull consumer, consumed with the same
-//     concurrency by a plain nats.go loop that publishes one event per message
+//     queue stream and durable pull consumer, consumed with the same total
+//     concurrency (workers × concurrency) by a plain nats.go loop that publishes one event per message
 //     (synchronously, PubAck checked, Nats-Msg-Id set) to a second events
 //     stream and DoubleAcks it.
 //
