@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wallets-worker/wallets-worker/internal/natsconn"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -49,14 +50,13 @@ func dlqCommand(ctx context.Context, args []string, env Env) error {
 	fs := flag.NewFlagSet("dlq "+verb, flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	var (
-		natsURL, natsCreds, natsCA string
-		seq                        uint64
-		all, del                   bool
-		timeout                    time.Duration
+		natsCfg  natsconn.Config
+		seq      uint64
+		all, del bool
+		timeout  time.Duration
 	)
-	fs.StringVar(&natsURL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
-	fs.StringVar(&natsCreds, "nats-creds", "", "NATS credentials file")
-	fs.StringVar(&natsCA, "nats-ca", "", "PEM file of the NATS server's CA (enables TLS)")
+	fs.StringVar(&natsCfg.URL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
+	natsconn.Register(fs, &natsCfg)
 	fs.DurationVar(&timeout, "timeout", 30*time.Second, "overall timeout")
 	if verb == "redrive" {
 		fs.Uint64Var(&seq, "seq", 0, "dead letter to redrive, by its sequence in "+messages.StreamDLQ)
@@ -75,9 +75,12 @@ func dlqCommand(ctx context.Context, args []string, env Env) error {
 	if verb == "redrive" && (seq == 0) == !all {
 		return usageError("dlq redrive takes exactly one of --seq N and --all")
 	}
+	if err := natsCfg.Validate(); err != nil {
+		return usageError("%v", err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	nc, err := connectClient(natsURL, natsCreds, natsCA, "wallets-worker dlq", timeout)
+	nc, err := natsconn.Connect(natsCfg, nats.Name("wallets-worker dlq"), nats.Timeout(min(timeout, 10*time.Second)))
 	if err != nil {
 		return err
 	}
@@ -175,20 +178,4 @@ func redrive(ctx context.Context, js jetstream.JetStream, stream jetstream.Strea
 		res.Deleted = true
 	}
 	return out.Encode(res)
-}
-
-// connectClient connects a short-lived command-line client.
-func connectClient(url, creds, ca, name string, timeout time.Duration) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name(name), nats.Timeout(min(timeout, 10*time.Second))}
-	if creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
-	}
-	if ca != "" {
-		opts = append(opts, nats.RootCAs(ca))
-	}
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS %s: %w", redactURL(url), err)
-	}
-	return nc, nil
 }

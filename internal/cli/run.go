@@ -24,13 +24,14 @@ import (
 
 	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
+	"github.com/wallets-worker/wallets-worker/internal/natsconn"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 	"github.com/wallets-worker/wallets-worker/worker"
 )
 
 type runFlags struct {
-	natsURL, natsCreds, natsCA                         string
+	nats                                               natsconn.Config
 	ledgerURL, ledgerName, accountPrefix               string
 	ledgerClientID, ledgerClientSecret, ledgerTokenURL string
 	dataDir, embeddedNATSAddr, embeddedLedgerAddr      string
@@ -45,9 +46,8 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	def := worker.Config{}.WithDefaults()
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
-	fs.StringVar(&f.natsURL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded NATS server with JetStream")
-	fs.StringVar(&f.natsCreds, "nats-creds", "", "NATS credentials file (JWT and NKey seed)")
-	fs.StringVar(&f.natsCA, "nats-ca", "", "PEM file of the CA that signed the NATS server's certificate (enables TLS)")
+	fs.StringVar(&f.nats.URL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded NATS server with JetStream")
+	natsconn.Register(fs, &f.nats)
 	fs.StringVar(&f.ledgerURL, "ledger-url", "", "base URL of a Formance Ledger (\"/v2/...\" is appended); empty starts an embedded ledger")
 	fs.StringVar(&f.ledgerName, "ledger-name", "wallets-002", "ledger to write to (created at start if missing)")
 	fs.StringVar(&f.accountPrefix, "account-prefix", "", "account prefix, as the wallets service's ACCOUNT_PREFIX")
@@ -92,6 +92,12 @@ func (f *runFlags) validate() error {
 	}
 	if (f.ledgerClientID == "") != (f.ledgerClientSecret == "") || (f.ledgerClientID != "" && f.ledgerTokenURL == "") {
 		errs = append(errs, usageError("--ledger-client-id, --ledger-client-secret and --ledger-token-url go together"))
+	}
+	if err := f.nats.Validate(); err != nil {
+		errs = append(errs, usageError("%v", err))
+	}
+	if f.nats.URL == "" && (f.nats.AuthMethod() != natsconn.AuthNone || f.nats.TLS()) {
+		errs = append(errs, usageError("NATS credentials and TLS settings need --nats-url: the embedded NATS server uses neither"))
 	}
 	return errors.Join(errs...)
 }
@@ -154,7 +160,7 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		}
 	}()
 
-	natsURL := f.natsURL
+	natsURL := f.nats.URL
 	if natsURL == "" {
 		ns, err := embeddednats.Start(embeddednats.Options{Addr: f.embeddedNATSAddr, StoreDir: filepath.Join(f.dataDir, "nats")})
 		if err != nil {
@@ -246,7 +252,6 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	}
 	w.Store(wk)
 
-
 	cfg := wk.Config()
 	log.Info("consuming commands",
 		"nats", redactURL(natsURL), "ledger", redactURL(ledgerURL), "ledger_name", f.ledgerName,
@@ -319,36 +324,39 @@ func serveEmbeddedLedger(f *runFlags, log *slog.Logger) (string, func(), error) 
 	}, nil
 }
 
+// connectNATS connects the worker. Credentials or TLS the server refuses
+// fail at once; a server not reachable yet is waited for in the background
+// (RetryOnFailedConnect), so that /healthz answers meanwhile.
 func connectNATS(url string, f *runFlags, log *slog.Logger) (*nats.Conn, error) {
+	c := f.nats
+	c.URL = url
 	opts := []nats.Option{
 		nats.Name("wallets-worker"),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
-		nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: we closed the connection ourselves
 				log.Warn("NATS disconnected; reconnecting", "error", err)
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("NATS reconnected", "url", redactURL(nc.ConnectedUrl()))
+			log.Info("NATS reconnected", "url", natsconn.RedactURL(nc.ConnectedUrl()))
+		}),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			if natsconn.IsAuthFailure(err) { // credentials rotated or revoked under us
+				log.Error("NATS refused the connection; retrying", "error", c.ConnectError(url, err))
+			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			log.Warn("NATS error", "error", err)
 		}),
 	}
-	if f.natsCreds != "" {
-		opts = append(opts, nats.UserCredentials(f.natsCreds))
+	nc, err := natsconn.Connect(c, opts...)
+	if err != nil && !natsconn.IsAuthFailure(err) {
+		nc, err = natsconn.Connect(c, append(opts, nats.RetryOnFailedConnect(true))...)
 	}
-	if f.natsCA != "" {
-		opts = append(opts, nats.RootCAs(f.natsCA))
-	}
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS %s: %w", redactURL(url), err)
-	}
-	return nc, nil
+	return nc, err
 }
 
 func serveHTTP(addr string, nc *nats.Conn, ledger *ledgeradapter.Client, ready *atomic.Bool, reg *prometheus.Registry, log *slog.Logger) (string, func(), error) {

@@ -1,0 +1,302 @@
+package producer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
+	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/producer"
+	"github.com/wallets-worker/wallets-worker/worker"
+)
+
+// Example publishes a command, awaits its outcome, publishes it again as a
+// producer retrying after a crash would, and publishes the same balance under
+// another key.
+func Example() {
+	s, err := startStack(true)
+	if err != nil {
+		panic(err)
+	}
+	defer s.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	p := producer.New(s.js)
+	expires := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	cmd := messages.CreateBalance{WalletID: "w1", Name: "savings", Priority: 2, ExpiresAt: &expires}
+	key := producer.KeyFrom("orders", "order-1042") // the same key on every retry
+
+	for range 2 {
+		ack, err := p.Publish(ctx, cmd, key)
+		if err != nil {
+			panic(err)
+		}
+		out, err := p.Await(ctx, cmd.WalletID, ack.Seq)
+		if err != nil {
+			panic(err)
+		}
+		fmt.Printf("seq %d duplicate=%v: created %s, replayed=%v\n", ack.Seq, ack.Duplicate, out.Created.Account, out.Created.Replayed)
+	}
+
+	ack, err := p.Publish(ctx, cmd, producer.KeyFrom("orders", "order-2077"))
+	if err != nil {
+		panic(err)
+	}
+	out, err := p.Await(ctx, cmd.WalletID, ack.Seq)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Printf("seq %d: rejected %s\n", ack.Seq, out.Rejected.Code)
+
+	_, err = p.Publish(ctx, messages.CreateBalance{WalletID: "w1", Name: "main"}, producer.NewKey())
+	fmt.Println("refused before the wire:", messages.IsValidationError(err))
+	// Output:
+	// seq 1 duplicate=false: created wallets:w1:savings, replayed=false
+	// seq 1 duplicate=true: created wallets:w1:savings, replayed=false
+	// seq 2: rejected ALREADY_EXISTS
+	// refused before the wire: true
+}
+
+// ExampleAwaiter publishes a batch of commands and awaits all their outcomes
+// over one subscription.
+func ExampleAwaiter() {
+	s, err := startStack(true)
+	if err != nil {
+		panic(err)
+	}
+	defer s.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	a, err := producer.NewAwaiter(ctx, s.js)
+	if err != nil {
+		panic(err)
+	}
+	defer a.Stop()
+	p := producer.New(s.js)
+	var seqs []uint64
+	for _, w := range []string{"w1", "w2", "w3"} {
+		ack, err := p.Publish(ctx, messages.CreateBalance{WalletID: w, Name: "gift"}, producer.KeyFrom("signup-gifts", w))
+		if err != nil {
+			panic(err)
+		}
+		seqs = append(seqs, ack.Seq)
+	}
+	outs, err := a.AwaitMany(ctx, seqs)
+	if err != nil {
+		panic(err)
+	}
+	for _, o := range outs {
+		fmt.Println(o.CommandSeq, o.Created.Account)
+	}
+	// Output:
+	// 1 wallets:w1:gift
+	// 2 wallets:w2:gift
+	// 3 wallets:w3:gift
+}
+
+// ExampleKeyFrom derives the key of a command from the caller's own
+// identifier: a retry computes the same key, another identifier another key.
+func ExampleKeyFrom() {
+	fmt.Println(producer.KeyFrom("orders", "order-1042"))
+	fmt.Println(producer.KeyFrom("orders", "order-1042") == producer.KeyFrom("orders", "order-1042"))
+	fmt.Println(producer.KeyFrom("orders", "order-1042") == producer.KeyFrom("refunds", "order-1042"))
+	// Output:
+	// e4b752cdfea416cccac205c75cc529bbfd5bb965ccbbeed09d933f27eef0d5db
+	// true
+	// false
+}
+
+// jetStreamPublisher is the smallest Watermill message.Publisher over nats.go
+// that a service already on Watermill needs: it publishes each message to
+// JetStream, waits for the stream's acknowledgement, and copies the message's
+// metadata to NATS headers, so the command's key travels in Nats-Msg-Id.
+// (watermill-nats sets Nats-Msg-Id only with JetStreamConfig.TrackMsgId, and
+// then to the Watermill message UUID, not to the command's key.)
+type jetStreamPublisher struct {
+	js jetstream.JetStream
+}
+
+func (p jetStreamPublisher) Publish(topic string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		nm := &nats.Msg{Subject: topic, Data: m.Payload, Header: nats.Header{}}
+		for k, v := range m.Metadata {
+			nm.Header.Set(k, v)
+		}
+		if _, err := p.js.PublishMsg(m.Context(), nm, jetstream.WithExpectStream(messages.StreamCommands)); err != nil {
+			return fmt.Errorf("publish message %s: %w", m.UUID, err)
+		}
+	}
+	return nil
+}
+
+func (jetStreamPublisher) Close() error { return nil }
+
+// Example_watermill publishes a command from a service that already uses
+// Watermill: the body is the command's encoding, the key goes in the
+// Nats-Msg-Id metadata, and the topic is the command's subject. The outcome is
+// awaited by key, since a Watermill publisher does not return the sequence.
+func Example_watermill() {
+	s, err := startStack(true)
+	if err != nil {
+		panic(err)
+	}
+	defer s.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	cmd := messages.CreateBalance{WalletID: "w7", Name: "cashback", Priority: 1}
+	key := producer.KeyFrom("cashback-campaign", "w7")
+	if err := producer.Validate(cmd, key); err != nil { // what the worker would refuse
+		panic(err)
+	}
+	body, _ := cmd.Encode()
+
+	var pub message.Publisher = jetStreamPublisher{js: s.js}
+	for range 2 { // Watermill redelivers; the key makes the second publish a no-op
+		msg := message.NewMessage(watermill.NewUUID(), body)
+		msg.Metadata.Set(messages.HeaderMsgID, key)
+		if err := pub.Publish(messages.CreateBalanceSubject(cmd.WalletID), msg); err != nil {
+			panic(err)
+		}
+	}
+
+	out, err := producer.New(s.js).AwaitKey(ctx, cmd.WalletID, key)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(out.Subject, out.Created.Balance.Name, out.Created.Key == key)
+	info, err := s.js.Stream(ctx, messages.StreamCommands)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("commands stored:", info.CachedInfo().State.LastSeq)
+	// Output:
+	// wallets.events.balance-created.w7 cashback true
+	// commands stored: 1
+}
+
+// stack is an in-process deployment for examples and tests: an embedded NATS
+// server with the streams provisioned, the embedded ledger behind an HTTP
+// server, and, once started, a worker applying commands to it.
+type stack struct {
+	url     string
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	ledger  *ledgeradapter.Client
+	closers []func()
+}
+
+const exampleLedger = "wallets-002"
+
+// startStack starts the stack, with a worker when withWorker is set.
+func startStack(withWorker bool) (s *stack, err error) {
+	s = &stack{}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	dir, err := os.MkdirTemp("", "producer-example-")
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() { _ = os.RemoveAll(dir) })
+
+	ns, err := embeddednats.Start(embeddednats.Options{StoreDir: dir})
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
+	s.url = ns.ClientURL()
+	if s.nc, err = nats.Connect(s.url); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.nc.Close)
+	if s.js, err = jetstream.New(s.nc); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := worker.Provision(ctx, s.js, workerConfig()); err != nil {
+		return nil, err
+	}
+
+	led, err := embeddedledger.Open("") // in memory
+	if err != nil {
+		return nil, err
+	}
+	srv := httptest.NewServer(led.Handler())
+	s.closers = append(s.closers, func() { srv.Close(); _ = led.Close() })
+	if s.ledger, err = ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL}); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.ledger.CloseIdleConnections)
+	if err := s.ledger.EnsureLedger(ctx, exampleLedger); err != nil {
+		return nil, err
+	}
+	if withWorker {
+		if err := s.startWorker(); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func workerConfig() worker.Config {
+	return worker.Config{Concurrency: 64, DrainTimeout: 5 * time.Second}
+}
+
+// startWorker runs a worker on its own connection until close.
+func (s *stack) startWorker() error {
+	nc, err := nats.Connect(s.url)
+	if err != nil {
+		return err
+	}
+	s.closers = append(s.closers, nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	claims, err := worker.NewClaims(context.Background(), js, workerConfig())
+	if err != nil {
+		return err
+	}
+	h := &handlers.CreateBalance{Ledger: s.ledger, LedgerName: exampleLedger, Claim: claims}
+	w, err := worker.New(js, h, workerConfig(), slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		return err
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	s.closers = append(s.closers, func() {
+		stop()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+		}
+	})
+	return nil
+}
+
+// close stops everything started, last first.
+func (s *stack) close() {
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+	s.closers = nil
+}
