@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -34,6 +36,7 @@ type runFlags struct {
 	nats                                               natsconn.Config
 	ledgerURL, ledgerName, accountPrefix               string
 	ledgerClientID, ledgerClientSecret, ledgerTokenURL string
+	ledgerClientSecretFile, ledgerCA                   string
 	dataDir, embeddedNATSAddr, embeddedLedgerAddr      string
 	httpAddr, logFormat, logLevel                      string
 	ledgerTimeout                                      time.Duration
@@ -53,6 +56,8 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.accountPrefix, "account-prefix", "", "account prefix, as the wallets service's ACCOUNT_PREFIX")
 	fs.StringVar(&f.ledgerClientID, "ledger-client-id", "", "OAuth2 client ID for the ledger (empty: no authentication)")
 	fs.StringVar(&f.ledgerClientSecret, "ledger-client-secret", "", "OAuth2 client secret for the ledger")
+	fs.StringVar(&f.ledgerClientSecretFile, "ledger-client-secret-file", "", "file holding the OAuth2 client secret (instead of --ledger-client-secret)")
+	fs.StringVar(&f.ledgerCA, "ledger-ca", "", "PEM file of the CA that signed the ledger's HTTPS certificate (default: the system's)")
 	fs.StringVar(&f.ledgerTokenURL, "ledger-token-url", "", "OAuth2 token URL, e.g. <stack>/api/auth/oauth/token")
 	fs.DurationVar(&f.ledgerTimeout, "ledger-timeout", ledgeradapter.DefaultTimeout, "timeout of one ledger request; below --handler-timeout")
 	fs.StringVar(&f.dataDir, "data-dir", "./data", "where the embedded NATS server and the embedded ledger keep their files")
@@ -89,6 +94,20 @@ func (f *runFlags) validate() error {
 	}
 	if w := f.w.WithDefaults(); f.ledgerTimeout >= w.HandlerTimeout {
 		errs = append(errs, usageError("--ledger-timeout %s must be shorter than the handler timeout %s", f.ledgerTimeout, w.HandlerTimeout))
+	}
+	if f.ledgerClientSecretFile != "" {
+		if f.ledgerClientSecret != "" {
+			errs = append(errs, usageError("--ledger-client-secret and --ledger-client-secret-file exclude each other"))
+		} else if b, err := os.ReadFile(f.ledgerClientSecretFile); err != nil {
+			errs = append(errs, usageError("--ledger-client-secret-file: %v", err))
+		} else {
+			f.ledgerClientSecret = strings.TrimSpace(string(b))
+		}
+	}
+	if f.ledgerCA != "" {
+		if _, err := loadCertPool(f.ledgerCA); err != nil {
+			errs = append(errs, usageError("--ledger-ca: %v", err))
+		}
 	}
 	if (f.ledgerClientID == "") != (f.ledgerClientSecret == "") || (f.ledgerClientID != "" && f.ledgerTokenURL == "") {
 		errs = append(errs, usageError("--ledger-client-id, --ledger-client-secret and --ledger-token-url go together"))
@@ -184,11 +203,18 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f.w.Metrics = worker.NewMetrics(reg)
-	client, err := ledgeradapter.NewClient(ledgeradapter.Config{
+	lcfg := ledgeradapter.Config{
 		BaseURL: ledgerURL, Timeout: f.ledgerTimeout,
 		ClientID: f.ledgerClientID, ClientSecret: f.ledgerClientSecret, TokenURL: f.ledgerTokenURL,
 		Observe: newLedgerMetrics(reg).observe,
-	})
+	}
+	if f.ledgerCA != "" {
+		pool, _ := loadCertPool(f.ledgerCA) // checked by validate
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		lcfg.HTTPClient = &http.Client{Transport: tr}
+	}
+	client, err := ledgeradapter.NewClient(lcfg)
 	if err != nil {
 		return fmt.Errorf("ledger client: %w", err)
 	}
@@ -223,7 +249,13 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 
 	if err := retryStartup(ctx, log, "ensure ledger "+f.ledgerName, func() error {
 		return client.EnsureLedger(ctx, f.ledgerName)
-	}, ledgeradapter.IsRetryable); err != nil {
+	}, func(err error) bool {
+		// Refused credentials will not get better by waiting: fail now.
+		return ledgeradapter.IsRetryable(err) && !errors.Is(err, ledgeradapter.ErrUnauthorized)
+	}); err != nil {
+		if errors.Is(err, ledgeradapter.ErrUnauthorized) {
+			return stoppedOr(ctx, fmt.Errorf("the ledger or its token endpoint refused our credentials: %w", err))
+		}
 		return stoppedOr(ctx, err)
 	}
 	if !f.noProvision {
@@ -271,6 +303,19 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		"created", st.Created.Load(), "replayed", st.Replayed.Load(), "rejected", st.Rejected.Load(),
 		"dead_lettered", st.DeadLettered.Load(), "handed_back", st.HandedBack.Load())
 	return nil
+}
+
+// loadCertPool reads a PEM file of CA certificates.
+func loadCertPool(file string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return pool, nil
 }
 
 // stoppedOr is nil when ctx was cancelled (a signal during start-up is a
