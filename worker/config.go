@@ -29,8 +29,8 @@ type Config struct {
 	// (default 10m). A command republished with the same key within it is
 	// dropped by JetStream; an outcome event re-published within it is too.
 	DuplicateWindow time.Duration
-	// StreamReplicas is the replica count of the streams and the consumer
-	// (default 1; 3 on a JetStream cluster).
+	// StreamReplicas is the replica count of the streams, the consumer
+	// and the claims bucket (default 1; 3 on a JetStream cluster).
 	StreamReplicas int
 	// EventsMaxAge and DLQMaxAge bound how long outcome events and dead
 	// letters are kept (defaults 7 days and 30 days).
