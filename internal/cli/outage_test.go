@@ -27,6 +27,7 @@ type outageBundle struct {
 	ns                atomic.Pointer[server.Server]
 	ledgerDown        atomic.Bool
 	ledgerURL         string
+	httpAddr          string
 	logs              *syncBuffer
 }
 
@@ -61,11 +62,12 @@ func outageSetup(t *testing.T) *outageBundle {
 	done := make(chan int, 1)
 	go func() {
 		done <- Main(ctx, []string{"run", "--nats-url", "nats://" + b.natsAddr, "--ledger-url", b.ledgerURL,
-			"--http-addr", "", "--ack-wait", "5s", "--ledger-timeout", "2s", "--log-format", "text"},
+			"--http-addr", "127.0.0.1:0", "--ack-wait", "5s", "--ledger-timeout", "2s", "--log-format", "text"},
 			Env{Stderr: b.logs, Getenv: func(string) string { return "" }, Ready: func(a Addrs) { ready <- a }})
 	}()
 	select {
-	case <-ready:
+	case a := <-ready:
+		b.httpAddr = a.HTTPAddr
 	case code := <-done:
 		cancel()
 		t.Fatalf("worker exited with %d:\n%s", code, b.logs)
@@ -83,6 +85,14 @@ func outageSetup(t *testing.T) *outageBundle {
 		}
 	})
 	return b
+}
+
+func (b *outageBundle) readyz(t *testing.T) int {
+	t.Helper()
+	resp, err := http.Get("http://" + b.httpAddr + "/readyz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 func (b *outageBundle) startNATS(t *testing.T) {
@@ -177,8 +187,13 @@ func TestNATSRestartIsRiddenOut(t *testing.T) {
 		return created == 30
 	}, 30*time.Second, 50*time.Millisecond)
 
+	require.Equal(t, http.StatusOK, b.readyz(t))
 	b.stopNATS()
+	require.Eventually(t, func() bool { return b.readyz(t) == http.StatusServiceUnavailable }, 10*time.Second, 20*time.Millisecond,
+		"/readyz fails while NATS is down")
 	b.startNATS(t) // same port, same store: the streams and the consumer are back
+	require.Eventually(t, func() bool { return b.readyz(t) == http.StatusOK }, 30*time.Second, 50*time.Millisecond,
+		"/readyz recovers with NATS")
 
 	publishN(t, js, "after", 30)
 	require.Eventually(t, func() bool {
