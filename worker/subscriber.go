@@ -131,7 +131,7 @@ func (s *subscriber) dispatch(out chan<- *message.Message) {
 		if err != nil {
 			s.release(n)
 			retry = min(max(2*retry, 50*time.Millisecond), 5*time.Second)
-			s.log.Warn("pulling commands failed; retrying", "error", err, "retry_in", retry)
+			s.log.Warn("pulling commands failed; retrying", "error", err, "retry_in", retry.String())
 			select {
 			case <-time.After(retry):
 			case <-s.closing:
@@ -162,7 +162,7 @@ func (s *subscriber) dispatch(out chan<- *message.Message) {
 		s.release(n - got)
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
 			retry = min(max(2*retry, 50*time.Millisecond), 5*time.Second)
-			s.log.Warn("pull request ended with an error; retrying", "error", err, "retry_in", retry)
+			s.log.Warn("pull request ended with an error; retrying", "error", err, "retry_in", retry.String())
 			select {
 			case <-time.After(retry):
 			case <-s.closing:

@@ -116,7 +116,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() {
 		<-ctx.Done()
 		once.Do(func() {
-			w.log.Info("draining: no new commands; waiting for those in flight", "budget", w.cfg.DrainTimeout)
+			w.log.Info("draining: no new commands; waiting for those in flight", "budget", w.cfg.DrainTimeout.String())
 			drainTimer = time.AfterFunc(w.cfg.DrainTimeout, func() {
 				w.log.Warn("drain budget spent; handing back the commands still in flight")
 				w.Abort()
@@ -207,7 +207,7 @@ func (w *Worker) failed(ctx context.Context, d *delivery, key string, cmd messag
 		return
 	}
 	delay := w.cfg.Backoff.Delay(d.delivered)
-	w.log.Warn("command failed; will retry", w.logAttrs(d, key, "error", err, "retry_in", delay)...)
+	w.log.Warn("command failed; will retry", w.logAttrs(d, key, "error", err, "retry_in", delay.Round(time.Millisecond).String())...)
 	w.nak(d, delay, retryTransient)
 }
 
