@@ -22,6 +22,10 @@ type publishFlags struct {
 	wait                         bool
 	timeout                      time.Duration
 	nats                         natsconn.Config
+
+	// --from-file (publish_file.go)
+	fromFile, results, keyNamespace, progress string
+	inFlight                                  int
 }
 
 // outcomeResult is the second JSON object, printed with --wait.
@@ -40,16 +44,23 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 	fs.Int64Var(&f.priority, "priority", 0, "balance priority")
 	fs.StringVar(&f.expiresAt, "expires-at", "", "expiry, RFC 3339 (empty: never)")
 	fs.StringVar(&f.key, "key", "", "idempotency key, sent as Nats-Msg-Id (empty: a new random key)")
-	fs.BoolVar(&f.wait, "wait", false, "wait for the command's outcome event and print it")
-	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "how long to wait for the publish and, with --wait, the outcome")
+	fs.BoolVar(&f.wait, "wait", false, "wait for the command's outcome event and print it (with --from-file: for every outcome, and print their counts)")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "how long to wait for the publish and, with --wait, the outcome\n(with --from-file: for each publish, and with --wait for the outcomes still missing after the last publish)")
 	fs.StringVar(&f.nats.URL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
+	registerFileFlags(fs, f)
 	natsconn.Register(fs, &f.nats)
-	fs.Usage = usage(fs, "wallets-worker publish create-balance --wallet ID --name NAME [flags]")
+	fs.Usage = usage(fs, publishSynopsis)
 	if err := parse(fs, args, env.Getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
 		}
 		return exitStatus(usageError("%v", err), env.Stderr)
+	}
+	if err := checkFileFlags(fs, f); err != nil {
+		return exitStatus(err, env.Stderr)
+	}
+	if f.fromFile != "" {
+		return publishFile(ctx, f, env)
 	}
 
 	cmd := messages.CreateBalance{WalletID: f.wallet, Name: f.name, Priority: f.priority}
