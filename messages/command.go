@@ -20,6 +20,11 @@ const (
 	MaxKeyBytes = 200
 	// MainBalance is the wallets service's reserved balance name.
 	MainBalance = "main"
+	// MaxTokenBytes bounds walletID and name. They end up in subjects, in
+	// the ledger address and in the claim, and NATS refuses protocol lines
+	// over 4 KiB by closing the connection: an unbounded name could knock a
+	// worker off NATS.
+	MaxTokenBytes = 128
 )
 
 // Field names used in validation errors. Body fields carry their JSON name.
@@ -95,6 +100,9 @@ func (c CreateBalance) Validate() error {
 func validToken(field, v string) error {
 	if v == "" {
 		return invalid(field, "is required")
+	}
+	if len(v) > MaxTokenBytes {
+		return invalid(field, "is %d bytes, at most %d allowed", len(v), MaxTokenBytes)
 	}
 	if !tokenPattern.MatchString(v) {
 		return invalid(field, "%q must match %s", truncate(v), tokenPattern)

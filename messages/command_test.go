@@ -419,3 +419,26 @@ func TestBalance_Equal(t *testing.T) {
 		require.True(t, messages.Balance{Name: "n"}.Equal(messages.Balance{Name: "n"}))
 	})
 }
+
+// walletID and name are bounded: they end up in subjects and KV keys, and a
+// protocol line over 4 KiB makes NATS close the connection.
+func TestTokensAreBounded(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("a", messages.MaxTokenBytes+1)
+	for _, body := range []string{
+		`{"walletID":"` + long + `","name":"x"}`,
+		`{"walletID":"w1","name":"` + long + `"}`,
+	} {
+		wallet := "w1"
+		if strings.Contains(body, `"walletID":"a`) {
+			wallet = long
+		}
+		_, err := messages.DecodeCreateBalance(messages.CreateBalanceSubject(wallet), []byte(body))
+		var v *messages.ValidationError
+		require.ErrorAs(t, err, &v)
+		require.Contains(t, v.Reason, "at most 128")
+	}
+	ok := strings.Repeat("a", messages.MaxTokenBytes)
+	_, err := messages.DecodeCreateBalance(messages.CreateBalanceSubject(ok), []byte(`{"walletID":"`+ok+`","name":"`+ok+`"}`))
+	require.NoError(t, err)
+}

@@ -94,3 +94,11 @@ func TestConfigValidate(t *testing.T) {
 		require.Contains(t, err.Error(), want)
 	}
 }
+
+func TestClaimTTLMustCoverTheAckWait(t *testing.T) {
+	t.Parallel()
+	err := Config{AckWait: 30 * time.Second, ClaimTTL: 5 * time.Second}.Validate()
+	require.ErrorContains(t, err, "claim TTL 5s is shorter than ack wait 30s")
+	require.NoError(t, Config{AckWait: 30 * time.Second, ClaimTTL: 30 * time.Second}.Validate())
+	require.Equal(t, 30*time.Second, Config{}.WithDefaults().ClaimTTL)
+}

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -83,9 +82,10 @@ func (c *Claims) Claim(ctx context.Context, ledger, account, key string) error {
 	return fmt.Errorf("claim %s: it kept expiring while being read", k)
 }
 
-// claimKey maps a ledger and an account to a KV key. Addresses are
-// colon-separated [A-Za-z0-9_] segments once dashes are gone, ledger names
-// [A-Za-z0-9_-]: both are valid key tokens.
+// claimKey maps a ledger and an account to a KV key: the ledger name (a valid
+// key token, at most 63 bytes) and the account's SHA-256, so that the key, and
+// the subject it becomes, stay short whatever the account prefix.
 func claimKey(ledger, account string) string {
-	return ledger + "." + strings.ReplaceAll(account, ":", ".")
+	sum := sha256.Sum256([]byte(account))
+	return ledger + "." + hex.EncodeToString(sum[:])
 }

@@ -40,8 +40,8 @@ type Config struct {
 	// delivered again.
 	Backoff Backoff
 	// ClaimTTL is how long a balance claim blocks other commands for the
-	// same balance when its claimant neither writes nor returns (default
-	// AckWait).
+	// same balance when its claimant neither writes nor returns (default and
+	// minimum AckWait).
 	ClaimTTL time.Duration
 	// SettleTimeout bounds the publish of an outcome and the ack that
 	// follows it (default 10s). Settling runs on a context that shutdown does
@@ -141,8 +141,11 @@ func (c Config) Validate() error {
 	if c.StreamReplicas > 5 {
 		errs = append(errs, fmt.Errorf("stream replicas %d: JetStream allows at most 5", c.StreamReplicas))
 	}
-	if c.ClaimTTL < time.Second {
-		errs = append(errs, fmt.Errorf("claim TTL %s is under 1s, the least JetStream allows", c.ClaimTTL))
+	if c.ClaimTTL < c.AckWait {
+		// A claim must outlive its claimant's attempt (HandlerTimeout from
+		// receipt, and a request the ledger may still be applying after
+		// that), or a second key could claim and write beside it.
+		errs = append(errs, fmt.Errorf("claim TTL %s is shorter than ack wait %s", c.ClaimTTL, c.AckWait))
 	}
 	if c.Backoff.Jitter >= 1 {
 		errs = append(errs, errors.New("backoff jitter must be below 1"))

@@ -34,7 +34,9 @@ func (c Config) StreamConfigs() []jetstream.StreamConfig {
 			Replicas:    c.StreamReplicas,
 			Duplicates:  c.DuplicateWindow,
 			MaxMsgSize:  messages.MaxBodyBytes + 4096, // headers ride along
-			Discard:     jetstream.DiscardOld,
+			// Should limits ever be set, refuse new commands rather
+			// than drop stored ones.
+			Discard: jetstream.DiscardNew,
 		},
 		{
 			Name:        messages.StreamEvents,
@@ -43,8 +45,11 @@ func (c Config) StreamConfigs() []jetstream.StreamConfig {
 			Retention:   jetstream.LimitsPolicy,
 			Storage:     jetstream.FileStorage,
 			Replicas:    c.StreamReplicas,
-			Duplicates:  c.DuplicateWindow,
-			MaxAge:      c.EventsMaxAge,
+			// An event must stay deduplicated until a redelivery of its
+			// command (after an ack lost with a crash) can come: at least
+			// ten ack waits, whatever the commands' window.
+			Duplicates: max(c.DuplicateWindow, 10*c.AckWait),
+			MaxAge:     c.EventsMaxAge,
 		},
 		{
 			Name:        messages.StreamDLQ,

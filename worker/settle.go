@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -58,13 +59,11 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
 	if !d.settled.CompareAndSwap(false, true) {
 		return
 	}
-	w.cfg.Metrics.settled(d, o, time.Now())
 	if code.DeadLetters() {
-		w.stats.DeadLettered.Add(1)
-		w.stats.Rejected.Add(1)
 		if err := d.msg.TermWithReason(string(code)); err != nil {
-			w.log.Warn("term failed; the redelivery will replay the outcome", w.logAttrs(d, key, "error", err)...)
+			w.log.Warn("term failed; the redelivery will settle it again", w.logAttrs(d, key, "error", err)...)
 		}
+		w.settled(d, o)
 		w.log.Warn("command dead-lettered", w.logAttrs(d, key, "outcome", code, "reason", o.Rejected.Message)...)
 		return
 	}
@@ -74,16 +73,27 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
 		w.log.Warn("ack failed; the redelivery will replay the outcome", w.logAttrs(d, key, "error", err)...)
 		return
 	}
+	w.settled(d, o)
+	if o.Created == nil {
+		w.log.Info("command rejected", w.logAttrs(d, key, "outcome", code, "reason", o.Rejected.Message)...)
+	} else if w.log.Enabled(context.Background(), slog.LevelDebug) {
+		w.log.Debug("command settled", w.logAttrs(d, key, "outcome", OutcomeLabel(o))...)
+	}
+}
+
+// settled counts a settled delivery in the stats and the metrics.
+func (w *Worker) settled(d *delivery, o handlers.Outcome) {
+	w.cfg.Metrics.settled(d, o, time.Now())
 	switch {
 	case o.Created != nil && o.Created.Replayed:
 		w.stats.Replayed.Add(1)
-		w.log.Debug("command settled", w.logAttrs(d, key, "outcome", "replayed")...)
 	case o.Created != nil:
 		w.stats.Created.Add(1)
-		w.log.Debug("command settled", w.logAttrs(d, key, "outcome", "created")...)
 	default:
 		w.stats.Rejected.Add(1)
-		w.log.Info("command rejected", w.logAttrs(d, key, "outcome", code, "reason", o.Rejected.Message)...)
+		if o.Code().DeadLetters() {
+			w.stats.DeadLettered.Add(1)
+		}
 	}
 }
 
@@ -98,13 +108,13 @@ func (w *Worker) event(d *delivery, o handlers.Outcome) (key, walletID, subject 
 	case o.Rejected != nil:
 		r := *o.Rejected
 		r.Key = headerSafe(r.Key, messages.MaxKeyBytes)
-		if r.Code == messages.CodeInvalidCommand || messages.BalanceCreateRejectedSubject(r.WalletID) == messages.BalanceCreateRejectedSubject("") {
+		if r.Code == messages.CodeInvalidCommand {
 			// An invalid body's walletID is not to be trusted (it may even
 			// contradict the subject): the rejection goes where the
-			// producer sent the command, to the subject's wallet.
-			if w := messages.WalletFromSubject(d.subject); w != messages.UnknownWallet {
-				r.WalletID = w
-			} else if messages.BalanceCreateRejectedSubject(r.WalletID) == messages.BalanceCreateRejectedSubject("") {
+			// producer sent the command, to the subject's wallet, or to
+			// UnknownWallet when the subject has none.
+			r.WalletID = messages.WalletFromSubject(d.subject)
+			if r.WalletID == messages.UnknownWallet {
 				r.WalletID = ""
 			}
 		}

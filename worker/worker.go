@@ -159,11 +159,22 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 		return
 	}
 
+	if d.delivered > uint64(w.cfg.MaxDeliver) {
+		// The command was given up on at delivery MaxDeliver, and that
+		// settle was lost (or its worker died before it): settle the same
+		// way again rather than try once more, so that a stored
+		// RETRIES_EXHAUSTED event is not contradicted by a late write.
+		w.settle(ctx, d, handlers.Reject(key, cmd, messages.CodeRetriesExhausted,
+			fmt.Sprintf("delivered %d times, past the retry budget of %d", d.delivered, w.cfg.MaxDeliver)))
+		return
+	}
+
 	hctx, cancel := context.WithDeadline(ctx, d.receivedAt.Add(w.cfg.HandlerTimeout))
 	defer cancel()
 	stopLease := w.keepLease(d)
 	defer stopLease()
 
+	waited := false
 	for {
 		outcome, err := w.handler.Handle(hctx, key, cmd)
 		if err == nil {
@@ -174,8 +185,11 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 		if retry != nil && retry.Deferred {
 			wait := jitter(retry.Delay, w.cfg.Backoff.Jitter)
 			if dl, _ := hctx.Deadline(); time.Until(dl) > wait {
-				w.stats.Deferred.Add(1)
-				w.cfg.Metrics.claimWait()
+				if !waited {
+					waited = true
+					w.stats.Deferred.Add(1)
+					w.cfg.Metrics.claimWait()
+				}
 				select {
 				case <-time.After(wait):
 					continue
@@ -188,17 +202,11 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 	}
 }
 
-// failed settles a delivery whose handling failed transiently.
+// failed settles a delivery whose handling failed transiently, or that waited
+// for another command's claim until its deadline.
 func (w *Worker) failed(ctx context.Context, d *delivery, key string, cmd messages.CreateBalance, err error) {
-	if errors.Is(context.Cause(ctx), ErrShutdown) {
+	if errors.Is(context.Cause(ctx), ErrShutdown) && w.canHandBack(d) {
 		w.handBack(d)
-		return
-	}
-	if retry, ok := handlers.AsRetry(err); ok && retry.Deferred {
-		// Waiting for another command's claim is not a failure: it does
-		// not spend the retry budget.
-		w.cfg.Metrics.claimWait()
-		w.nak(d, jitter(retry.Delay, w.cfg.Backoff.Jitter), retryDeferred)
 		return
 	}
 	if d.delivered >= uint64(w.cfg.MaxDeliver) {
@@ -206,9 +214,21 @@ func (w *Worker) failed(ctx context.Context, d *delivery, key string, cmd messag
 		w.settle(ctx, d, handlers.Reject(key, cmd, messages.CodeRetriesExhausted, msg))
 		return
 	}
+	if retry, ok := handlers.AsRetry(err); ok && retry.Deferred {
+		// Not a failure: the claim's holder is still at work. Look again
+		// shortly. It is a delivery all the same, so the budget bounds it.
+		w.nak(d, jitter(retry.Delay, w.cfg.Backoff.Jitter), retryDeferred)
+		return
+	}
 	delay := w.cfg.Backoff.Delay(d.delivered)
 	w.log.Warn("command failed; will retry", w.logAttrs(d, key, "error", err, "retry_in", delay.Round(time.Millisecond).String())...)
 	w.nak(d, delay, retryTransient)
+}
+
+// canHandBack reports whether JetStream will deliver d again after a NAK: the
+// consumer stops after MaxDeliver + serverMaxDeliverMargin deliveries.
+func (w *Worker) canHandBack(d *delivery) bool {
+	return d.delivered < uint64(w.cfg.MaxDeliver+serverMaxDeliverMargin)
 }
 
 // unsettled handles a delivery the router gave up on without settling it (a
@@ -245,6 +265,12 @@ func (w *Worker) nak(d *delivery, delay time.Duration, reason string) {
 // right after (the embedded one) forgets it, leaving the command leased until
 // its AckWait runs out; a delay is stored with the consumer's state.
 func (w *Worker) handBack(d *delivery) {
+	if !w.canHandBack(d) {
+		// JetStream would not deliver it again: settle it now, on a
+		// context that shutdown does not cancel.
+		w.handle(context.WithoutCancel(w.work), d)
+		return
+	}
 	if !d.settled.CompareAndSwap(false, true) {
 		return
 	}
@@ -260,6 +286,9 @@ func (w *Worker) handBack(d *delivery) {
 // to another worker.
 func (w *Worker) keepLease(d *delivery) (stop func()) {
 	every := w.cfg.AckWait / 3
+	// Past its deadline and its settle a delivery is not alive any more: a
+	// handler that ignores its context must not hold the command forever.
+	until := d.receivedAt.Add(w.cfg.HandlerTimeout + w.cfg.SettleTimeout)
 	var t *time.Timer
 	var mu sync.Mutex
 	stopped := false
@@ -271,7 +300,7 @@ func (w *Worker) keepLease(d *delivery) (stop func()) {
 			w.log.Debug("in-progress failed", w.logAttrs(d, "", "error", err)...)
 		}
 		mu.Lock()
-		if !stopped {
+		if !stopped && time.Now().Before(until) {
 			t.Reset(every)
 		}
 		mu.Unlock()
