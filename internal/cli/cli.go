@@ -66,7 +66,11 @@ func Main(ctx context.Context, args []string, env Env) int {
 			fmt.Fprintln(env.Stderr, "usage: wallets-worker publish create-balance [flags]")
 			return ExitUsage
 		}
-		return publishCommand(ctx, args[2:], env)
+		code := publishCommand(ctx, args[2:], env)
+		if code == ExitUsage {
+			code = ExitError // SPEC §2: publish exits 1 for every other error
+		}
+		return code
 	case "dlq":
 		err = dlqCommand(ctx, args[1:], env)
 	case "bench":

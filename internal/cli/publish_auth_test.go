@@ -76,9 +76,9 @@ func TestPublishAuthenticates(t *testing.T) {
 		require.NotContains(t, errOut, password, tc.name)
 	}
 
-	// A setting that cannot work is a usage error, before any connection.
+	// A setting that cannot work fails before any connection (exit 1, SPEC §2).
 	code, _, errOut = publish(nil, "--nats-user", "alice", "--nats-password", password, "--nats-token", wrong)
-	require.Equal(t, ExitUsage, code, errOut)
+	require.Equal(t, ExitError, code, errOut)
 	require.Contains(t, errOut, "different methods")
 	require.NotContains(t, errOut, wrong)
 	require.NotContains(t, errOut, password)

@@ -225,11 +225,11 @@ func TestPublishFromFileUsage(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"--from-file", path, "--wallet", "w1"}, ExitUsage, "--wallet and --from-file are mutually exclusive"},
-		{[]string{"--from-file", path, "--name", "n", "--key", "k"}, ExitUsage, "--key and --from-file are mutually exclusive"},
-		{[]string{"--wallet", "w1", "--name", "n", "--results", "r.jsonl"}, ExitUsage, "--results needs --from-file"},
-		{[]string{"--from-file", path, "--progress", "sometimes"}, ExitUsage, "--progress"},
-		{[]string{"--from-file", path, "--in-flight", "0"}, ExitUsage, "--in-flight"},
+		{[]string{"--from-file", path, "--wallet", "w1"}, ExitError, "--wallet and --from-file are mutually exclusive"},
+		{[]string{"--from-file", path, "--name", "n", "--key", "k"}, ExitError, "--key and --from-file are mutually exclusive"},
+		{[]string{"--wallet", "w1", "--name", "n", "--results", "r.jsonl"}, ExitError, "--results needs --from-file"},
+		{[]string{"--from-file", path, "--progress", "sometimes"}, ExitError, "--progress"},
+		{[]string{"--from-file", path, "--in-flight", "0"}, ExitError, "--in-flight"},
 		{[]string{"--from-file", filepath.Join(t.TempDir(), "missing.jsonl")}, ExitError, "no such file"},
 	} {
 		var stdout, stderr bytes.Buffer
