@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -42,6 +43,9 @@ type Client struct {
 	timeout time.Duration
 	tokens  *tokenSource // nil without OAuth2
 	observe func(op string, status int, d time.Duration)
+	// listCap is the page size the server was seen to cap ListAccounts
+	// to, 0 until then.
+	listCap atomic.Int64
 }
 
 // NewClient validates cfg (with defaults applied) and builds a Client.

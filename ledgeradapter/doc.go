@@ -4,8 +4,11 @@
 // # Contract
 //
 // Client offers the few calls the worker needs, each taking a context first:
-// EnsureLedger, GetAccount, AddAccountMetadata, ListLogs/AllLogs and
-// Healthcheck. It promises that:
+// EnsureLedger, GetAccount, AddAccountMetadata, their batched forms
+// ListAccounts (many accounts by address in one request) and Bulk (many
+// metadata writes in one request, each element with its own idempotency
+// key and its own result), ListLogs/AllLogs and Healthcheck. It promises
+// that:
 //
 //   - an address or ledger name is validated before any request is sent
 //     (ValidateAddress, ValidateLedgerName), so a malformed address can never
@@ -26,10 +29,18 @@
 // The client never retries by itself: the worker owns retries and their
 // backoff, and every attempt of a write sends the same Idempotency-Key.
 //
+// Batcher has GetAccount and AddAccountMetadata too, and coalesces the
+// calls that run at the same time into ListAccounts and Bulk requests, with
+// a small window, a cap on the calls of one request and on the requests in
+// flight; each call keeps its own result and error. The only thing it loses
+// is IdempotencyHit on a write that shared its request: the ledger's bulk
+// answer does not carry it.
+//
 // # Who imports it
 //
 // The handlers package reaches the ledger only through small interfaces it
-// declares (GetAccount, AddAccountMetadata), which *Client satisfies; cmd
-// builds the Client from flags and calls EnsureLedger at start. Tests and
-// local runs point it at ledgeradapter/embeddedledger.
+// declares (GetAccount, AddAccountMetadata), which *Client and *Batcher
+// satisfy; cmd builds the Client from flags, wraps it in a Batcher when
+// batching is on, and calls EnsureLedger at start. Tests and local runs
+// point it at ledgeradapter/embeddedledger.
 package ledgeradapter

@@ -18,6 +18,10 @@ const (
 	CodeInternal            = "INTERNAL"
 )
 
+// idempotencyHashMessage starts the ledger's answer to an Idempotency-Key
+// stored with another input (ErrInvalidIdempotencyInput, CONTRACT §3).
+const idempotencyHashMessage = "invalid idempotency hash"
+
 // Sentinels. Those about the ledger's answer match an *Error through its Is
 // method, on the errorCode (or status) the ledger sent; the others are wrapped
 // in *Error.Err.
@@ -73,6 +77,11 @@ type Error struct {
 
 	Err error
 
+	// Element is, for the failure of one element of a bulk, its 1-based
+	// position in the request; 0 otherwise. StatusCode is then the status
+	// the element's ErrorCode has on the single endpoints, not the bulk's.
+	Element int
+
 	// notSent marks a check that failed before any request: permanent.
 	notSent bool
 }
@@ -83,6 +92,9 @@ func (e *Error) Error() string {
 	b.WriteString(e.Op)
 	if e.Method != "" {
 		b.WriteString(" " + e.Method + " " + e.URL)
+	}
+	if e.Element != 0 {
+		b.WriteString(": element " + strconv.Itoa(e.Element))
 	}
 	if e.StatusCode != 0 {
 		b.WriteString(": " + strconv.Itoa(e.StatusCode))
@@ -111,7 +123,7 @@ func (e *Error) Is(target error) bool {
 	case ErrValidation:
 		return e.ErrorCode == CodeValidation
 	case ErrIdempotencyConflict:
-		return e.ErrorCode == CodeValidation && strings.Contains(e.ErrorMessage, "invalid idempotency hash")
+		return e.ErrorCode == CodeValidation && strings.Contains(e.ErrorMessage, idempotencyHashMessage)
 	case ErrNotFound:
 		return e.ErrorCode == CodeNotFound
 	case ErrLedgerNotFound:

@@ -2,6 +2,7 @@ package ledgeradapter_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -182,6 +183,24 @@ func compareSchema(t *testing.T, where string, official, ours *openapi3.Schema) 
 		}
 		require.True(t, slices.ContainsFunc(official.OneOf, func(r *openapi3.SchemaRef) bool { return r.Ref == alt.Ref }),
 			"%s: oneOf %s is not in the official file", where, alt.Ref)
+	}
+	// allOf parts are compared in order: a subset keeps every one.
+	require.Len(t, ours.AllOf, len(official.AllOf), "%s: allOf", where)
+	for i, part := range ours.AllOf {
+		w := fmt.Sprintf("%s.allOf[%d]", where, i)
+		require.Equal(t, official.AllOf[i].Ref, part.Ref, "%s: $ref", w)
+		if part.Ref == "" {
+			compareSchema(t, w, official.AllOf[i].Value, part.Value)
+		}
+	}
+	if d := ours.Discriminator; d != nil {
+		require.NotNil(t, official.Discriminator, "%s: discriminator", where)
+		require.Equal(t, official.Discriminator.PropertyName, d.PropertyName, "%s: discriminator", where)
+		for value, ref := range d.Mapping {
+			offRef, ok := official.Discriminator.Mapping[value]
+			require.True(t, ok, "%s: discriminator value %s is not in the official file", where, value)
+			require.Equal(t, offRef.Ref, ref.Ref, "%s: discriminator value %s", where, value)
+		}
 	}
 }
 

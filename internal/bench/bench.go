@@ -66,6 +66,15 @@ type Config struct {
 	// ledger request.
 	Ledger        string
 	LedgerLatency time.Duration
+	// Batch puts a ledgeradapter.Batcher between each worker's handler and
+	// the ledger, with BatchWindow, BatchMax and LedgerConcurrency (its
+	// Window, MaxBatch and MaxInFlight; zero takes the Batcher's default).
+	// Without it a worker has at most Concurrency ledger requests in
+	// flight, one per command.
+	Batch             bool
+	BatchWindow       time.Duration
+	BatchMax          int
+	LedgerConcurrency int
 	// Concurrency of each worker (default the worker's); the baseline runs
 	// Workers × Concurrency, the pool's total.
 	Concurrency int
@@ -140,10 +149,19 @@ func (c Config) Validate() error {
 	if c.LedgerLatency < 0 {
 		errs = append(errs, fmt.Errorf("ledger latency %s is negative", c.LedgerLatency))
 	}
+	if c.Batch {
+		if err := c.batcherConfig().Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if c.Workers < 1 || c.Workers > maxWorkers {
 		errs = append(errs, fmt.Errorf("workers %d: want 1 to %d", c.Workers, maxWorkers))
 	}
 	return errors.Join(errs...)
+}
+
+func (c Config) batcherConfig() ledgeradapter.BatcherConfig {
+	return ledgeradapter.BatcherConfig{Window: c.BatchWindow, MaxBatch: c.BatchMax, MaxInFlight: c.LedgerConcurrency}
 }
 
 // maxWorkers bounds Config.Workers: each is a NATS connection and a pull
@@ -181,6 +199,8 @@ type Result struct {
 		Other         int `json:"other"`
 	} `json:"outcomes"`
 	LedgerRequests LedgerRequests `json:"ledgerRequests"`
+	// Batch is what the Batchers did (all workers together), with --batch.
+	Batch *BatchReport `json:"batch,omitempty"`
 	// WorkerStats are the worker's own counters.
 	WorkerStats struct {
 		Created      int64 `json:"created"`
@@ -214,6 +234,19 @@ type Result struct {
 		IdleRSSBytes    uint64 `json:"idleRSSBytes"`
 		ProcessHWMBytes uint64 `json:"processHWMBytes"`
 	} `json:"memory"`
+}
+
+// BatchReport is the Batchers' settings and counters.
+type BatchReport struct {
+	WindowMs          float64 `json:"windowMs"`
+	Max               int     `json:"max"`
+	LedgerConcurrency int     `json:"ledgerConcurrency"`
+	// Reads and Writes are the calls the handlers made, ReadRequests and
+	// WriteRequests the requests that carried them.
+	Reads, Writes               int64
+	ReadRequests, WriteRequests int64
+	ReadsPerRequest             float64 `json:"readsPerRequest"`
+	WritesPerRequest            float64 `json:"writesPerRequest"`
 }
 
 // runner holds what the phases share.
@@ -291,7 +324,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		return res, err
 	}
 
-	ledger, httpRequests, arm, stopLedger, err := r.ledger(ctx, dir)
+	ledger, meter, arm, stopLedger, err := r.ledger(ctx, dir)
 	if err != nil {
 		return res, err
 	}
@@ -309,7 +342,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	arm()
 
 	t := newTally()
-	t.ledger = ledger
+	var batchers []*ledgeradapter.Batcher
 	wlog := slog.New(slog.NewTextHandler(cfg.Log, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	// Each worker as a process of its own would have it: its connection,
 	// its claims binding, its handler; the ledger is the one service they
@@ -328,7 +361,16 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		if err != nil {
 			return res, err
 		}
-		h := &handlers.CreateBalance{Ledger: tallyLedger{t}, LedgerName: ledgerName, Claim: tallyClaimer{t, claims}}
+		var wl handlers.Ledger = ledger
+		if cfg.Batch {
+			b, err := ledgeradapter.NewBatcher(ledger, cfg.batcherConfig())
+			if err != nil {
+				return res, err
+			}
+			batchers = append(batchers, b)
+			wl = b
+		}
+		h := &handlers.CreateBalance{Ledger: tallyLedger{t, wl}, LedgerName: ledgerName, Claim: tallyClaimer{t, claims}}
 		if workers[i], err = worker.New(js, tallyHandler{t, h}, r.wcfg, wlog.With("worker", i)); err != nil {
 			return res, err
 		}
@@ -353,8 +395,13 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	for i := range all {
 		all[i] = i
 	}
-	logf("worker phase: %d commands, mode %s, ledger %s (+%s), %d workers × concurrency %d",
-		cfg.Commands, cfg.Mode, cfg.Ledger, cfg.LedgerLatency, cfg.Workers, cfg.Concurrency)
+	batching := "off"
+	if cfg.Batch {
+		bc := batchers[0].Config()
+		batching = fmt.Sprintf("window %s, max %d, %d ledger requests in flight", bc.Window, bc.MaxBatch, bc.MaxInFlight)
+	}
+	logf("worker phase: %d commands, mode %s, ledger %s (+%s), %d workers × concurrency %d, batching %s",
+		cfg.Commands, cfg.Mode, cfg.Ledger, cfg.LedgerLatency, cfg.Workers, cfg.Concurrency, batching)
 	workerSide := side{
 		name:        "worker",
 		subject:     messages.CreateBalanceSubject,
@@ -384,7 +431,26 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	}
 	var classes outcomeCounts
 	res.LedgerRequests, classes = t.summary(res.Worker.Stored)
-	res.LedgerRequests.HTTP = httpRequests.Load()
+	lr := &res.LedgerRequests
+	lr.Requests, lr.PeakInFlight = meter.requests.Load(), meter.peak.Load()
+	lr.RequestsPerCommand = ratio(float64(lr.Requests), res.Worker.Stored)
+	if cfg.Ledger == LedgerEmbedded {
+		lr.HTTP = lr.Requests
+	}
+	if cfg.Batch {
+		bc := batchers[0].Config()
+		br := &BatchReport{WindowMs: ms(bc.Window), Max: bc.MaxBatch, LedgerConcurrency: bc.MaxInFlight}
+		for _, b := range batchers {
+			st := b.Stats()
+			br.Reads += st.Reads
+			br.Writes += st.Writes
+			br.ReadRequests += st.ReadRequests
+			br.WriteRequests += st.WriteRequests
+		}
+		br.ReadsPerRequest = ratio(float64(br.Reads), int(br.ReadRequests))
+		br.WritesPerRequest = ratio(float64(br.Writes), int(br.WriteRequests))
+		res.Batch = br
+	}
 	res.Outcomes.Created, res.Outcomes.Replayed = classes[classCreated], classes[classReplayed]
 	res.Outcomes.AlreadyExists, res.Outcomes.Other = classes[classAlreadyExists], classes[classOther]
 	ws := &res.WorkerStats
@@ -428,14 +494,15 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	return res, nil
 }
 
-// ledger returns the ledger the handler will use, a counter of the HTTP
-// requests it receives (embedded only), a function that switches on the
-// injected latency and the counting once the replays are seeded, and a stop.
-func (r *runner) ledger(ctx context.Context, dir string) (handlers.Ledger, *atomic.Int64, func(), func(), error) {
-	var requests atomic.Int64
+// ledger returns the ledger the workers share, the meter of the requests it
+// receives (from the moment they are armed), a function that switches on
+// the injected latency and the metering once the replays are seeded, and a
+// stop.
+func (r *runner) ledger(ctx context.Context, dir string) (ledgeradapter.BatchLedger, *meter, func(), func(), error) {
+	m := &meter{}
 	if r.cfg.Ledger == LedgerNull {
-		l := newNullLedger(0)
-		return l, &requests, func() { l.latency = r.cfg.LedgerLatency }, func() {}, nil
+		l := newNullLedger(m)
+		return l, m, func() { l.arm(r.cfg.LedgerLatency) }, func() {}, nil
 	}
 	l, err := embeddedledger.Open(filepath.Join(dir, "ledger"))
 	if err != nil {
@@ -447,7 +514,7 @@ func (r *runner) ledger(ctx context.Context, dir string) (handlers.Ledger, *atom
 		return nil, nil, nil, nil, err
 	}
 	var armed atomic.Bool
-	srv := &http.Server{Handler: delayed(l.Handler(), r.cfg.LedgerLatency, &armed, &requests), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: delayed(l.Handler(), r.cfg.LedgerLatency, &armed, m), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: "http://" + ln.Addr().String()})
 	stop := func() {
@@ -467,7 +534,7 @@ func (r *runner) ledger(ctx context.Context, dir string) (handlers.Ledger, *atom
 		stop()
 		return nil, nil, nil, nil, err
 	}
-	return client, &requests, func() { armed.Store(true) }, stop, nil
+	return client, m, func() { armed.Store(true) }, stop, nil
 }
 
 // profiler returns the CPU profiling of the worker phase, or nil.

@@ -28,6 +28,8 @@ func TestCountsAreHonest(t *testing.T) {
 		{"live null", []string{"--mode", "live", "--ledger", "null"}},
 		{"drain embedded with latency", []string{"--mode", "drain", "--ledger", "embedded", "--ledger-latency", "1ms"}},
 		{"live at a rate", []string{"--mode", "live", "--rate", "2000", "--concurrency", "8"}},
+		{"live embedded batched", []string{"--mode", "live", "--ledger", "embedded", "--ledger-latency", "1ms", "--batch", "--concurrency", "64", "--ledger-concurrency", "2"}},
+		{"drain null batched", []string{"--mode", "drain", "--batch", "--ledger-latency", "1ms", "--concurrency", "64"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -68,9 +70,20 @@ func TestCountsAreHonest(t *testing.T) {
 			require.GreaterOrEqual(t, lr.PerConflict, 1.0)
 			require.GreaterOrEqual(t, lr.ClaimsPerCreate, 1.0)
 			if res.Ledger == LedgerEmbedded {
-				require.Equal(t, lr.Total, lr.HTTP, "the client makes one HTTP request per call")
+				require.Equal(t, lr.Requests, lr.HTTP)
 			} else {
 				require.Zero(t, lr.HTTP)
+			}
+			require.InDelta(t, float64(lr.Requests)/float64(stored), lr.RequestsPerCommand, 1e-9)
+			if b := res.Batch; b != nil {
+				require.EqualValues(t, lr.GetAccount, b.Reads, "every call at the seam went through the Batchers")
+				require.EqualValues(t, lr.AddMetadata, b.Writes)
+				require.Equal(t, b.ReadRequests+b.WriteRequests, lr.Requests, "the Batchers' requests are what reached the ledger")
+				require.Less(t, lr.Requests, lr.Total, "batching saved requests")
+				require.LessOrEqual(t, lr.PeakInFlight, int64(b.LedgerConcurrency))
+			} else {
+				require.Equal(t, lr.Total, lr.Requests, "one request per call")
+				require.LessOrEqual(t, lr.PeakInFlight, int64(res.Concurrency))
 			}
 
 			b := res.Baseline
@@ -200,6 +213,8 @@ func TestFlags(t *testing.T) {
 		{"--commands", "-3"},
 		{"--workers", "-1"},
 		{"--workers", "65"},
+		{"--batch", "--batch-max", "101"},
+		{"--batch", "--ledger-concurrency", "-1"},
 		{"extra"},
 	} {
 		err := Command(ctx, args, io.Discard, io.Discard)

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/worker"
 )
 
@@ -39,7 +40,11 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&cfg.Mode, "mode", ModeLive, "live: publish while the worker consumes (throughput and latency under load); drain: store every command first, then time the worker draining them")
 	fs.StringVar(&cfg.Ledger, "ledger", LedgerNull, "null: in-memory ledger that answers at once; embedded: the embedded ledger over loopback HTTP through the ledger client")
 	fs.DurationVar(&cfg.LedgerLatency, "ledger-latency", 0, "delay added to every ledger request")
-	fs.IntVar(&cfg.Concurrency, "concurrency", def.Concurrency, "commands in flight in each worker; the baseline runs --workers × this")
+	fs.IntVar(&cfg.Concurrency, "concurrency", def.Concurrency, "commands in flight in each worker; the baseline runs --workers × this. Without --batch, also the most ledger requests in flight")
+	fs.BoolVar(&cfg.Batch, "batch", false, "coalesce each worker's concurrent ledger reads and writes into list-accounts and bulk requests (ledgeradapter.Batcher)")
+	fs.DurationVar(&cfg.BatchWindow, "batch-window", ledgeradapter.DefaultBatchWindow, "with --batch: how long a call waits for others while one of its kind is in flight")
+	fs.IntVar(&cfg.BatchMax, "batch-max", ledgeradapter.DefaultBatchMax, "with --batch: most calls per request (1: no coalescing, only the --ledger-concurrency cap)")
+	fs.IntVar(&cfg.LedgerConcurrency, "ledger-concurrency", ledgeradapter.DefaultBatchInFlight, "with --batch: most ledger requests in flight per worker")
 	fs.IntVar(&cfg.Workers, "workers", 1, "worker instances in the process, each with its own NATS connection, sharing the durable consumer")
 	fs.BoolVar(&cfg.Baseline, "baseline", true, "also run the baseline (plain pull, publish, DoubleAck) and report worker ÷ baseline")
 	fs.Uint64Var(&cfg.Seed, "seed", 1, "seed of the workload's order")
@@ -115,6 +120,10 @@ func printTable(out io.Writer, r Result) error {
 	}
 	fmt.Fprintf(out, "wallets-worker bench: mode %s, ledger %s (+%gms/request), %d workers × concurrency %d, rate %s, GOMAXPROCS %d\n",
 		r.Mode, r.Ledger, r.LedgerLatencyMs, r.Workers, r.Concurrency, rate, r.GOMAXPROCS)
+	if b := r.Batch; b != nil {
+		fmt.Fprintf(out, "batching: window %gms, at most %d calls per request and %d ledger requests in flight per worker\n",
+			b.WindowMs, b.Max, b.LedgerConcurrency)
+	}
 	fmt.Fprintf(out, "published %d: %d fresh, %d duplicates, %d conflicts, %d replays; JetStream stored %d, dropped %d as duplicates\n",
 		r.Worker.Published, r.Workload.Fresh, r.Workload.Duplicates, r.Workload.Conflicts, r.Workload.Replays, r.Worker.Stored, r.Worker.Duplicates)
 	fmt.Fprintf(out, "outcomes %d (events stored %d, commands left %d): created %d, replayed %d, already exists %d, other %d; deferred %d, retried %d\n",
@@ -163,6 +172,12 @@ func printTable(out io.Writer, r Result) error {
 	}
 	fmt.Fprintf(out, "); per create %.2f, per replay %.2f, per conflict %.2f; claims per create %.2f\n",
 		lr.PerCreate, lr.PerReplay, lr.PerConflict, lr.ClaimsPerCreate)
+	fmt.Fprintf(out, "requests that reached the ledger: %d, %.3f per command; at most %d in flight\n",
+		lr.Requests, lr.RequestsPerCommand, lr.PeakInFlight)
+	if b := r.Batch; b != nil {
+		fmt.Fprintf(out, "batched: %.1f reads per read request (%d/%d), %.1f writes per write request (%d/%d)\n",
+			b.ReadsPerRequest, b.Reads, b.ReadRequests, b.WritesPerRequest, b.Writes, b.WriteRequests)
+	}
 	fmt.Fprintf(out, "* whole process: the embedded NATS server runs in the same Go heap and RSS. Idle after start-up: heap %s, RSS %s; peak RSS of the run (VmHWM) %s\n",
 		mb(r.Memory.IdleHeapBytes), mb(r.Memory.IdleRSSBytes), mb(r.Memory.ProcessHWMBytes))
 	return nil

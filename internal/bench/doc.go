@@ -34,6 +34,17 @@
 // Outcomes are counted once per stored command, by the Wallets-Command-Seq
 // header of the events an ordered consumer reads back from the events stream.
 //
+// With --batch, each worker's handler reaches the ledger through a
+// ledgeradapter.Batcher (--batch-window, --batch-max, --ledger-concurrency),
+// which coalesces concurrent reads into list-accounts requests and writes
+// into bulks. Compare it with an unbatched run at equal ledger concurrency:
+// unbatched, a worker has at most --concurrency ledger requests in flight
+// (one per command); batched, at most --ledger-concurrency, while
+// --concurrency, the commands in flight, can be far larger. Ledger calls
+// are counted twice: at the handlers.Ledger seam, per command (what the
+// handler asked for), and at the ledger, per request (what reached it, a
+// batch once, with the most requests in flight at once).
+//
 // Memory figures are those of the whole process: the embedded NATS server
 // runs in the same Go heap as the worker, and RSS covers both.
 package bench

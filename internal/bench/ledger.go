@@ -14,54 +14,111 @@ import (
 	"github.com/wallets-worker/wallets-worker/worker"
 )
 
-// nullLedger is an in-memory handlers.Ledger with the semantics the handler
-// relies on: an absent account is found=false (the ledger's 404), metadata
-// merges key by key, and an Idempotency-Key already stored answers a hit for
-// the same address and a VALIDATION error for another one (the ledger hashes
-// the whole input; the address stands in for it here). It answers at once
-// unless latency is set.
+// nullLedger is an in-memory ledger with the semantics the handler relies
+// on: an absent account is found=false (the ledger's 404), metadata merges
+// key by key, and an Idempotency-Key already stored answers a hit for the
+// same address and a VALIDATION error for another one (the ledger hashes
+// the whole input; the address stands in for it here). It has the batched
+// calls too, each one request. Once armed, every request takes latency and
+// is metered.
 type nullLedger struct {
-	latency time.Duration
+	meter   *meter
+	armed   atomic.Bool
+	latency atomic.Int64 // time.Duration
 
 	mu       sync.Mutex
 	accounts map[string]map[string]string
 	keys     map[string]string // Idempotency-Key → address
 }
 
-var _ handlers.Ledger = (*nullLedger)(nil)
+var _ ledgeradapter.BatchLedger = (*nullLedger)(nil)
 
-func newNullLedger(latency time.Duration) *nullLedger {
-	return &nullLedger{latency: latency, accounts: map[string]map[string]string{}, keys: map[string]string{}}
+func newNullLedger(m *meter) *nullLedger {
+	return &nullLedger{meter: m, accounts: map[string]map[string]string{}, keys: map[string]string{}}
+}
+
+func (l *nullLedger) arm(latency time.Duration) {
+	l.latency.Store(int64(latency))
+	l.armed.Store(true)
+}
+
+// request is the cost of one request: its latency, metered.
+func (l *nullLedger) request(ctx context.Context) error {
+	if !l.armed.Load() {
+		return nil
+	}
+	defer l.meter.enter()()
+	return sleep(ctx, time.Duration(l.latency.Load()))
 }
 
 func (l *nullLedger) GetAccount(ctx context.Context, _, address string) (ledgeradapter.Account, bool, error) {
-	if err := sleep(ctx, l.latency); err != nil {
+	if err := l.request(ctx); err != nil {
 		return ledgeradapter.Account{}, false, &ledgeradapter.Error{Op: "GetAccount", Err: err}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	acc, ok := l.account(address)
+	return acc, ok, nil
+}
+
+func (l *nullLedger) ListAccounts(ctx context.Context, _ string, addresses []string) (map[string]ledgeradapter.Account, error) {
+	if err := l.request(ctx); err != nil {
+		return nil, &ledgeradapter.Error{Op: "ListAccounts", Err: err}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]ledgeradapter.Account, len(addresses))
+	for _, a := range addresses {
+		if acc, ok := l.account(a); ok {
+			out[a] = acc
+		}
+	}
+	return out, nil
+}
+
+// account is called with mu held.
+func (l *nullLedger) account(address string) (ledgeradapter.Account, bool) {
 	md, ok := l.accounts[address]
 	if !ok {
-		return ledgeradapter.Account{}, false, nil
+		return ledgeradapter.Account{}, false
 	}
-	return ledgeradapter.Account{Address: address, Metadata: maps.Clone(md)}, true, nil
+	return ledgeradapter.Account{Address: address, Metadata: maps.Clone(md)}, true
 }
 
 func (l *nullLedger) AddAccountMetadata(ctx context.Context, _, address string, md map[string]string, key string) (ledgeradapter.WriteResult, error) {
-	if err := sleep(ctx, l.latency); err != nil {
+	if err := l.request(ctx); err != nil {
 		return ledgeradapter.WriteResult{}, &ledgeradapter.Error{Op: "AddAccountMetadata", Err: err}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	hit, err := l.write(address, md, key)
+	return ledgeradapter.WriteResult{IdempotencyHit: hit}, err
+}
+
+func (l *nullLedger) Bulk(ctx context.Context, _ string, elems []ledgeradapter.BulkAddMetadata) ([]ledgeradapter.BulkResult, error) {
+	if err := l.request(ctx); err != nil {
+		return nil, &ledgeradapter.Error{Op: "Bulk", Err: err}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	res := make([]ledgeradapter.BulkResult, len(elems))
+	for i, el := range elems {
+		_, res[i].Err = l.write(el.Address, el.Metadata, el.IdempotencyKey)
+	}
+	return res, nil
+}
+
+// write is called with mu held.
+func (l *nullLedger) write(address string, md map[string]string, key string) (bool, error) {
 	if key != "" {
 		if prev, ok := l.keys[key]; ok {
 			if prev != address {
-				return ledgeradapter.WriteResult{}, &ledgeradapter.Error{
+				return false, &ledgeradapter.Error{
 					Op: "AddAccountMetadata", StatusCode: http.StatusBadRequest, ErrorCode: ledgeradapter.CodeValidation,
 					ErrorMessage: "invalid idempotency hash when using idempotency key '" + key + "'",
 				}
 			}
-			return ledgeradapter.WriteResult{IdempotencyHit: true}, nil
+			return true, nil
 		}
 		l.keys[key] = address
 	}
@@ -71,7 +128,27 @@ func (l *nullLedger) AddAccountMetadata(ctx context.Context, _, address string, 
 		l.accounts[address] = acc
 	}
 	maps.Copy(acc, md)
-	return ledgeradapter.WriteResult{}, nil
+	return false, nil
+}
+
+// meter counts the requests the ledger receives and the most in flight at
+// once.
+type meter struct {
+	requests, inFlight, peak atomic.Int64
+}
+
+// enter records a request that starts; the function it returns, that it
+// ends.
+func (m *meter) enter() func() {
+	m.requests.Add(1)
+	n := m.inFlight.Add(1)
+	for {
+		p := m.peak.Load()
+		if n <= p || m.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	return func() { m.inFlight.Add(-1) }
 }
 
 // sleep waits d, or until ctx ends.
@@ -89,12 +166,12 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// delayed puts latency in front of every request next serves, and counts the
-// requests while armed.
-func delayed(next http.Handler, latency time.Duration, armed *atomic.Bool, requests *atomic.Int64) http.Handler {
+// delayed puts latency in front of every request next serves, and meters
+// the requests while armed.
+func delayed(next http.Handler, latency time.Duration, armed *atomic.Bool, m *meter) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if armed.Load() {
-			requests.Add(1)
+			defer m.enter()()
 			if err := sleep(r.Context(), latency); err != nil {
 				http.Error(w, err.Error(), http.StatusServiceUnavailable)
 				return
@@ -126,8 +203,6 @@ type tallyKey struct{}
 // request and claim is counted against the key of the command that made it,
 // whichever worker made it.
 type tally struct {
-	ledger handlers.Ledger
-
 	mu    sync.Mutex
 	byKey map[string]*keyTally
 }
@@ -175,20 +250,24 @@ func (h tallyHandler) Handle(ctx context.Context, key string, cmd messages.Creat
 	return o, err
 }
 
-type tallyLedger struct{ *tally }
+// tallyLedger wraps one worker's ledger (the shared one, or its Batcher).
+type tallyLedger struct {
+	*tally
+	next handlers.Ledger
+}
 
 func (l tallyLedger) GetAccount(ctx context.Context, ledger, address string) (ledgeradapter.Account, bool, error) {
 	if kt := from(ctx); kt != nil {
 		kt.gets.Add(1)
 	}
-	return l.ledger.GetAccount(ctx, ledger, address)
+	return l.next.GetAccount(ctx, ledger, address)
 }
 
 func (l tallyLedger) AddAccountMetadata(ctx context.Context, ledger, address string, md map[string]string, key string) (ledgeradapter.WriteResult, error) {
 	if kt := from(ctx); kt != nil {
 		kt.adds.Add(1)
 	}
-	return l.ledger.AddAccountMetadata(ctx, ledger, address, md, key)
+	return l.next.AddAccountMetadata(ctx, ledger, address, md, key)
 }
 
 // tallyClaimer wraps one worker's claims binding.
@@ -205,14 +284,22 @@ func (c tallyClaimer) Claim(ctx context.Context, ledger, account, key string) er
 }
 
 // LedgerRequests are the ledger calls the handler made, counted at the
-// handlers.Ledger seam, and the claims it took.
+// handlers.Ledger seam, the requests that reached the ledger, and the claims
+// the handler took.
 type LedgerRequests struct {
 	Total       int64 `json:"total"`
 	GetAccount  int64 `json:"getAccount"`
 	AddMetadata int64 `json:"addMetadata"`
 	// HTTP counts the requests the embedded ledger's HTTP server received
-	// (0 with the null ledger); it should equal Total.
+	// (0 with the null ledger); without batching it equals Total.
 	HTTP int64 `json:"http"`
+	// Requests counts what reached the ledger (HTTP requests, or calls to
+	// the null ledger), a batched request once; RequestsPerCommand divides
+	// it by the stored commands. Without batching it equals Total.
+	Requests           int64   `json:"requests"`
+	RequestsPerCommand float64 `json:"requestsPerCommand"`
+	// PeakInFlight is the most ledger requests in flight at once.
+	PeakInFlight int64 `json:"peakInFlight"`
 	// PerCommand is Total over the stored commands.
 	PerCommand float64 `json:"perCommand"`
 	// PerCreate, PerReplay and PerConflict divide the requests of the

@@ -42,6 +42,8 @@ type runFlags struct {
 	ledgerTimeout                                      time.Duration
 	noProvision, noClaim                               bool
 	w                                                  worker.Config
+	ledgerBatch                                        bool
+	batch                                              ledgeradapter.BatcherConfig
 }
 
 func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
@@ -60,6 +62,10 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.ledgerCA, "ledger-ca", "", "PEM file of the CA that signed the ledger's HTTPS certificate (default: the system's)")
 	fs.StringVar(&f.ledgerTokenURL, "ledger-token-url", "", "OAuth2 token URL, e.g. <stack>/api/auth/oauth/token")
 	fs.DurationVar(&f.ledgerTimeout, "ledger-timeout", ledgeradapter.DefaultTimeout, "timeout of one ledger request; below --handler-timeout")
+	fs.BoolVar(&f.ledgerBatch, "ledger-batch", false, "coalesce concurrent account reads and metadata writes into list-accounts and bulk requests (ledger v2.4.0+); pays off with --concurrency well above --ledger-concurrency")
+	fs.DurationVar(&f.batch.Window, "ledger-batch-window", ledgeradapter.DefaultBatchWindow, "with --ledger-batch: how long a call waits for others while one of its kind is in flight (a lone command never waits)")
+	fs.IntVar(&f.batch.MaxBatch, "ledger-batch-max", ledgeradapter.DefaultBatchMax, "with --ledger-batch: most calls per request, at most the ledger's BULK_MAX_SIZE and page size (100)")
+	fs.IntVar(&f.batch.MaxInFlight, "ledger-concurrency", ledgeradapter.DefaultBatchInFlight, "with --ledger-batch: most ledger requests in flight")
 	fs.StringVar(&f.dataDir, "data-dir", "./data", "where the embedded NATS server and the embedded ledger keep their files")
 	fs.StringVar(&f.embeddedNATSAddr, "embedded-nats-addr", "127.0.0.1:4222", "listen address of the embedded NATS server")
 	fs.StringVar(&f.embeddedLedgerAddr, "embedded-ledger-addr", "127.0.0.1:3068", "listen address of the embedded ledger")
@@ -112,6 +118,11 @@ func (f *runFlags) validate() error {
 	if (f.ledgerClientID == "") != (f.ledgerClientSecret == "") || (f.ledgerClientID != "" && f.ledgerTokenURL == "") {
 		errs = append(errs, usageError("--ledger-client-id, --ledger-client-secret and --ledger-token-url go together"))
 	}
+	if f.ledgerBatch {
+		if err := f.batch.Validate(); err != nil {
+			errs = append(errs, usageError("%v", err))
+		}
+	}
 	if err := f.nats.Validate(); err != nil {
 		errs = append(errs, usageError("%v", err))
 	}
@@ -153,6 +164,8 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 
 	ctx, drain := context.WithCancel(ctx)
 	defer drain()
+	exited := make(chan struct{})
+	defer close(exited)
 	var w atomic.Pointer[worker.Worker]
 	if env.Signals != nil {
 		go func() {
@@ -161,13 +174,14 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 				log.Info("signal received: draining; a second signal stops at once", "signal", sig.String())
 				drain()
 			case <-ctx.Done():
-				return
 			}
-			if sig, ok := <-env.Signals; ok {
+			select {
+			case sig := <-env.Signals:
 				log.Warn("second signal: handing back the commands in flight and stopping", "signal", sig.String())
 				if wk := w.Load(); wk != nil {
 					wk.Abort()
 				}
+			case <-exited:
 			}
 		}()
 	}
@@ -219,7 +233,15 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		return fmt.Errorf("ledger client: %w", err)
 	}
 	cleanups = append(cleanups, client.CloseIdleConnections) // before the embedded ledger's server waits for idle connections
-	h := &handlers.CreateBalance{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}
+	var ledger handlers.Ledger = client
+	if f.ledgerBatch {
+		b, err := ledgeradapter.NewBatcher(client, f.batch)
+		if err != nil {
+			return usageError("%v", err)
+		}
+		ledger = b
+	}
+	h := &handlers.CreateBalance{Ledger: ledger, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}
 	if err := h.Validate(); err != nil {
 		return usageError("%v", err)
 	}
@@ -228,7 +250,20 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return err
 	}
-	cleanups = append(cleanups, func() { _ = nc.Drain() })
+	cleanups = append(cleanups, func() {
+		// The last hand-backs and terminations are one-way publishes: make
+		// sure the server has them before the connection (or an embedded
+		// server) goes away.
+		_ = nc.FlushTimeout(2 * time.Second)
+		closed := make(chan struct{})
+		nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+		if nc.Drain() == nil {
+			select {
+			case <-closed:
+			case <-time.After(5 * time.Second):
+			}
+		}
+	})
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
@@ -287,12 +322,16 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	cfg := wk.Config()
 	log.Info("consuming commands",
 		"nats", redactURL(natsURL), "ledger", redactURL(ledgerURL), "ledger_name", f.ledgerName,
-		"concurrency", cfg.Concurrency, "ack_wait", cfg.AckWait, "max_deliver", cfg.MaxDeliver,
-		"retry_budget", cfg.RetryBudget().Round(time.Second))
+		"concurrency", cfg.Concurrency, "ack_wait", cfg.AckWait.String(), "max_deliver", cfg.MaxDeliver,
+		"retry_budget", cfg.RetryBudget().Round(time.Second).String())
 	ready.Store(true)
 	if env.Ready != nil {
 		env.Ready(Addrs{NATSURL: natsURL, LedgerURL: ledgerURL, HTTPAddr: httpAddr})
 	}
+	go func() {
+		<-ctx.Done()
+		ready.Store(false) // draining: not ready for new work
+	}()
 	err = wk.Run(ctx)
 	ready.Store(false)
 	if err != nil {
@@ -408,6 +447,12 @@ func serveHTTP(addr string, nc *nats.Conn, ledger *ledgeradapter.Client, ready *
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if nc.IsClosed() {
+			// nats.go gave up on the connection for good (it does, e.g., on
+			// a protocol error): only a restart brings the worker back.
+			writeStatus(w, http.StatusServiceUnavailable, map[string]string{"nats": "connection closed for good"})
+			return
+		}
 		writeStatus(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {

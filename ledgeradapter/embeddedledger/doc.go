@@ -12,17 +12,25 @@
 //	GET    /_healthcheck
 //	GET    /v2/{ledger}                               404 NOT_FOUND when missing
 //	POST   /v2/{ledger}                               400 LEDGER_ALREADY_EXISTS when present
+//	GET    /v2/{ledger}/accounts                      filtered by the body, by address, offset cursors
 //	GET    /v2/{ledger}/accounts/{address}            404 NOT_FOUND when never touched
 //	POST   /v2/{ledger}/accounts/{address}/metadata   additive shallow merge, creates the account
 //	DELETE /v2/{ledger}/accounts/{address}/metadata/{key}
 //	GET    /v2/{ledger}/logs                          newest first, cursor-paginated
+//	POST   /v2/{ledger}/_bulk                         JSON bulks of metadata writes, in order
 //
 // Ledger-scoped routes answer 404 LEDGER_NOT_FOUND for an unknown ledger.
 // Writes honour the Idempotency-Key header like the real ledger: one key space
 // per ledger shared by every write, a hash of the command input stored with
 // the log, a replay answered 204 with "Idempotency-Hit: true", a reuse with
 // another input answered 400 VALIDATION, concurrent users of one key getting
-// exactly one log.
+// exactly one log. A bulk element is the same write as its single endpoint,
+// in the same key space; it answers in order, 200 or (one element failed)
+// 400 with one result per element, never says whether an element was an
+// idempotency hit (neither does the real one), and keeps its elements in one
+// SQLite transaction with a savepoint each, committed before the answer.
+// The account list understands $and, $or, $not, $match and $in on address,
+// $match on metadata[key] and $exists on metadata; other filters answer 400.
 //
 // # Storage and durability
 //
@@ -39,8 +47,10 @@
 //
 // Transactions, volumes and balances (no postings, so accounts never carry
 // volumes), schemas (any schemaVersion answers 404 NOT_FOUND), ledger listing
-// and ledger metadata updates, bulk, logs import/export, pit (parsed, then
-// ignored), sort orders other than id:desc, authentication, the
+// and ledger metadata updates, counting accounts (HEAD), streamed bulks,
+// CREATE_TRANSACTION in a bulk (answered INTERNAL), logs import/export, pit
+// (parsed, then ignored), sort orders other than id:desc for logs and address
+// for accounts, filters on balances and dates, authentication, the
 // Formance-Bigint-As-String header, and the real ledger's 500 on racing first
 // writes to one new account (CONTRACT §3): writes are serialized here, so the
 // loser of such a race gets the Idempotency-Hit directly.

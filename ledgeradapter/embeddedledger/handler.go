@@ -127,6 +127,12 @@ func (l *Ledger) route(w http.ResponseWriter, r *http.Request) error {
 	case len(rest) == 1 && rest[0] == "logs":
 		method = http.MethodGet
 		handle = func(lg ledgerRow) error { return l.listLogsHandler(w, r, lg) }
+	case len(rest) == 1 && rest[0] == "_bulk":
+		method = http.MethodPost
+		handle = func(lg ledgerRow) error { return l.bulkHandler(w, r, lg) }
+	case len(rest) == 1 && rest[0] == "accounts":
+		method = http.MethodGet
+		handle = func(lg ledgerRow) error { return l.listAccountsHandler(w, r, lg) }
 	case len(rest) == 2 && rest[0] == "accounts":
 		method = http.MethodGet
 		handle = func(lg ledgerRow) error { return l.getAccountHandler(w, r, lg, rest[1]) }

@@ -51,7 +51,7 @@ var errLedgerExists = errors.New("ledger already exists")
 // Statements of the hot paths, prepared once at Open: the write ones on the
 // write connection, the read ones on the read pool.
 const (
-	qIdempotencyHash = `SELECT idempotency_hash FROM logs WHERE ledger_id = ? AND idempotency_key = ?`
+	qIdempotencyHash = `SELECT id, idempotency_hash FROM logs WHERE ledger_id = ? AND idempotency_key = ?`
 	qLastLog         = `SELECT id, hash FROM logs WHERE ledger_id = ? ORDER BY id DESC LIMIT 1`
 	qInsertLog       = `INSERT INTO logs (ledger_id, id, type, data, date, idempotency_key, idempotency_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
 	qAccountMetadata = `SELECT metadata FROM accounts WHERE ledger_id = ? AND address = ?`
@@ -219,58 +219,76 @@ func (l *Ledger) write(ctx context.Context, w write) (hit bool, err error) {
 		return false, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = sqlTx.Rollback() }()
-	tx := preparedTx{l: l, tx: sqlTx}
 
+	_, hit, err = l.forge(ctx, preparedTx{l: l, tx: sqlTx}, w, &logTip{})
+	if err != nil || hit || w.dryRun {
+		return hit, err
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return false, fmt.Errorf("commit: %w", err)
+	}
+	return false, nil
+}
+
+// logTip is the newest log of a ledger as the current transaction sees it.
+// forge reads it when it is not known yet and advances it with every log it
+// appends, so that a bulk reads it once rather than once per element.
+type logTip struct {
+	known bool
+	id    int64
+	hash  []byte
+}
+
+// forge is the body of write, inside the caller's transaction: it returns
+// the id of the new log, or of the stored one on an idempotency hit.
+func (l *Ledger) forge(ctx context.Context, tx preparedTx, w write, tip *logTip) (logID int64, hit bool, err error) {
 	if w.ikey != "" {
+		var storedID int64
 		var stored sql.NullString
 		err := tx.QueryRowContext(ctx,
 			qIdempotencyHash,
-			w.ledgerID, w.ikey).Scan(&stored)
+			w.ledgerID, w.ikey).Scan(&storedID, &stored)
 		switch {
 		case err == nil:
 			// Legacy logs without a hash skip the comparison, as in the real one.
 			if stored.String != "" && stored.String != w.ihash {
-				return false, &idempotencyMismatchError{key: w.ikey, computed: w.ihash, stored: stored.String}
+				return 0, false, &idempotencyMismatchError{key: w.ikey, computed: w.ihash, stored: stored.String}
 			}
-			return true, nil
+			return storedID, true, nil
 		case !errors.Is(err, sql.ErrNoRows):
-			return false, fmt.Errorf("look up idempotency key: %w", err)
+			return 0, false, fmt.Errorf("look up idempotency key: %w", err)
 		}
 	}
 
 	now := l.now().UTC().Truncate(time.Microsecond)
 	typ, payload, err := w.apply(ctx, tx, now)
 	if err != nil {
-		return false, err
+		return 0, false, err
 	}
 	data, err := json.Marshal(payload)
 	if err != nil {
-		return false, fmt.Errorf("encode log payload: %w", err)
+		return 0, false, fmt.Errorf("encode log payload: %w", err)
 	}
 
-	var lastID int64
-	var lastHash []byte
-	err = tx.QueryRowContext(ctx,
-		qLastLog, w.ledgerID).Scan(&lastID, &lastHash)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return false, fmt.Errorf("read last log: %w", err)
+	if !tip.known {
+		err = tx.QueryRowContext(ctx,
+			qLastLog, w.ledgerID).Scan(&tip.id, &tip.hash)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return 0, false, fmt.Errorf("read last log: %w", err)
+		}
+		tip.known = true
 	}
-	row := logRow{ID: lastID + 1, Type: typ, Data: data, Date: now, IdempotencyKey: w.ikey, IdempotencyHsh: w.ihash}
-	row.Hash = chainHash(lastHash, row)
+	row := logRow{ID: tip.id + 1, Type: typ, Data: data, Date: now, IdempotencyKey: w.ikey, IdempotencyHsh: w.ihash}
+	row.Hash = chainHash(tip.hash, row)
 
 	if _, err := tx.ExecContext(ctx,
 		qInsertLog,
 		w.ledgerID, row.ID, row.Type, string(row.Data), row.Date.UnixMicro(),
 		nullString(w.ikey), nullString(w.ihash), row.Hash); err != nil {
-		return false, fmt.Errorf("insert log: %w", err)
+		return 0, false, fmt.Errorf("insert log: %w", err)
 	}
-	if w.dryRun {
-		return false, nil
-	}
-	if err := sqlTx.Commit(); err != nil {
-		return false, fmt.Errorf("commit: %w", err)
-	}
-	return false, nil
+	tip.id, tip.hash = row.ID, row.Hash
+	return row.ID, false, nil
 }
 
 // chainHash chains logs like the real ledger does in spirit (sha256 over the

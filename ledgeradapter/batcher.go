@@ -1,0 +1,510 @@
+package ledgeradapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of BatcherConfig.
+const (
+	// DefaultBatchWindow is how long a call may wait for others to share
+	// its request when a request of its kind is already in flight.
+	DefaultBatchWindow = 2 * time.Millisecond
+	// DefaultBatchMax is the most calls one request carries.
+	DefaultBatchMax = MaxBulkSize
+	// DefaultBatchInFlight is how many ledger requests a Batcher keeps in
+	// flight at most, reads and writes together.
+	DefaultBatchInFlight = 8
+)
+
+// BatchLedger is what a Batcher sends its requests to; *Client implements
+// it.
+type BatchLedger interface {
+	GetAccount(ctx context.Context, ledger, address string) (Account, bool, error)
+	AddAccountMetadata(ctx context.Context, ledger, address string, metadata map[string]string, idempotencyKey string) (WriteResult, error)
+	ListAccounts(ctx context.Context, ledger string, addresses []string) (map[string]Account, error)
+	Bulk(ctx context.Context, ledger string, elems []BulkAddMetadata) ([]BulkResult, error)
+}
+
+// BatcherConfig configures a Batcher. Zero values take the defaults.
+type BatcherConfig struct {
+	// Window is how long a call waits for others to join its request while
+	// a request of the same kind (read or write, same ledger) is in flight
+	// (default DefaultBatchWindow). A call that finds none in flight is
+	// sent at once: a lone command is never delayed by the window.
+	Window time.Duration
+	// MaxBatch caps the calls of one request (default and at most
+	// DefaultBatchMax, the ledger's BULK_MAX_SIZE and page size). 1 turns
+	// coalescing off and leaves a limiter of requests in flight.
+	MaxBatch int
+	// MaxInFlight caps the ledger requests in flight (default
+	// DefaultBatchInFlight). Calls that arrive while every slot is taken
+	// wait and leave together when one frees.
+	MaxInFlight int
+}
+
+func (c *BatcherConfig) setDefaults() {
+	if c.Window == 0 {
+		c.Window = DefaultBatchWindow
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = DefaultBatchMax
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultBatchInFlight
+	}
+}
+
+// Validate reports every problem of c (after defaults) at once.
+func (c BatcherConfig) Validate() error {
+	c.setDefaults()
+	var errs []error
+	if c.Window < 0 {
+		errs = append(errs, fmt.Errorf("ledgeradapter: batch window %s is negative", c.Window))
+	}
+	if c.MaxBatch < 1 || c.MaxBatch > DefaultBatchMax {
+		errs = append(errs, fmt.Errorf("ledgeradapter: batch max %d: want 1 to %d", c.MaxBatch, DefaultBatchMax))
+	}
+	if c.MaxInFlight < 1 {
+		errs = append(errs, fmt.Errorf("ledgeradapter: requests in flight %d: want at least 1", c.MaxInFlight))
+	}
+	return errors.Join(errs...)
+}
+
+// Batcher offers GetAccount and AddAccountMetadata, with the results and
+// errors of *Client's, and sends concurrent calls together: reads as one
+// ListAccounts, writes as one Bulk of ADD_METADATA elements, each element
+// with its own idempotency key. A batch of one call goes out as the single
+// call, so a lone command makes exactly the requests it makes without a
+// Batcher.
+//
+// Every call keeps its own outcome: an element that fails fails only its
+// call, with the error the single call would have had; a request that
+// fails as a whole fails each of its calls with that error. A call whose
+// context ends returns at once with that context's error (retryable); if
+// it was not sent yet it never is, and a request whose every call has
+// returned is cancelled.
+//
+// A write with the idempotency key and input of one already queued or in
+// flight (two deliveries of one command, say) waits for it and, once it has
+// succeeded, returns IdempotencyHit without a request: what the ledger would
+// answer. One difference with *Client remains: the ledger's bulk answer does
+// not say whether an element was an idempotency hit, so a write sent in a
+// bulk of two or more reports IdempotencyHit false when the ledger already
+// had it from an earlier request (Client.Bulk).
+type Batcher struct {
+	next BatchLedger
+	cfg  BatcherConfig
+
+	mu       sync.Mutex
+	queues   map[queueKey]*queue
+	inFlight int
+	// flights are the writes queued or in flight, by ledger and
+	// idempotency key: the same write arriving meanwhile waits for it.
+	flights map[flightKey]*flight
+
+	stats batcherCounters
+}
+
+// NewBatcher returns a Batcher sending to next.
+func NewBatcher(next BatchLedger, cfg BatcherConfig) (*Batcher, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if next == nil {
+		return nil, errors.New("ledgeradapter: a Batcher needs a ledger")
+	}
+	return &Batcher{next: next, cfg: cfg, queues: map[queueKey]*queue{}, flights: map[flightKey]*flight{}}, nil
+}
+
+// Config returns the configuration in force, defaults applied.
+func (b *Batcher) Config() BatcherConfig { return b.cfg }
+
+// BatcherStats counts a Batcher's calls and the ledger requests that
+// carried them.
+type BatcherStats struct {
+	Reads, Writes               int64 // calls
+	ReadRequests, WriteRequests int64 // requests sent, single or batched
+	// PeakInFlight is the most requests that were in flight at once.
+	PeakInFlight int
+}
+
+type batcherCounters struct {
+	reads, writes, readRequests, writeRequests atomic.Int64
+	peak                                       int // under mu
+}
+
+// Stats returns the counters so far.
+func (b *Batcher) Stats() BatcherStats {
+	b.mu.Lock()
+	peak := b.stats.peak
+	b.mu.Unlock()
+	return BatcherStats{
+		Reads: b.stats.reads.Load(), Writes: b.stats.writes.Load(),
+		ReadRequests: b.stats.readRequests.Load(), WriteRequests: b.stats.writeRequests.Load(),
+		PeakInFlight: peak,
+	}
+}
+
+// GetAccount is Client.GetAccount, sent with the concurrent ones.
+func (b *Batcher) GetAccount(ctx context.Context, ledger, address string) (Account, bool, error) {
+	const op = "GetAccount"
+	if err := errors.Join(ValidateLedgerName(ledger), ValidateAddress(address)); err != nil {
+		return Account{}, false, notSent(op, err)
+	}
+	b.stats.reads.Add(1)
+	c := &call{address: address}
+	if err := b.await(ctx, op, queueKey{read: true, ledger: ledger}, c); err != nil {
+		return Account{}, false, err
+	}
+	return c.account, c.found, c.err
+}
+
+// AddAccountMetadata is Client.AddAccountMetadata, sent with the concurrent
+// ones (see Batcher for IdempotencyHit).
+func (b *Batcher) AddAccountMetadata(ctx context.Context, ledger, address string, metadata map[string]string, idempotencyKey string) (WriteResult, error) {
+	const op = "AddAccountMetadata"
+	if err := errors.Join(ValidateLedgerName(ledger), ValidateAddress(address), validateIdempotencyKey(idempotencyKey)); err != nil {
+		return WriteResult{}, notSent(op, err)
+	}
+	b.stats.writes.Add(1)
+	c := &call{address: address, metadata: metadata, key: idempotencyKey}
+	if err := b.await(ctx, op, queueKey{read: false, ledger: ledger}, c); err != nil {
+		return WriteResult{}, err
+	}
+	return c.write, c.err
+}
+
+// call is one GetAccount or AddAccountMetadata waiting for its request.
+type call struct {
+	ctx      context.Context
+	address  string
+	metadata map[string]string
+	key      string
+	arrived  time.Time
+
+	// state moves from pending to sent (by the dispatcher) or to abandoned
+	// (by the caller whose context ended), once.
+	state atomic.Int32
+	batch *batch // set when sent
+	done  chan struct{}
+	// flight is the flight this write leads, if any.
+	flight *flight
+
+	// Results, written before done is closed.
+	account Account
+	found   bool
+	write   WriteResult
+	err     error
+}
+
+const (
+	callPending int32 = iota
+	callSent
+	callAbandoned
+)
+
+// batch is the calls of one request.
+type batch struct {
+	calls  []*call
+	live   atomic.Int32 // calls whose caller still waits
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+type queueKey struct {
+	read   bool
+	ledger string
+}
+
+type flightKey struct {
+	ledger, idempotencyKey string
+}
+
+// flight is a write with an idempotency key, queued or in flight, and the
+// calls of the same write waiting for it.
+type flight struct {
+	key       flightKey
+	queue     queueKey
+	leader    *call
+	followers []*call
+}
+
+// queue holds the calls of one kind and ledger not sent yet.
+type queue struct {
+	key      queueKey
+	pending  []*call
+	expired  bool        // the window of pending[0] has passed
+	timer    *time.Timer // fires at the end of that window
+	gen      uint64      // tells a stale timer from the current one
+	inFlight int
+}
+
+// await queues c and waits for its result or the end of ctx.
+func (b *Batcher) await(ctx context.Context, op string, key queueKey, c *call) error {
+	if ctx.Err() != nil {
+		return &Error{Op: op, Err: ctxError(ctx)}
+	}
+	c.ctx, c.done = ctx, make(chan struct{})
+	b.enqueue(key, c)
+	select {
+	case <-c.done:
+		return nil
+	case <-ctx.Done():
+	}
+	select {
+	case <-c.done: // answered meanwhile: keep the answer
+		return nil
+	default:
+	}
+	if !c.state.CompareAndSwap(callPending, callAbandoned) {
+		// Sent: the request goes on for the others; it is cancelled once
+		// no caller waits for it.
+		if bt := c.batch; bt != nil && bt.live.Add(-1) == 0 {
+			bt.cancel()
+		}
+	}
+	return &Error{Op: op, Err: ctxError(ctx)}
+}
+
+func (b *Batcher) enqueue(key queueKey, c *call) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.enqueueLocked(key, c)
+	b.dispatch()
+}
+
+// enqueueLocked queues c, or makes it wait for the same write in flight.
+// Called with mu held.
+func (b *Batcher) enqueueLocked(key queueKey, c *call) {
+	if !key.read && c.key != "" {
+		fk := flightKey{key.ledger, c.key}
+		if f := b.flights[fk]; f != nil {
+			if l := f.leader; l.address == c.address && equalMaps(l.metadata, c.metadata) {
+				f.followers = append(f.followers, c)
+				return
+			}
+			// Same key, other input: the ledger answers that one itself.
+		} else {
+			c.flight = &flight{key: fk, queue: key, leader: c}
+			b.flights[fk] = c.flight
+		}
+	}
+	q := b.queues[key]
+	if q == nil {
+		q = &queue{key: key}
+		b.queues[key] = q
+	}
+	c.arrived = time.Now()
+	q.pending = append(q.pending, c)
+	if len(q.pending) == 1 {
+		b.armWindow(q)
+	}
+}
+
+// land ends the flight c leads, if any: on success its followers are
+// idempotency hits; otherwise (a failure, or c never sent because its
+// caller left) they are queued again, the first leading a new flight.
+// Called with mu held.
+func (b *Batcher) land(c *call, sent bool) {
+	f := c.flight
+	if f == nil {
+		return
+	}
+	c.flight = nil
+	delete(b.flights, f.key)
+	for _, w := range f.followers {
+		if sent && c.err == nil {
+			w.write = WriteResult{IdempotencyHit: true}
+			close(w.done)
+			continue
+		}
+		b.enqueueLocked(f.queue, w)
+	}
+}
+
+// armWindow starts the window of q.pending[0]. Called with mu held.
+func (b *Batcher) armWindow(q *queue) {
+	q.gen++
+	if q.timer != nil {
+		q.timer.Stop()
+		q.timer = nil
+	}
+	left := b.cfg.Window - time.Since(q.pending[0].arrived)
+	q.expired = left <= 0
+	if q.expired {
+		return
+	}
+	gen := q.gen
+	q.timer = time.AfterFunc(left, func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if q.gen == gen {
+			q.expired, q.timer = true, nil
+			b.dispatch()
+		}
+	})
+}
+
+// ready says whether q's pending calls should leave as soon as a slot is
+// free: there are enough to fill a request, or they have waited their
+// window, or nothing of their kind is in flight to wait behind.
+func (b *Batcher) ready(q *queue) bool {
+	return len(q.pending) > 0 && (len(q.pending) >= b.cfg.MaxBatch || q.expired || q.inFlight == 0)
+}
+
+// dispatch sends ready queues, the oldest call first, while slots are free.
+// Called with mu held.
+func (b *Batcher) dispatch() {
+	for b.inFlight < b.cfg.MaxInFlight {
+		var q *queue
+		for _, c := range b.queues {
+			if b.ready(c) && (q == nil || c.pending[0].arrived.Before(q.pending[0].arrived)) {
+				q = c
+			}
+		}
+		if q == nil {
+			return
+		}
+		n := min(len(q.pending), b.cfg.MaxBatch)
+		taken := q.pending[:n]
+		q.pending = append(q.pending[:0:0], q.pending[n:]...)
+		if len(q.pending) > 0 {
+			b.armWindow(q)
+		} else if q.timer != nil {
+			q.gen++
+			q.timer.Stop()
+			q.timer = nil
+		}
+
+		bt := &batch{calls: make([]*call, 0, n)}
+		// A lone call is sent on its caller's context, as without a
+		// Batcher; a shared request on one of its own, cancelled once no
+		// caller waits for it.
+		ctx := taken[0].ctx
+		if n > 1 {
+			ctx = context.WithoutCancel(ctx)
+		}
+		bt.ctx, bt.cancel = context.WithCancel(ctx)
+		for _, c := range taken {
+			// batch and live are set before the call is marked sent: a
+			// caller that then finds it sent uses both.
+			bt.live.Add(1)
+			c.batch = bt
+			if c.state.CompareAndSwap(callPending, callSent) {
+				bt.calls = append(bt.calls, c)
+			} else {
+				bt.live.Add(-1)
+				b.land(c, false)
+			}
+		}
+		if len(bt.calls) == 0 {
+			bt.cancel()
+			continue // every caller gave up: nothing to send
+		}
+		b.inFlight++
+		q.inFlight++
+		b.stats.peak = max(b.stats.peak, b.inFlight)
+		go b.send(q, bt)
+	}
+}
+
+// send makes the request of bt, hands every call its result and frees the
+// slot.
+func (b *Batcher) send(q *queue, bt *batch) {
+	defer bt.cancel()
+	ledger := q.key.ledger
+	sent := true
+	switch {
+	case bt.live.Load() <= 0:
+		// Every caller gave up after it was taken: nothing to send.
+		sent = false
+	case q.key.read:
+		b.stats.readRequests.Add(1)
+		b.sendReads(bt.ctx, ledger, bt.calls)
+	default:
+		b.stats.writeRequests.Add(1)
+		b.sendWrites(bt.ctx, ledger, bt.calls)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range bt.calls {
+		b.land(c, sent)
+		close(c.done)
+	}
+	b.inFlight--
+	q.inFlight--
+	b.dispatch()
+}
+
+func (b *Batcher) sendReads(ctx context.Context, ledger string, calls []*call) {
+	if len(calls) == 1 {
+		c := calls[0]
+		c.account, c.found, c.err = b.next.GetAccount(ctx, ledger, c.address)
+		return
+	}
+	addresses := make([]string, len(calls))
+	for i, c := range calls {
+		addresses[i] = c.address
+	}
+	found, err := b.next.ListAccounts(ctx, ledger, addresses)
+	for _, c := range calls {
+		if err != nil {
+			c.err = err
+			continue
+		}
+		c.account, c.found = found[c.address]
+		if c.found {
+			// Each caller gets its own map, as from GetAccount.
+			c.account.Metadata = cloneMap(c.account.Metadata)
+		}
+	}
+}
+
+func (b *Batcher) sendWrites(ctx context.Context, ledger string, calls []*call) {
+	if len(calls) == 1 {
+		c := calls[0]
+		c.write, c.err = b.next.AddAccountMetadata(ctx, ledger, c.address, c.metadata, c.key)
+		return
+	}
+	elems := make([]BulkAddMetadata, len(calls))
+	for i, c := range calls {
+		elems[i] = BulkAddMetadata{Address: c.address, Metadata: c.metadata, IdempotencyKey: c.key}
+	}
+	results, err := b.next.Bulk(ctx, ledger, elems)
+	if err == nil && len(results) != len(calls) {
+		err = &Error{Op: "Bulk", Err: fmt.Errorf("%w: %d results for %d elements", ErrUnexpectedResponse, len(results), len(calls))}
+	}
+	for i, c := range calls {
+		if err != nil {
+			c.err = err
+			continue
+		}
+		c.err = results[i].Err
+	}
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
