@@ -2,6 +2,7 @@ package messages
 
 import (
 	"strconv"
+	"strings"
 )
 
 // BalanceCreated is the body of a balance-created event.
@@ -51,18 +52,11 @@ func DLQSubject(walletID string) string {
 // subject, or UnknownWallet when it has none that is valid.
 func WalletFromSubject(subject string) string {
 	for _, prefix := range []string{subjectCreateBalancePrefix, subjectBalanceCreatedPrefix, subjectBalanceRejectedPrefix, subjectDLQCreateBalance} {
-		if rest, ok := cutPrefix(subject, prefix); ok {
+		if rest, ok := strings.CutPrefix(subject, prefix); ok {
 			return subjectToken(rest)
 		}
 	}
 	return UnknownWallet
-}
-
-func cutPrefix(s, prefix string) (string, bool) {
-	if len(s) < len(prefix) || s[:len(prefix)] != prefix {
-		return s, false
-	}
-	return s[len(prefix):], true
 }
 
 func subjectToken(walletID string) string {

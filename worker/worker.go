@@ -82,7 +82,9 @@ func (w *Worker) Stats() *Stats { return &w.stats }
 func (w *Worker) Config() Config { return w.cfg }
 
 // Abort cancels the commands in flight at once (a second signal). They are
-// handed back to JetStream for another delivery; nothing is lost.
+// handed back to JetStream for another delivery; nothing is lost. Call it
+// after cancelling Run's context: on its own it does not stop the pulling, and
+// every new delivery would be handed back at once.
 func (w *Worker) Abort() { w.abortWork(ErrShutdown) }
 
 // Run consumes until ctx is cancelled, then drains: it stops pulling, hands
