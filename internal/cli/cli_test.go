@@ -171,9 +171,10 @@ func TestPublishRefusesInvalidCommandsBeforeTheWire(t *testing.T) {
 	}
 }
 
-func TestPublishTimeoutExitStatus(t *testing.T) {
-	t.Parallel()
-	// Streams and consumer exist, but no worker runs: no outcome can come.
+// provisionedNATS starts a NATS server with the worker's streams and
+// consumer, and no worker, until the test ends; it returns its URL.
+func provisionedNATS(t *testing.T) string {
+	t.Helper()
 	ns, err := embeddednats.Start(embeddednats.Options{StoreDir: t.TempDir()})
 	require.NoError(t, err)
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
@@ -183,9 +184,16 @@ func TestPublishTimeoutExitStatus(t *testing.T) {
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	require.NoError(t, worker.Provision(context.Background(), js, worker.Config{}))
+	return ns.ClientURL()
+}
+
+func TestPublishTimeoutExitStatus(t *testing.T) {
+	t.Parallel()
+	// Streams and consumer exist, but no worker runs: no outcome can come.
+	natsURL := provisionedNATS(t)
 
 	var stdout, stderr bytes.Buffer
-	code := Main(context.Background(), []string{"publish", "create-balance", "--nats-url", ns.ClientURL(), "--wallet", "w9", "--name", "x", "--wait", "--timeout", "1s"},
+	code := Main(context.Background(), []string{"publish", "create-balance", "--nats-url", natsURL, "--wallet", "w9", "--name", "x", "--wait", "--timeout", "1s"},
 		Env{Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }})
 	require.Equal(t, ExitTimeout, code, stderr.String())
 	require.Len(t, decodeLines(t, stdout.String()), 1, "the publish itself is reported")

@@ -13,13 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
-	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
 	"github.com/wallets-worker/wallets-worker/producer"
-	"github.com/wallets-worker/wallets-worker/worker"
 )
 
 // writeLines writes a --from-file file named name in a new temporary
@@ -197,19 +193,11 @@ func TestPublishFromFileAfterTheWindowReplays(t *testing.T) {
 func TestPublishFromFileTimesOut(t *testing.T) {
 	t.Parallel()
 	// Streams and consumer exist, but no worker runs: no outcome can come.
-	ns, err := embeddednats.Start(embeddednats.Options{StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
-	require.NoError(t, worker.Provision(context.Background(), js, worker.Config{}))
+	natsURL := provisionedNATS(t)
 
 	path := writeLines(t, "lost.jsonl", `{"walletID":"t1","name":"gift"}`, `{"walletID":"t2","name":"gift"}`)
 	start := time.Now()
-	code, sum, errOut := publishFileCLI(t, ns.ClientURL(), "--from-file", path, "--wait", "--timeout", "1s")
+	code, sum, errOut := publishFileCLI(t, natsURL, "--from-file", path, "--wait", "--timeout", "1s")
 	require.Equal(t, ExitTimeout, code, errOut)
 	require.Equal(t, withOutcomes(wantSummary(path, 2, 2, 0, 0), wantOutcomes(0, 0, nil, 2)), sum)
 	require.Contains(t, errOut, "2 outcomes not received")
