@@ -1,5 +1,6 @@
-// Package ledgeradapter is the worker's HTTP client for a Formance Ledger v2
-// (shared/formance-ledger/CONTRACT.md describes the server it talks to).
+// Package ledgeradapter is the worker's HTTP client for a Formance Ledger v2.
+// The facts about that server it relies on are the ledger contract in
+// docs/ledger.md; "CONTRACT §N" in this module's comments names its sections.
 //
 // # Contract
 //

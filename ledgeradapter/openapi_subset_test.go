@@ -16,13 +16,14 @@ import (
 
 const subsetSpec = "testdata/ledger-v2-subset.yaml"
 
-// officialSpecPath is the official file, kept by the project beside this
-// repository (shared/formance-ledger); LEDGER_OPENAPI_OFFICIAL overrides it.
+// officialSpecPath is the official file, copied into testdata (its origin and
+// licence are in testdata/README.md); LEDGER_OPENAPI_OFFICIAL overrides it to
+// check the subset against another version.
 func officialSpecPath() string {
 	if p := os.Getenv("LEDGER_OPENAPI_OFFICIAL"); p != "" {
 		return p
 	}
-	return filepath.Join("..", "..", "shared", "formance-ledger", "openapi-v2.yaml")
+	return filepath.Join("testdata", "ledger-v2-official.yaml")
 }
 
 func loadSpec(t *testing.T, path string) *openapi3.T {
@@ -53,7 +54,7 @@ func TestSubsetAgreesWithOfficialSpec(t *testing.T) {
 	t.Parallel()
 	path := officialSpecPath()
 	_, err := os.Stat(path)
-	require.NoError(t, err, "the official OpenAPI file is needed; set LEDGER_OPENAPI_OFFICIAL")
+	require.NoError(t, err, "the official OpenAPI file is missing (testdata/README.md says where it comes from)")
 	official, subset := loadSpec(t, path), loadSpec(t, subsetSpec)
 
 	for p, item := range subset.Paths.Map() {

@@ -6,7 +6,8 @@
 // # Contract
 //
 // It serves, under the same paths, bodies, status codes and error codes as the
-// real ledger (shared/formance-ledger/CONTRACT.md is the authority), exactly
+// real ledger (the ledger contract in docs/ledger.md; "CONTRACT §N" in
+// comments names its sections), exactly
 // the endpoints the worker uses:
 //
 //	GET    /_healthcheck
