@@ -45,8 +45,9 @@ const (
 	LedgerEmbedded = "embedded"
 )
 
-// ledgerName is the ledger the bench writes to.
-const ledgerName = "wallets-002"
+// defaultLedgerName is the ledger the bench writes to in the null and
+// embedded ledgers, both private to the run.
+const defaultLedgerName = "wallets-002"
 
 // Config is one bench run. Zero values take the defaults of the flags.
 type Config struct {
@@ -62,10 +63,20 @@ type Config struct {
 	MaxPending int
 	// Mode is ModeLive or ModeDrain.
 	Mode string
-	// Ledger is LedgerNull or LedgerEmbedded; LedgerLatency delays every
-	// ledger request.
+	// Ledger is LedgerNull, LedgerEmbedded or LedgerURL; LedgerLatency
+	// delays every ledger request of the first two.
 	Ledger        string
 	LedgerLatency time.Duration
+	// LedgerURL, when set, is a Formance ledger the workers write to
+	// (Ledger becomes LedgerURL) through the stack `run` builds, in the
+	// ledger LedgerName (default a new name each run, bench-<time>,
+	// created with EnsureLedger). LedgerBaselines then also writes the same
+	// number of new balances straight to that ledger three ways (see
+	// URLReport), the single writes at SingleInFlight requests in flight (0:
+	// the most the worker had in flight).
+	LedgerURL, LedgerName string
+	LedgerBaselines       bool
+	SingleInFlight        int
 	// Batch puts a ledgeradapter.Batcher between each worker's handler and
 	// the ledger, with BatchWindow, BatchMax and LedgerConcurrency (its
 	// Window, MaxBatch and MaxInFlight; zero takes the Batcher's default).
@@ -96,8 +107,21 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
+	if c.LedgerURL != "" && c.Ledger == "" {
+		c.Ledger = LedgerURL
+	}
 	if c.Commands == 0 {
 		c.Commands = 10000
+		if c.Ledger == LedgerURL {
+			c.Commands = DefaultURLCommands
+		}
+	}
+	if c.LedgerName == "" {
+		c.LedgerName = defaultLedgerName
+		if c.Ledger == LedgerURL {
+			now := time.Now().UTC()
+			c.LedgerName = fmt.Sprintf("bench-%s-%09d", now.Format("20060102-150405"), now.Nanosecond())
+		}
 	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = 256
@@ -143,8 +167,28 @@ func (c Config) Validate() error {
 	if c.Mode != ModeLive && c.Mode != ModeDrain {
 		errs = append(errs, fmt.Errorf("mode %q: want %s or %s", c.Mode, ModeLive, ModeDrain))
 	}
-	if c.Ledger != LedgerNull && c.Ledger != LedgerEmbedded {
-		errs = append(errs, fmt.Errorf("ledger %q: want %s or %s", c.Ledger, LedgerNull, LedgerEmbedded))
+	switch c.Ledger {
+	case LedgerNull, LedgerEmbedded:
+		if c.LedgerURL != "" {
+			errs = append(errs, fmt.Errorf("ledger %s with a ledger URL: the URL is the ledger", c.Ledger))
+		}
+	case LedgerURL:
+		if c.LedgerURL == "" {
+			errs = append(errs, errors.New("ledger url: a ledger URL is required"))
+		} else if err := (ledgeradapter.Config{BaseURL: c.LedgerURL}).Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("ledger URL: %w", err))
+		}
+		if c.LedgerLatency != 0 {
+			errs = append(errs, errors.New("ledger latency is added by the null and embedded ledgers only"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("ledger %q: want %s or %s, or a ledger URL", c.Ledger, LedgerNull, LedgerEmbedded))
+	}
+	if err := ledgeradapter.ValidateLedgerName(c.LedgerName); err != nil {
+		errs = append(errs, err)
+	}
+	if c.SingleInFlight < 0 {
+		errs = append(errs, fmt.Errorf("single in flight %d: want 0 (the worker's) or more", c.SingleInFlight))
 	}
 	if c.LedgerLatency < 0 {
 		errs = append(errs, fmt.Errorf("ledger latency %s is negative", c.LedgerLatency))
@@ -175,6 +219,7 @@ func (c Config) inFlight() int { return c.Workers * c.Concurrency }
 type Result struct {
 	Mode            string  `json:"mode"`
 	Ledger          string  `json:"ledger"`
+	LedgerName      string  `json:"ledgerName"`
 	LedgerLatencyMs float64 `json:"ledgerLatencyMs"`
 	Workers         int     `json:"workers"`
 	Concurrency     int     `json:"concurrency"`
@@ -226,6 +271,10 @@ type Result struct {
 	// WorkerToBaseline is the worker's commands/s over the baseline's.
 	WorkerToBaseline float64 `json:"workerToBaseline,omitempty"`
 
+	// AtURL is what the worker did to a ledger at a URL, and that ledger's
+	// same-run baselines.
+	AtURL *URLReport `json:"atURL,omitempty"`
+
 	// Memory of the whole process (the embedded NATS server, the ledger and
 	// the workload included) once everything is started and before the first
 	// phase, and its peak RSS over the run (VmHWM).
@@ -257,6 +306,7 @@ type runner struct {
 	pub      *nats.Conn          // the publisher's own connection
 	mem      *memory
 	wcfg     worker.Config
+	remote   *remoteMeter // with LedgerURL
 }
 
 // Run runs the bench described by cfg.
@@ -334,7 +384,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			// As the wallets service would have created it: the same
 			// metadata, the same marker, its own Idempotency-Key.
 			addr := handlers.AccountAddress("", it.cmd.WalletID, it.cmd.Name)
-			if _, err := ledger.AddAccountMetadata(ctx, ledgerName, addr, handlers.BalanceMetadata(it.key, it.cmd), ""); err != nil {
+			if _, err := ledger.AddAccountMetadata(ctx, cfg.LedgerName, addr, handlers.BalanceMetadata(it.key, it.cmd), ""); err != nil {
 				return res, fmt.Errorf("seed replay %s: %w", it.key, err)
 			}
 		}
@@ -370,7 +420,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			batchers = append(batchers, b)
 			wl = b
 		}
-		h := &handlers.CreateBalance{Ledger: tallyLedger{t, wl}, LedgerName: ledgerName, Claim: tallyClaimer{t, claims}}
+		h := &handlers.CreateBalance{Ledger: tallyLedger{t, wl}, LedgerName: cfg.LedgerName, Claim: tallyClaimer{t, claims}}
 		if workers[i], err = worker.New(js, tallyHandler{t, h}, r.wcfg, wlog.With("worker", i)); err != nil {
 			return res, err
 		}
@@ -384,6 +434,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		res.Memory.IdleRSSBytes = st.rss
 	}
 
+	res.LedgerName = cfg.LedgerName
 	res.Mode, res.Ledger, res.Workers, res.Concurrency, res.Rate = cfg.Mode, cfg.Ledger, cfg.Workers, cfg.Concurrency, cfg.Rate
 	res.LedgerLatencyMs = ms(cfg.LedgerLatency)
 	res.GOMAXPROCS = runtime.GOMAXPROCS(0)
@@ -433,10 +484,14 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	res.LedgerRequests, classes = t.summary(res.Worker.Stored)
 	lr := &res.LedgerRequests
 	lr.Requests, lr.PeakInFlight = meter.requests.Load(), meter.peak.Load()
-	lr.RequestsPerCommand = ratio(float64(lr.Requests), res.Worker.Stored)
-	if cfg.Ledger == LedgerEmbedded {
+	switch cfg.Ledger {
+	case LedgerEmbedded:
 		lr.HTTP = lr.Requests
+	case LedgerURL:
+		lr.Requests, _, _ = r.remote.snapshot()
+		lr.HTTP, lr.PeakInFlight = lr.Requests, r.remote.peak.Load()
 	}
+	lr.RequestsPerCommand = ratio(float64(lr.Requests), res.Worker.Stored)
 	if cfg.Batch {
 		bc := batchers[0].Config()
 		br := &BatchReport{WindowMs: ms(bc.Window), Max: bc.MaxBatch, LedgerConcurrency: bc.MaxInFlight}
@@ -488,6 +543,9 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			res.WorkerToBaseline = res.Worker.CommandsPerSecond / b.CommandsPerSecond
 		}
 	}
+	if cfg.Ledger == LedgerURL {
+		res.AtURL = r.urlReport(ctx, &res, t.freshReplayed(w))
+	}
 	if st, err := procStatus(); err == nil {
 		res.Memory.ProcessHWMBytes = st.hwm
 	}
@@ -500,6 +558,9 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 // stop.
 func (r *runner) ledger(ctx context.Context, dir string) (ledgeradapter.BatchLedger, *meter, func(), func(), error) {
 	m := &meter{}
+	if r.cfg.Ledger == LedgerURL {
+		return r.urlLedger(ctx)
+	}
 	if r.cfg.Ledger == LedgerNull {
 		l := newNullLedger(m)
 		return l, m, func() { l.arm(r.cfg.LedgerLatency) }, func() {}, nil
@@ -528,7 +589,7 @@ func (r *runner) ledger(ctx context.Context, dir string) (ledgeradapter.BatchLed
 		_ = l.Close()
 	}
 	if err == nil {
-		err = client.EnsureLedger(ctx, ledgerName)
+		err = client.EnsureLedger(ctx, r.cfg.LedgerName)
 	}
 	if err != nil {
 		stop()

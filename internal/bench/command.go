@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -31,15 +33,19 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	def := worker.Config{}.WithDefaults()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.IntVar(&cfg.Commands, "commands", 10000, "commands to publish, duplicates included")
-	fs.Float64Var(&cfg.Duplicates, "duplicates", 0.05, "share of the commands republished with the key and body of an earlier one (JetStream drops them)")
-	fs.Float64Var(&cfg.Conflicts, "conflicts", 0.05, "share of the commands that use a new key for a balance already commanded (ALREADY_EXISTS)")
-	fs.Float64Var(&cfg.Replays, "replays", 0.05, "share of the commands whose balance is already in the ledger under the same key (replayed)")
+	fs.IntVar(&cfg.Commands, "commands", 10000, "commands to publish, duplicates included (with --ledger-url: 2000)")
+	fs.Float64Var(&cfg.Duplicates, "duplicates", 0.05, "share of the commands republished with the key and body of an earlier one (JetStream drops them; with --ledger-url: 0)")
+	fs.Float64Var(&cfg.Conflicts, "conflicts", 0.05, "share of the commands that use a new key for a balance already commanded (ALREADY_EXISTS; with --ledger-url: 0)")
+	fs.Float64Var(&cfg.Replays, "replays", 0.05, "share of the commands whose balance is already in the ledger under the same key (replayed; with --ledger-url: 0)")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "open-loop publish rate in commands/s; 0 publishes as fast as --max-pending outstanding acks allow")
 	fs.IntVar(&cfg.MaxPending, "max-pending", 256, "outstanding async publish acks when --rate is 0")
 	fs.StringVar(&cfg.Mode, "mode", ModeLive, "live: publish while the worker consumes (throughput and latency under load); drain: store every command first, then time the worker draining them")
 	fs.StringVar(&cfg.Ledger, "ledger", LedgerNull, "null: in-memory ledger that answers at once; embedded: the embedded ledger over loopback HTTP through the ledger client")
-	fs.DurationVar(&cfg.LedgerLatency, "ledger-latency", 0, "delay added to every ledger request")
+	fs.DurationVar(&cfg.LedgerLatency, "ledger-latency", 0, "delay added to every request of the null or embedded ledger")
+	fs.StringVar(&cfg.LedgerURL, "ledger-url", "", "base URL of a Formance ledger v2 to write to instead of --ledger, through the ledger stack `run` builds; also runs same-run baselines on it")
+	fs.StringVar(&cfg.LedgerName, "ledger-name", "", "with --ledger-url: the ledger to write to, created if missing (default a new one each run, bench-<time>)")
+	fs.BoolVar(&cfg.LedgerBaselines, "ledger-baselines", true, "with --ledger-url: also write as many new balances straight to the ledger as single writes, as GET then write, and as parallel bulks")
+	fs.IntVar(&cfg.SingleInFlight, "single-in-flight", 0, "with --ledger-url: requests in flight of the single-write baseline (0: the most the worker had in flight)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", def.Concurrency, "commands in flight in each worker; the baseline runs --workers × this. Without --batch, also the most ledger requests in flight")
 	fs.BoolVar(&cfg.Batch, "batch", false, "coalesce each worker's concurrent ledger reads and writes into list-accounts and bulk requests (ledgeradapter.Batcher)")
 	fs.DurationVar(&cfg.BatchWindow, "batch-window", ledgeradapter.DefaultBatchWindow, "with --batch: how long a call waits for others while one of its kind is in flight")
@@ -73,6 +79,9 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := applyEnv(fs); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
+	if cfg.LedgerURL != "" {
+		urlDefaults(fs, &cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
@@ -87,6 +96,31 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return enc.Encode(res)
 	}
 	return printTable(stdout, res)
+}
+
+// urlDefaults applies the defaults of a run against a ledger at a URL to the
+// flags that were not given: a real ledger is slow, and every command is a
+// new balance, so that the worker's creates/s and the baselines' measure the
+// same thing.
+func urlDefaults(fs *flag.FlagSet, cfg *Config) {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for _, name := range []string{"ledger", "commands", "duplicates", "conflicts", "replays"} {
+		if v, ok := os.LookupEnv(envName(name)); ok && v != "" {
+			given[name] = true
+		}
+	}
+	if !given["ledger"] {
+		cfg.Ledger = LedgerURL
+	}
+	if !given["commands"] {
+		cfg.Commands = DefaultURLCommands
+	}
+	for name, share := range map[string]*float64{"duplicates": &cfg.Duplicates, "conflicts": &cfg.Conflicts, "replays": &cfg.Replays} {
+		if !given[name] {
+			*share = 0
+		}
+	}
 }
 
 func envName(flag string) string {
@@ -118,8 +152,12 @@ func printTable(out io.Writer, r Result) error {
 	if r.Rate > 0 {
 		rate = fmt.Sprintf("%g/s", r.Rate)
 	}
-	fmt.Fprintf(out, "wallets-worker bench: mode %s, ledger %s (+%gms/request), %d workers × concurrency %d, rate %s, GOMAXPROCS %d\n",
-		r.Mode, r.Ledger, r.LedgerLatencyMs, r.Workers, r.Concurrency, rate, r.GOMAXPROCS)
+	ledger := fmt.Sprintf("%s (+%gms/request)", r.Ledger, r.LedgerLatencyMs)
+	if u := r.AtURL; u != nil {
+		ledger = fmt.Sprintf("%s at %s", r.LedgerName, u.URL)
+	}
+	fmt.Fprintf(out, "wallets-worker bench: mode %s, ledger %s, %d workers × concurrency %d, rate %s, GOMAXPROCS %d\n",
+		r.Mode, ledger, r.Workers, r.Concurrency, rate, r.GOMAXPROCS)
 	if b := r.Batch; b != nil {
 		fmt.Fprintf(out, "batching: window %gms, at most %d calls per request and %d ledger requests in flight per worker\n",
 			b.WindowMs, b.Max, b.LedgerConcurrency)
@@ -167,7 +205,7 @@ func printTable(out io.Writer, r Result) error {
 	}
 	lr := r.LedgerRequests
 	fmt.Fprintf(out, "ledger requests: %.2f per command (%d GetAccount, %d AddMetadata", lr.PerCommand, lr.GetAccount, lr.AddMetadata)
-	if r.Ledger == LedgerEmbedded {
+	if r.Ledger != LedgerNull {
 		fmt.Fprintf(out, ", %d over HTTP", lr.HTTP)
 	}
 	fmt.Fprintf(out, "); per create %.2f, per replay %.2f, per conflict %.2f; claims per create %.2f\n",
@@ -178,7 +216,54 @@ func printTable(out io.Writer, r Result) error {
 		fmt.Fprintf(out, "batched: %.1f reads per read request (%d/%d), %.1f writes per write request (%d/%d)\n",
 			b.ReadsPerRequest, b.Reads, b.ReadRequests, b.WritesPerRequest, b.Writes, b.WriteRequests)
 	}
+	if u := r.AtURL; u != nil {
+		if err := printURLReport(out, r, u); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(out, "* whole process: the embedded NATS server runs in the same Go heap and RSS. Idle after start-up: heap %s, RSS %s; peak RSS of the run (VmHWM) %s\n",
 		mb(r.Memory.IdleHeapBytes), mb(r.Memory.IdleRSSBytes), mb(r.Memory.ProcessHWMBytes))
 	return nil
+}
+
+func printURLReport(out io.Writer, r Result, u *URLReport) error {
+	fmt.Fprintf(out, "\nledger %s at %s (client timeout %gms); per request latency:\n", r.LedgerName, u.URL, u.ClientTimeoutMs)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprint(tw, "\tcreates/s\tnew balances\trequests\tper create\tin flight\tp50\tp99\ttimeouts\tanswers\t\n")
+	row := func(name string, rate float64, created int, reqs int64, inFlight string, lat Latency, timeouts int64, statuses map[string]int64) {
+		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%d\t%.2f\t%s\t%.0f ms\t%.0f ms\t%d\t%s\t\n",
+			name, rate, created, reqs, ratio(float64(reqs), created), inFlight, lat.P50, lat.P99, timeouts, statusList(statuses))
+	}
+	row("worker", u.CreatesPerSecond, r.Outcomes.Created, u.Requests, fmt.Sprintf("≤%d", u.PeakInFlight), u.Latency, u.Timeouts, u.Statuses)
+	for _, b := range []*LedgerBaseline{u.Single, u.ReadThenWrite, u.Bulk} {
+		if b == nil {
+			continue
+		}
+		name := map[string]string{"single": "single writes", "readThenWrite": "GET then write", "bulk": fmt.Sprintf("parallel bulks of %d", b.PerRequest)}[b.Name]
+		row(name, b.CreatesPerSecond, b.Created, b.Requests, strconv.Itoa(b.InFlight), b.Latency, b.Timeouts, b.Statuses)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if u.Single != nil {
+		fmt.Fprintf(out, "worker ÷ best write (single or bulk): %.2f; worker ÷ GET then write: %.2f; worker ÷ single writes: %.2f\n",
+			u.WorkerToBestWrite, u.WorkerToReadThenWrite, u.WorkerToSingle)
+	}
+	fmt.Fprintf(out, "new balances that ended replayed (a write landed, its answer was lost): %d; worker's ledger timeouts: %d\n",
+		u.NewBalancesReplayed, u.Timeouts)
+	return nil
+}
+
+// statusList is "204×1990 500×10", by status.
+func statusList(m map[string]int64) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s×%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
 }
