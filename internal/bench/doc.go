@@ -45,6 +45,24 @@
 // handler asked for), and at the ledger, per request (what reached it, a
 // batch once, with the most requests in flight at once).
 //
+// With --ledger-url, the workers write to a Formance ledger v2 at that URL
+// (any: the real one, or the embedded one served elsewhere) through the
+// ledger stack `wallets-worker run` builds with its defaults, in a ledger
+// of the run's own (--ledger-name, default bench-<time>, created if
+// missing). The defaults change to what a real ledger needs: 2,000
+// commands, all new balances (no duplicates, conflicts or replays unless
+// asked for). After the worker, three baselines write as many new balances
+// straight to that ledger with plain net/http, each on addresses of its own
+// and each as the worker writes them (address, metadata, Idempotency-Key):
+// single writes at the most requests the worker had in flight
+// (--single-in-flight), the wallets service's GET-then-write path at 32 in
+// flight, and parallel bulks of 50 at 8 in flight. The report gives
+// creates/s of each, the worker's ratios to the best write, to
+// GET-then-write and to single writes, the worker's HTTP requests per new
+// balance and their answers, the requests that hit the client timeout, and
+// how many new balances ended replayed (their write landed but its answer
+// was lost). See URLReport.
+//
 // Memory figures are those of the whole process: the embedded NATS server
 // runs in the same Go heap as the worker, and RSS covers both.
 package bench
