@@ -85,20 +85,14 @@ func NewAwaiter(ctx context.Context, js jetstream.JetStream, opts ...AwaiterOpti
 		DeliverPolicy:  jetstream.DeliverNewPolicy,
 	}
 	if !cfg.lookbackSet || cfg.lookback > 0 {
-		s, err := js.Stream(ctx, messages.StreamCommands)
-		if err != nil {
-			return nil, fmt.Errorf("producer: awaiter: stream %s: %w", messages.StreamCommands, err)
-		}
-		info := s.CachedInfo()
+		lookback := cfg.lookback
 		if !cfg.lookbackSet {
-			cfg.lookback = info.Config.Duplicates
+			lookback = -1
 		}
-		// The server's clock, which stamps the events, when it says.
-		now := info.TimeStamp
-		if now.IsZero() {
-			now = time.Now()
+		start, err := lookbackStart(ctx, js, lookback)
+		if err != nil {
+			return nil, fmt.Errorf("producer: awaiter: %w", err)
 		}
-		start := now.Add(-cfg.lookback)
 		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
 	}
 	oc, err := js.OrderedConsumer(ctx, messages.StreamEvents, occ)
@@ -117,6 +111,26 @@ func NewAwaiter(ctx context.Context, js jetstream.JetStream, opts ...AwaiterOpti
 	}
 	a.cc = cc
 	return a, nil
+}
+
+// lookbackStart returns the time lookback before now by the server's clock
+// (which stamps the events), or, for a negative lookback, the duplicate
+// window of WALLETS_COMMANDS before now: the oldest time at which the
+// original of a command reported as a duplicate now can have been stored.
+func lookbackStart(ctx context.Context, js jetstream.JetStream, lookback time.Duration) (time.Time, error) {
+	s, err := js.Stream(ctx, messages.StreamCommands)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("stream %s: %w", messages.StreamCommands, err)
+	}
+	info := s.CachedInfo()
+	if lookback < 0 {
+		lookback = info.Config.Duplicates
+	}
+	now := info.TimeStamp
+	if now.IsZero() {
+		now = time.Now()
+	}
+	return now.Add(-lookback), nil
 }
 
 // Stop stops reading events; callers still waiting get ErrAwaiterStopped.

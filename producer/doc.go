@@ -16,6 +16,12 @@
 //   - Await finds the outcome of a stored command whether its event was
 //     published before or after the call, so a Duplicate publish can be
 //     awaited like a fresh one;
+//   - AwaitAck (and Awaiter.AwaitAcks) return the outcome of the command
+//     that was published: for a Duplicate, the original's outcome when the
+//     original is the same command, and a KEY_REUSED rejection decided here
+//     (Outcome.ByPublisher) when the key was first used for another command,
+//     another wallet's included — JetStream dropped the publish, no worker
+//     will ever see it, and the original's outcome says nothing about it;
 //   - an Awaiter waits for any number of outcomes at once over one ordered
 //     consumer (one subscription) on WALLETS_EVENTS, dispatching events by
 //     their Wallets-Command-Seq header.

@@ -24,8 +24,8 @@ import (
 )
 
 // Example publishes a command, awaits its outcome, publishes it again as a
-// producer retrying after a crash would, and publishes the same balance under
-// another key.
+// producer retrying after a crash would, reuses its key for another command,
+// and publishes the same balance under another key.
 func Example() {
 	s, err := startStack(true)
 	if err != nil {
@@ -45,18 +45,32 @@ func Example() {
 		if err != nil {
 			panic(err)
 		}
-		out, err := p.Await(ctx, cmd.WalletID, ack.Seq)
+		out, err := p.AwaitAck(ctx, ack)
 		if err != nil {
 			panic(err)
 		}
 		fmt.Printf("seq %d duplicate=%v: created %s, replayed=%v\n", ack.Seq, ack.Duplicate, out.Created.Account, out.Created.Replayed)
 	}
 
-	ack, err := p.Publish(ctx, cmd, producer.KeyFrom("orders", "order-2077"))
+	// The same key for another command, within the duplicate window:
+	// JetStream drops it, and AwaitAck says why.
+	other := cmd
+	other.Priority = 5
+	ack, err := p.Publish(ctx, other, key)
 	if err != nil {
 		panic(err)
 	}
-	out, err := p.Await(ctx, cmd.WalletID, ack.Seq)
+	out, err := p.AwaitAck(ctx, ack)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Printf("seq %d duplicate=%v: rejected %s, by the publisher=%v\n", ack.Seq, ack.Duplicate, out.Rejected.Code, out.ByPublisher)
+
+	ack, err = p.Publish(ctx, cmd, producer.KeyFrom("orders", "order-2077"))
+	if err != nil {
+		panic(err)
+	}
+	out, err = p.AwaitAck(ctx, ack)
 	if err != nil {
 		panic(err)
 	}
@@ -67,6 +81,7 @@ func Example() {
 	// Output:
 	// seq 1 duplicate=false: created wallets:w1:savings, replayed=false
 	// seq 1 duplicate=true: created wallets:w1:savings, replayed=false
+	// seq 1 duplicate=true: rejected KEY_REUSED, by the publisher=true
 	// seq 2: rejected ALREADY_EXISTS
 	// refused before the wire: true
 }
@@ -88,15 +103,15 @@ func ExampleAwaiter() {
 	}
 	defer a.Stop()
 	p := producer.New(s.js)
-	var seqs []uint64
+	var acks []producer.Ack
 	for _, w := range []string{"w1", "w2", "w3"} {
 		ack, err := p.Publish(ctx, messages.CreateBalance{WalletID: w, Name: "gift"}, producer.KeyFrom("signup-gifts", w))
 		if err != nil {
 			panic(err)
 		}
-		seqs = append(seqs, ack.Seq)
+		acks = append(acks, ack)
 	}
-	outs, err := a.AwaitMany(ctx, seqs)
+	outs, err := a.AwaitAcks(ctx, acks)
 	if err != nil {
 		panic(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,6 +30,17 @@ type Outcome struct {
 	CommandSeq uint64
 	// Data is the event's body as stored.
 	Data []byte
+
+	// ByPublisher is set on an outcome that no worker published: the
+	// publish was a duplicate of another command stored under the same key
+	// (Reconcile), so nothing was stored for it and it is rejected with
+	// KEY_REUSED. Rejected and Data are then shaped as the worker's
+	// rejected event, Subject and Seq are empty, CommandSeq is the
+	// original's, and Original is the original's outcome.
+	ByPublisher bool
+	// Original is the outcome of the command the key was first stored with,
+	// on a ByPublisher outcome.
+	Original *Outcome
 }
 
 var (
@@ -85,7 +97,7 @@ func (e event) outcome() (Outcome, error) {
 // then waits for new ones. To await many commands, use an Awaiter.
 func (p *Producer) Await(ctx context.Context, walletID string, seq uint64) (Outcome, error) {
 	want := strconv.FormatUint(seq, 10)
-	o, err := p.scan(ctx, walletID, func(h nats.Header) bool { return h.Get(messages.HeaderCommandSeq) == want })
+	o, err := p.scan(ctx, walletFilter(walletID), nil, func(h nats.Header) bool { return h.Get(messages.HeaderCommandSeq) == want })
 	if err != nil {
 		return Outcome{}, fmt.Errorf("producer: outcome of command %d: %w", seq, err)
 	}
@@ -98,20 +110,29 @@ func (p *Producer) Await(ctx context.Context, walletID string, seq uint64) (Outc
 // duplicate window is a new command with an outcome of its own, which
 // AwaitKey does not return.
 func (p *Producer) AwaitKey(ctx context.Context, walletID, key string) (Outcome, error) {
-	o, err := p.scan(ctx, walletID, func(h nats.Header) bool { return h.Get(messages.HeaderCommandKey) == key })
+	o, err := p.scan(ctx, walletFilter(walletID), nil, func(h nats.Header) bool { return h.Get(messages.HeaderCommandKey) == key })
 	if err != nil {
 		return Outcome{}, fmt.Errorf("producer: outcome of key %q: %w", key, err)
 	}
 	return o, nil
 }
 
-// scan reads walletID's outcome events from the start of the stream until
-// one matches.
-func (p *Producer) scan(ctx context.Context, walletID string, match func(nats.Header) bool) (Outcome, error) {
-	oc, err := p.js.OrderedConsumer(ctx, messages.StreamEvents, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{messages.BalanceCreatedSubject(walletID), messages.BalanceCreateRejectedSubject(walletID)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
+// walletFilter is the subjects of walletID's outcome events.
+func walletFilter(walletID string) []string {
+	return []string{messages.BalanceCreatedSubject(walletID), messages.BalanceCreateRejectedSubject(walletID)}
+}
+
+// allWallets is the subjects of every outcome event.
+var allWallets = []string{messages.SubjectBalanceCreatedAll, messages.SubjectBalanceRejectedAll}
+
+// scan reads the outcome events on subjects, from since (nil: the start of
+// the stream), until one matches.
+func (p *Producer) scan(ctx context.Context, subjects []string, since *time.Time, match func(nats.Header) bool) (Outcome, error) {
+	occ := jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if since != nil {
+		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, since
+	}
+	oc, err := p.js.OrderedConsumer(ctx, messages.StreamEvents, occ)
 	if err != nil {
 		return Outcome{}, orCause(ctx, err)
 	}

@@ -54,7 +54,12 @@ type Ack struct {
 	Seq uint64 `json:"seq"`
 	// Duplicate is true when the key was already stored within the stream's
 	// duplicate window: nothing new was stored, and Seq is the original's.
+	// The original may be another command (the key reused with other fields,
+	// or for another wallet): AwaitAck and Awaiter.AwaitAcks tell.
 	Duplicate bool `json:"duplicate"`
+	// Command is the command that was published, which the outcome of a
+	// Duplicate is compared with (Reconcile).
+	Command messages.CreateBalance `json:"-"`
 }
 
 // Publish publishes cmd with key as its Nats-Msg-Id and returns JetStream's
@@ -71,7 +76,7 @@ func (p *Producer) Publish(ctx context.Context, cmd messages.CreateBalance, key 
 	if err != nil {
 		return Ack{}, fmt.Errorf("producer: publish command %q for wallet %s: %w", key, cmd.WalletID, err)
 	}
-	return Ack{Key: key, Stream: pa.Stream, Seq: pa.Sequence, Duplicate: pa.Duplicate}, nil
+	return Ack{Key: key, Stream: pa.Stream, Seq: pa.Sequence, Duplicate: pa.Duplicate, Command: cmd}, nil
 }
 
 // Validate reports whether Publish would refuse cmd and key, with the

@@ -83,7 +83,7 @@ func TestPublishRefusesInvalidCommandsBeforeTheWire(t *testing.T) {
 	// The longest valid key, and a valid command, do reach it.
 	ack, err := p.Publish(ctx, valid, strings.Repeat("k", messages.MaxKeyBytes))
 	require.NoError(t, err)
-	require.Equal(t, producer.Ack{Key: strings.Repeat("k", messages.MaxKeyBytes), Stream: messages.StreamCommands, Seq: 1}, ack)
+	require.Equal(t, producer.Ack{Key: strings.Repeat("k", messages.MaxKeyBytes), Stream: messages.StreamCommands, Seq: 1, Command: valid}, ack)
 	require.Equal(t, uint64(1), commandsState(t, s.js).LastSeq)
 }
 

@@ -30,9 +30,32 @@ type publishFlags struct {
 
 // outcomeResult is the second JSON object, printed with --wait.
 type outcomeResult struct {
-	Type    string          `json:"type"` // balance-created or balance-create-rejected
-	Subject string          `json:"subject"`
-	Event   json.RawMessage `json:"event"`
+	Type string `json:"type"` // balance-created or balance-create-rejected
+	// DecidedBy is "publisher" on a KEY_REUSED that no worker published (a
+	// duplicate publish of another command); Original is then the outcome
+	// of that other command. Subject is the event's, empty then.
+	DecidedBy string          `json:"decidedBy,omitempty"`
+	Subject   string          `json:"subject,omitempty"`
+	Event     json.RawMessage `json:"event"`
+	Original  *outcomeResult  `json:"original,omitempty"`
+}
+
+// decidedByPublisher is outcomeResult.DecidedBy of a producer.Outcome that
+// is ByPublisher.
+const decidedByPublisher = "publisher"
+
+func resultOf(o producer.Outcome) *outcomeResult {
+	res := &outcomeResult{Type: "balance-created", Subject: o.Subject, Event: json.RawMessage(o.Data)}
+	if o.Rejected != nil {
+		res.Type = "balance-create-rejected"
+	}
+	if o.ByPublisher {
+		res.DecidedBy = decidedByPublisher
+		if o.Original != nil {
+			res.Original = resultOf(*o.Original)
+		}
+	}
+	return res
 }
 
 func publishCommand(ctx context.Context, args []string, env Env) int {
@@ -114,7 +137,9 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 		return ExitOK
 	}
 
-	o, err := p.Await(ctx, cmd.WalletID, ack.Seq)
+	// A duplicate is compared with its original: another command under this
+	// key is KEY_REUSED, whatever its wallet.
+	o, err := p.AwaitAck(ctx, ack)
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintf(env.Stderr, "wallets-worker: no outcome for command %d within %s\n", ack.Seq, f.timeout)
@@ -122,11 +147,7 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 		}
 		return exitStatus(err, env.Stderr)
 	}
-	res := outcomeResult{Type: "balance-created", Subject: o.Subject, Event: json.RawMessage(o.Data)}
-	if o.Rejected != nil {
-		res.Type = "balance-create-rejected"
-	}
-	_ = out.Encode(res)
+	_ = out.Encode(resultOf(o))
 	if o.Created != nil {
 		return ExitOK
 	}

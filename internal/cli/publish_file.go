@@ -48,7 +48,8 @@ At the end one JSON object is printed: {"file","lines","published",
 "duplicates","failed","seconds"} ("lines" counts command lines: published +
 duplicates + failed), and with --wait "outcomes":{"created","replayed",
 "rejected":{CODE:n},"timedOut"}, one outcome per published or duplicate line
-(a duplicate's outcome is its original's). Exit status: 1 if a line was
+(a duplicate's outcome is its original's, or KEY_REUSED when the original
+was another command under the same key). Exit status: 1 if a line was
 invalid or failed to publish, else 4 if an outcome did not arrive in time,
 else 3 if one was rejected, else 0.`
 
@@ -154,6 +155,8 @@ type lineResult struct {
 	// Outcome is created, replayed, rejected or timedOut, with --wait.
 	Outcome string        `json:"outcome,omitempty"`
 	Code    messages.Code `json:"code,omitempty"`
+	// DecidedBy is "publisher" on a KEY_REUSED no worker published.
+	DecidedBy string `json:"decidedBy,omitempty"`
 	// Error says why the line was not published (or its outcome unreadable).
 	Error string `json:"error,omitempty"`
 }
@@ -524,11 +527,11 @@ func (r *bulkRun) awaitAll(ctx context.Context, acks <-chan acked) {
 
 // await awaits and records the outcomes of one batch.
 func (r *bulkRun) await(ctx context.Context, b []acked) {
-	seqs := make([]uint64, len(b))
+	acks := make([]producer.Ack, len(b))
 	for i, a := range b {
-		seqs[i] = a.ack.Seq
+		acks[i] = a.ack
 	}
-	outs, err := r.aw.AwaitMany(ctx, seqs) // the outcomes that came, whatever err says
+	outs, err := r.aw.AwaitAcks(ctx, acks) // the outcomes that came, whatever err says
 	for i, o := range outs {
 		res := lineResult{Line: b[i].line, Key: b[i].key, Seq: b[i].ack.Seq, Duplicate: b[i].ack.Duplicate}
 		switch {
@@ -544,6 +547,9 @@ func (r *bulkRun) await(ctx context.Context, b []acked) {
 			r.codes[o.Rejected.Code]++
 			r.mu.Unlock()
 			res.Outcome, res.Code = "rejected", o.Rejected.Code
+			if o.ByPublisher {
+				res.DecidedBy = decidedByPublisher
+			}
 		case o.Subject != "": // arrived, but not decodable
 			r.unread.Add(1)
 			res.Outcome, res.Error = "unreadable", fmt.Sprint(err)
