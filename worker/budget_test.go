@@ -1,0 +1,82 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// The command is given up on at delivery MaxDeliver (RETRIES_EXHAUSTED:
+// dead letter, event), but the Term that should end it is lost, so JetStream
+// delivers it once more; by then the ledger is healthy. That delivery is past
+// the budget: it must settle RETRIES_EXHAUSTED again without calling the
+// handler, for a write now would contradict the stored outcome (and its event,
+// under the same Nats-Msg-Id, would be dropped as a duplicate).
+func TestPastTheBudgetSettlesAgainWithoutTheLedger(t *testing.T) {
+	t.Parallel()
+	const maxDeliver = 3
+	var reads, calls, beforeTerm, duplicates atomic.Int64
+	b := setup(t,
+		withConfig(func(c *Config) { c.MaxDeliver = maxDeliver }),
+		withLedgerMiddleware(func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				// Down for the budget's deliveries, healthy afterwards.
+				if isAccountRead(r) && reads.Add(1) <= maxDeliver {
+					ledgerError(w, http.StatusServiceUnavailable, "INTERNAL", "injected outage")
+					return
+				}
+				next.ServeHTTP(w, r)
+			})
+		}),
+		withHandler(func(h Handler) Handler {
+			return handlerFunc(func(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error) {
+				calls.Add(1)
+				return h.Handle(ctx, key, cmd)
+			})
+		}),
+		withHooks(func(b *bundle) hooks {
+			return hooks{
+				beforeAck: func(*delivery) error {
+					if beforeTerm.Add(1) == 1 {
+						return errors.New("injected: term lost")
+					}
+					return nil
+				},
+				publish: recordPublishes(b, &duplicates, nil),
+			}
+		}))
+	m := cmd("w1", "k", body("w1", "savings"))
+	ack := b.publish(t, m)
+
+	b.settled(t)
+	require.Equal(t, uint64(maxDeliver+1), b.deliveries(t), "redelivered once after the lost term")
+	require.Equal(t, int64(2), beforeTerm.Load(), "settled twice")
+	require.Equal(t, int64(maxDeliver), calls.Load(), "the handler is not called past the budget")
+	require.Equal(t, int64(maxDeliver), reads.Load(), "the ledger is not read past the budget")
+	require.Zero(t, b.setMetadataLogs(t), "no ledger write")
+
+	// The same outcome: one event (the second publish was deduplicated),
+	// RETRIES_EXHAUSTED.
+	ev := single(t, b.events.all())
+	require.Equal(t, rejectedPrefix+"w1", ev.Subject)
+	requireEventHeaders(t, ev, "k", ack)
+	require.Equal(t, "RETRIES_EXHAUSTED", ev.json(t)["code"])
+	require.Equal(t, int64(1), duplicates.Load(), "the second settle's event was a duplicate")
+	// Every dead letter (the dead-letter stream's window is shorter than an
+	// ack wait, so each settle leaves one) is of this command, for the same
+	// reason.
+	dls := b.dlq.all()
+	require.NotEmpty(t, dls)
+	for _, dl := range dls {
+		require.Equal(t, m.Data, dl.Data)
+		require.Equal(t, []string{"RETRIES_EXHAUSTED"}, dl.Header["Wallets-Dlq-Code"])
+		require.Equal(t, []string{seqString(ack)}, dl.Header["Wallets-Original-Seq"])
+	}
+}
