@@ -107,8 +107,12 @@ func (e *elementError) Error() string { return e.message }
 // INTERNAL "context canceled". atomic=true runs the bulk in one
 // transaction that a failure rolls back whole, while the results still
 // show the elements before it as applied: the real ledger does the same.
-// parallel is accepted (results keep their order here; the real ledger
-// does not keep it, see ledgeradapter.Client.Bulk).
+// parallel=true makes the elements concurrent writes, as the real ledger
+// runs them on a pool: two of them creating one new account race, and one
+// fails with INTERNAL (see errRacingCreate). They still run one after
+// another here and answer in order (the real ledger's order is its
+// elements' completion order, see ledgeradapter.Client.Bulk), and a failure
+// without continueOnFailure cancels the elements after it.
 func (l *Ledger) bulkHandler(w http.ResponseWriter, r *http.Request, lg ledgerRow) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
@@ -137,9 +141,10 @@ func (l *Ledger) bulkHandler(w http.ResponseWriter, r *http.Request, lg ledgerRo
 	opts := bulkOptions{
 		continueOnFailure: queryBool(q.Get("continueOnFailure")),
 		atomic:            queryBool(q.Get("atomic")),
+		parallel:          queryBool(q.Get("parallel")),
 		schemaVersion:     q.Get("schemaVersion"),
 	}
-	if opts.atomic && queryBool(q.Get("parallel")) {
+	if opts.atomic && opts.parallel {
 		return &httpError{status: http.StatusPreconditionFailed, code: codeValidation,
 			message: "validating bulk options: atomic and parallel options are mutually exclusive"}
 	}
@@ -167,6 +172,7 @@ func queryBool(v string) bool {
 type bulkOptions struct {
 	continueOnFailure bool
 	atomic            bool
+	parallel          bool
 	schemaVersion     string
 }
 
@@ -177,6 +183,18 @@ type bulkOptions struct {
 // from one per element, except to a reader that looks while the bulk runs.
 // An error is a storage failure: the whole request then answers 500.
 func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, opts bulkOptions) ([]bulkResult, error) {
+	arrival := l.races.arrive()
+	defer l.races.depart(arrival)
+	// One origin for the request, or one per element when they are
+	// concurrent: origins[0] is the first of len(elems) reserved ones.
+	last := l.origins.Add(uint64(max(len(elems), 1)))
+	origin := func(i int) uint64 {
+		if opts.parallel {
+			return last - uint64(len(elems)-1-i)
+		}
+		return last
+	}
+
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 
@@ -189,6 +207,7 @@ func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, 
 
 	results := make([]bulkResult, len(elems))
 	tip := &logTip{} // read by the first element that logs, then kept here
+	var created txCreations
 	failed := false
 	for i, el := range elems {
 		var eerr error
@@ -199,7 +218,7 @@ func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, 
 			eerr = context.Canceled
 		default:
 			var logID int64
-			logID, eerr = l.bulkElement(ctx, tx, ledgerID, el, opts, tip)
+			logID, eerr = l.bulkElement(ctx, tx, ledgerID, el, opts, tip, &created, arrival, origin(i))
 			if eerr == nil {
 				results[i] = bulkResult{ResponseType: el.Action, LogID: logID}
 				continue
@@ -219,6 +238,7 @@ func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, 
 	if err := sqlTx.Commit(); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
+	l.races.committed(created.list)
 	return results, nil
 }
 
@@ -237,7 +257,8 @@ func elementErrorCode(err error) string {
 }
 
 // bulkElement applies one element within a savepoint of tx.
-func (l *Ledger) bulkElement(ctx context.Context, tx preparedTx, ledgerID int64, el bulkElement, opts bulkOptions, tip *logTip) (int64, error) {
+func (l *Ledger) bulkElement(ctx context.Context, tx preparedTx, ledgerID int64, el bulkElement, opts bulkOptions, tip *logTip,
+	created *txCreations, arrival, origin uint64) (int64, error) {
 	if opts.schemaVersion != "" {
 		// No schema can be inserted here, so every version is unknown.
 		return 0, &elementError{code: codeNotFound, message: fmt.Sprintf("schema %s not found", opts.schemaVersion)}
@@ -246,10 +267,14 @@ func (l *Ledger) bulkElement(ctx context.Context, tx preparedTx, ledgerID int64,
 	if err != nil {
 		return 0, err
 	}
+	wr.arrival, wr.origin = arrival, origin
 	if _, err := tx.tx.ExecContext(ctx, "SAVEPOINT element"); err != nil {
 		return 0, fmt.Errorf("savepoint: %w", err)
 	}
-	logID, _, err := l.forge(ctx, tx, wr, tip)
+	logID, _, err := l.forge(ctx, tx, wr, tip, created)
+	if errors.Is(err, errRacingCreate) {
+		err = &elementError{code: codeInternal, message: err.Error()}
+	}
 	if err != nil {
 		if _, rerr := tx.tx.ExecContext(ctx, "ROLLBACK TO element"); rerr != nil {
 			return 0, errors.Join(err, fmt.Errorf("rollback to savepoint: %w", rerr))
@@ -280,6 +305,7 @@ func bulkWrite(ledgerID int64, el bulkElement) (write, error) {
 			}
 			wr.ihash = idempotencyHash(saveAccountMetadataInput{Address: address, Metadata: p.Metadata})
 			wr.apply = saveAccountMetadata(ledgerID, address, p.Metadata)
+			wr.account = address
 		case targetTypeTx:
 			return write{}, noTransaction(p.TargetID)
 		default:

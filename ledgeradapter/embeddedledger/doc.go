@@ -33,6 +33,23 @@
 // The account list understands $and, $or, $not, $match and $in on address,
 // $match on metadata[key] and $exists on metadata; other filters answer 400.
 //
+// Writes that race to create one account answer like the real ledger's
+// PostgreSQL transactions do (CONTRACT §3): when a write arrives while
+// another write that creates the same missing account has not committed
+// yet, it answers 500 INTERNAL with the real body once that write commits,
+// and its retry succeeds (an Idempotency-Hit when it carries the winner's
+// key). The elements of a bulk sent with parallel=true are such concurrent
+// writes among themselves; those of a bulk run in order are not. A race
+// needs the writes to overlap, and a write here takes a fraction of a
+// millisecond against the real ledger's tens, so the 500 is rarer here.
+//
+// # Fidelity
+//
+// testdata/ledger-v2-probes.jsonl holds what a real Formance Ledger v2.4.12
+// answered to 46 probes; TestFidelity replays them and compares status,
+// error code, Idempotency-Hit and body shape. FIDELITY.md lists the result
+// for each probe and what is not compared.
+//
 // # Storage and durability
 //
 // State lives in one SQLite file, dir/ledger.db (pure Go driver
@@ -51,8 +68,7 @@
 // and ledger metadata updates, counting accounts (HEAD), streamed bulks,
 // CREATE_TRANSACTION in a bulk (answered INTERNAL), logs import/export, pit
 // (parsed, then ignored), sort orders other than id:desc for logs and address
-// for accounts, filters on balances and dates, authentication, the
-// Formance-Bigint-As-String header, and the real ledger's 500 on racing first
-// writes to one new account (CONTRACT §3): writes are serialized here, so the
-// loser of such a race gets the Idempotency-Hit directly.
+// for accounts, filters on balances and dates, authentication and the
+// Formance-Bigint-As-String header. Paths that are no route here answer the
+// real router's plain-text 404, real routes of the ledger among them.
 package embeddedledger

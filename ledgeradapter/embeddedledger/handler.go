@@ -105,8 +105,9 @@ func (l *Ledger) route(w http.ResponseWriter, r *http.Request) error {
 		if err := l.r.PingContext(r.Context()); err != nil {
 			return l.internalError(err)
 		}
+		// The real ledger's answer when its storage is migrated.
 		w.WriteHeader(http.StatusOK)
-		_, _ = io.WriteString(w, "{}")
+		_, _ = io.WriteString(w, `{"storage-driver-up-to-date":"OK"}`)
 		return nil
 	case len(seg) < 2 || seg[0] != "v2":
 		return routeNotFound()
@@ -156,7 +157,7 @@ func (l *Ledger) route(w http.ResponseWriter, r *http.Request) error {
 		return l.internalError(err)
 	}
 	if !ok {
-		return &httpError{status: http.StatusNotFound, code: codeLedgerNotFound, message: fmt.Sprintf("ledger %s not found", name)}
+		return &httpError{status: http.StatusNotFound, code: codeLedgerNotFound, message: "not found"}
 	}
 	return handle(lg)
 }
@@ -166,18 +167,28 @@ func methodNotAllowed(w http.ResponseWriter, methods ...string) error {
 	return &httpError{status: http.StatusMethodNotAllowed, code: codeValidation, message: "method not allowed"}
 }
 
-func routeNotFound() error {
-	return &httpError{status: http.StatusNotFound, code: codeNotFound, message: "route not found"}
-}
+// errRouteNotFound answers a path that is no route: the real ledger's
+// router answers it with Go's plain-text 404, not in its error shape.
+var errRouteNotFound = errors.New("route not found")
+
+func routeNotFound() error { return errRouteNotFound }
 
 // internalError answers the real ledger's generic 500 and logs the cause,
 // which the real one also keeps out of the response.
 func (l *Ledger) internalError(err error) error {
-	l.log.Error("embeddedledger: internal error", "err", err)
+	if errors.Is(err, errRacingCreate) {
+		l.log.Info("embeddedledger: answered 500 to a racing first write of an account, as the real ledger does", "err", err)
+	} else {
+		l.log.Error("embeddedledger: internal error", "err", err)
+	}
 	return &httpError{status: http.StatusInternalServerError, code: codeInternal, message: internalMessage}
 }
 
 func writeError(w http.ResponseWriter, err error) {
+	if errors.Is(err, errRouteNotFound) {
+		http.Error(w, "404 page not found", http.StatusNotFound)
+		return
+	}
 	var he *httpError
 	if !errors.As(err, &he) {
 		he = &httpError{status: http.StatusInternalServerError, code: codeInternal, message: internalMessage}
@@ -305,7 +316,7 @@ func (l *Ledger) addAccountMetadataHandler(w http.ResponseWriter, r *http.Reques
 	return l.commitWrite(w, r, write{
 		ledgerID: lg.ID, ikey: ik, dryRun: dryRun,
 		ihash: idempotencyHash(saveAccountMetadataInput{Address: address, Metadata: md}),
-		apply: saveAccountMetadata(lg.ID, address, md),
+		apply: saveAccountMetadata(lg.ID, address, md), account: address,
 	})
 }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -75,6 +76,11 @@ type Ledger struct {
 	mu      sync.RWMutex
 	ledgers map[string]ledgerRow // positive cache; ledgers are never deleted
 
+	// races and origins emulate the real ledger's answer to racing first
+	// writes of one account (see errRacingCreate).
+	races   *raceTracker
+	origins atomic.Uint64
+
 	// stmts is filled by Open and only read afterwards.
 	stmts map[stmtKey]*sql.Stmt
 
@@ -90,7 +96,7 @@ func Open(dir string, opts ...Option) (*Ledger, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	l := &Ledger{now: o.now, log: o.log, ledgers: map[string]ledgerRow{}, stmts: map[stmtKey]*sql.Stmt{}}
+	l := &Ledger{now: o.now, log: o.log, ledgers: map[string]ledgerRow{}, stmts: map[stmtKey]*sql.Stmt{}, races: newRaceTracker()}
 
 	syncMode := "NORMAL"
 	if o.syncFull {

@@ -206,11 +206,25 @@ type write struct {
 	ikey     string
 	ihash    string
 	dryRun   bool
-	// apply changes the state and returns the log's type and payload.
-	apply func(ctx context.Context, tx querier, now time.Time) (string, any, error)
+	// account is the address a metadata write may create; "" for writes
+	// that never create an account.
+	account string
+	// apply changes the state and returns the log's type and payload, and
+	// whether it created the account.
+	apply func(ctx context.Context, tx querier, now time.Time) (typ string, payload any, created bool, err error)
+
+	// arrival and origin place the write among concurrent ones (see
+	// raceTracker): when its request arrived, and which request (or
+	// element of a parallel bulk) it belongs to.
+	arrival uint64
+	origin  uint64
 }
 
 func (l *Ledger) write(ctx context.Context, w write) (hit bool, err error) {
+	w.arrival = l.races.arrive()
+	defer l.races.depart(w.arrival)
+	w.origin = l.origins.Add(1)
+
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 
@@ -220,13 +234,15 @@ func (l *Ledger) write(ctx context.Context, w write) (hit bool, err error) {
 	}
 	defer func() { _ = sqlTx.Rollback() }()
 
-	_, hit, err = l.forge(ctx, preparedTx{l: l, tx: sqlTx}, w, &logTip{})
+	var created txCreations
+	_, hit, err = l.forge(ctx, preparedTx{l: l, tx: sqlTx}, w, &logTip{}, &created)
 	if err != nil || hit || w.dryRun {
 		return hit, err
 	}
 	if err := sqlTx.Commit(); err != nil {
 		return false, fmt.Errorf("commit: %w", err)
 	}
+	l.races.committed(created.list)
 	return false, nil
 }
 
@@ -240,8 +256,17 @@ type logTip struct {
 }
 
 // forge is the body of write, inside the caller's transaction: it returns
-// the id of the new log, or of the stored one on an idempotency hit.
-func (l *Ledger) forge(ctx context.Context, tx preparedTx, w write, tip *logTip) (logID int64, hit bool, err error) {
+// the id of the new log, or of the stored one on an idempotency hit. An
+// account it creates is added to created, under the write's origin.
+func (l *Ledger) forge(ctx context.Context, tx preparedTx, w write, tip *logTip, created *txCreations) (logID int64, hit bool, err error) {
+	if w.account != "" {
+		// Before the key: a write that raced the account's creator did not
+		// see the creator's key either (see errRacingCreate).
+		k := accountKey{w.ledgerID, w.account}
+		if created.byOther(k, w.origin) || l.races.createdSince(k, w.arrival) {
+			return 0, false, errRacingCreate
+		}
+	}
 	if w.ikey != "" {
 		var storedID int64
 		var stored sql.NullString
@@ -261,7 +286,7 @@ func (l *Ledger) forge(ctx context.Context, tx preparedTx, w write, tip *logTip)
 	}
 
 	now := l.now().UTC().Truncate(time.Microsecond)
-	typ, payload, err := w.apply(ctx, tx, now)
+	typ, payload, createdAccount, err := w.apply(ctx, tx, now)
 	if err != nil {
 		return 0, false, err
 	}
@@ -288,6 +313,9 @@ func (l *Ledger) forge(ctx context.Context, tx preparedTx, w write, tip *logTip)
 		return 0, false, fmt.Errorf("insert log: %w", err)
 	}
 	tip.id, tip.hash = row.ID, row.Hash
+	if createdAccount {
+		created.add(accountKey{w.ledgerID, w.account}, w.origin)
+	}
 	return row.ID, false, nil
 }
 
@@ -311,8 +339,9 @@ func chainHash(previous []byte, l logRow) []byte {
 // created with the sent metadata; an existing one gets a shallow merge (sent
 // keys overwrite, others stay) and a new updated_at, unless it already
 // contains every sent key with the same value.
-func saveAccountMetadata(ledgerID int64, address string, md map[string]string) func(context.Context, querier, time.Time) (string, any, error) {
-	return func(ctx context.Context, tx querier, now time.Time) (string, any, error) {
+func saveAccountMetadata(ledgerID int64, address string, md map[string]string) func(context.Context, querier, time.Time) (string, any, bool, error) {
+	return func(ctx context.Context, tx querier, now time.Time) (string, any, bool, error) {
+		created := false
 		var raw string
 		err := tx.QueryRowContext(ctx,
 			qAccountMetadata, ledgerID, address).Scan(&raw)
@@ -320,19 +349,20 @@ func saveAccountMetadata(ledgerID int64, address string, md map[string]string) f
 		case errors.Is(err, sql.ErrNoRows):
 			enc, err := json.Marshal(nonNil(md))
 			if err != nil {
-				return "", nil, err
+				return "", nil, false, err
 			}
 			if _, err := tx.ExecContext(ctx,
 				qInsertAccount,
 				ledgerID, address, string(enc), now.UnixMicro(), now.UnixMicro(), now.UnixMicro()); err != nil {
-				return "", nil, fmt.Errorf("insert account: %w", err)
+				return "", nil, false, fmt.Errorf("insert account: %w", err)
 			}
+			created = true
 		case err != nil:
-			return "", nil, fmt.Errorf("read account: %w", err)
+			return "", nil, false, fmt.Errorf("read account: %w", err)
 		default:
 			current := map[string]string{}
 			if err := json.Unmarshal([]byte(raw), &current); err != nil {
-				return "", nil, fmt.Errorf("decode account metadata: %w", err)
+				return "", nil, false, fmt.Errorf("decode account metadata: %w", err)
 			}
 			if !contains(current, md) {
 				for k, v := range md {
@@ -340,48 +370,48 @@ func saveAccountMetadata(ledgerID int64, address string, md map[string]string) f
 				}
 				enc, err := json.Marshal(current)
 				if err != nil {
-					return "", nil, err
+					return "", nil, false, err
 				}
 				if _, err := tx.ExecContext(ctx,
 					qUpdateAccount,
 					string(enc), now.UnixMicro(), ledgerID, address); err != nil {
-					return "", nil, fmt.Errorf("update account: %w", err)
+					return "", nil, false, fmt.Errorf("update account: %w", err)
 				}
 			}
 		}
-		return logTypeSetMetadata, setMetadataPayload{TargetType: targetTypeAccount, TargetID: address, Metadata: nonNil(md)}, nil
+		return logTypeSetMetadata, setMetadataPayload{TargetType: targetTypeAccount, TargetID: address, Metadata: nonNil(md)}, created, nil
 	}
 }
 
 // deleteAccountMetadata is the real DeleteAccountMetadata: it removes the key
 // and bumps updated_at of an existing account (inferred: even when the key is
 // absent), does nothing to a missing one, and logs in every case.
-func deleteAccountMetadata(ledgerID int64, address, key string) func(context.Context, querier, time.Time) (string, any, error) {
-	return func(ctx context.Context, tx querier, now time.Time) (string, any, error) {
+func deleteAccountMetadata(ledgerID int64, address, key string) func(context.Context, querier, time.Time) (string, any, bool, error) {
+	return func(ctx context.Context, tx querier, now time.Time) (string, any, bool, error) {
 		var raw string
 		err := tx.QueryRowContext(ctx,
 			qAccountMetadata, ledgerID, address).Scan(&raw)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 		case err != nil:
-			return "", nil, fmt.Errorf("read account: %w", err)
+			return "", nil, false, fmt.Errorf("read account: %w", err)
 		default:
 			current := map[string]string{}
 			if err := json.Unmarshal([]byte(raw), &current); err != nil {
-				return "", nil, fmt.Errorf("decode account metadata: %w", err)
+				return "", nil, false, fmt.Errorf("decode account metadata: %w", err)
 			}
 			delete(current, key)
 			enc, err := json.Marshal(current)
 			if err != nil {
-				return "", nil, err
+				return "", nil, false, err
 			}
 			if _, err := tx.ExecContext(ctx,
 				qUpdateAccount,
 				string(enc), now.UnixMicro(), ledgerID, address); err != nil {
-				return "", nil, fmt.Errorf("update account: %w", err)
+				return "", nil, false, fmt.Errorf("update account: %w", err)
 			}
 		}
-		return logTypeDeleteMetadata, deleteMetadataPayload{TargetType: targetTypeAccount, TargetID: address, Key: key}, nil
+		return logTypeDeleteMetadata, deleteMetadataPayload{TargetType: targetTypeAccount, TargetID: address, Key: key}, false, nil
 	}
 }
 
