@@ -109,7 +109,7 @@ const internal500 = `{"errorCode":"INTERNAL","errorMessage":"Internal error. Con
 func split(t *testing.T, answers []raceAnswer) (won, lost raceAnswer) {
 	t.Helper()
 	require.Len(t, answers, 2)
-	if answers[0].status != http.StatusNoContent {
+	if answers[0] != (raceAnswer{status: http.StatusNoContent}) {
 		answers[0], answers[1] = answers[1], answers[0]
 	}
 	require.Equal(t, raceAnswer{status: http.StatusNoContent}, answers[0], "the winner")
