@@ -125,6 +125,14 @@ func TestLedgerURL(t *testing.T) {
 		check(t, res, 102, 120)
 		require.Equal(t, 3, res.AtURL.Single.InFlight)
 	})
+	t.Run("batched", func(t *testing.T) {
+		res := run(t, "--commands", "150", "--batch", "--concurrency", "64")
+		check(t, res, 150, 150)
+		require.NotNil(t, res.Batch)
+		require.EqualValues(t, 150, res.Batch.Writes)
+		require.Equal(t, res.Batch.ReadRequests+res.Batch.WriteRequests, res.AtURL.Requests, "one HTTP request per batch")
+		require.Less(t, res.AtURL.Requests, int64(2*150), "reads and writes were coalesced")
+	})
 	t.Run("table", func(t *testing.T) {
 		var out bytes.Buffer
 		require.NoError(t, Command(t.Context(), []string{"--ledger-url", srv.URL, "--commands", "40", "--concurrency", "4"}, &out, t.Output()))
