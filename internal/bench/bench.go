@@ -77,6 +77,9 @@ type Config struct {
 	LedgerURL, LedgerName string
 	LedgerBaselines       bool
 	SingleInFlight        int
+	// BaselineTimeout bounds each request of the ledger baselines (default
+	// DefaultBaselineTimeout).
+	BaselineTimeout time.Duration
 	// Batch puts a ledgeradapter.Batcher between each worker's handler and
 	// the ledger, with BatchWindow, BatchMax and LedgerConcurrency (its
 	// Window, MaxBatch and MaxInFlight; zero takes the Batcher's default).
@@ -109,6 +112,9 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.LedgerURL != "" && c.Ledger == "" {
 		c.Ledger = LedgerURL
+	}
+	if c.BaselineTimeout == 0 {
+		c.BaselineTimeout = DefaultBaselineTimeout
 	}
 	if c.Commands == 0 {
 		c.Commands = 10000
@@ -186,6 +192,9 @@ func (c Config) Validate() error {
 	}
 	if err := ledgeradapter.ValidateLedgerName(c.LedgerName); err != nil {
 		errs = append(errs, err)
+	}
+	if c.BaselineTimeout < 0 {
+		errs = append(errs, fmt.Errorf("baseline timeout %s is negative", c.BaselineTimeout))
 	}
 	if c.SingleInFlight < 0 {
 		errs = append(errs, fmt.Errorf("single in flight %d: want 0 (the worker's) or more", c.SingleInFlight))

@@ -215,6 +215,13 @@ func TestFlags(t *testing.T) {
 		{"--workers", "65"},
 		{"--batch", "--batch-max", "101"},
 		{"--batch", "--ledger-concurrency", "-1"},
+		{"--ledger-url", "ftp://ledger"},
+		{"--ledger-url", "http://127.0.0.1:1", "--ledger", "embedded"},
+		{"--ledger-url", "http://127.0.0.1:1", "--ledger-latency", "1ms"},
+		{"--ledger-url", "http://127.0.0.1:1", "--ledger-name", "not a name"},
+		{"--ledger-url", "http://127.0.0.1:1", "--single-in-flight", "-1"},
+		{"--ledger-url", "http://127.0.0.1:1", "--baseline-timeout", "-1s"},
+		{"--ledger", "url"},
 		{"extra"},
 	} {
 		err := Command(ctx, args, io.Discard, io.Discard)

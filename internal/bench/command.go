@@ -45,6 +45,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&cfg.LedgerURL, "ledger-url", "", "base URL of a Formance ledger v2 to write to instead of --ledger, through the ledger stack `run` builds; also runs same-run baselines on it")
 	fs.StringVar(&cfg.LedgerName, "ledger-name", "", "with --ledger-url: the ledger to write to, created if missing (default a new one each run, bench-<time>)")
 	fs.BoolVar(&cfg.LedgerBaselines, "ledger-baselines", true, "with --ledger-url: also write as many new balances straight to the ledger as single writes, as GET then write, and as parallel bulks")
+	fs.DurationVar(&cfg.BaselineTimeout, "baseline-timeout", DefaultBaselineTimeout, "with --ledger-url: timeout of each request of the ledger baselines (long: they measure the ledger, not a client's patience)")
 	fs.IntVar(&cfg.SingleInFlight, "single-in-flight", 0, "with --ledger-url: requests in flight of the single-write baseline (0: the most the worker had in flight)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", def.Concurrency, "commands in flight in each worker; the baseline runs --workers × this. Without --batch, also the most ledger requests in flight")
 	fs.BoolVar(&cfg.Batch, "batch", false, "coalesce each worker's concurrent ledger reads and writes into list-accounts and bulk requests (ledgeradapter.Batcher)")
@@ -227,7 +228,8 @@ func printTable(out io.Writer, r Result) error {
 }
 
 func printURLReport(out io.Writer, r Result, u *URLReport) error {
-	fmt.Fprintf(out, "\nledger %s at %s (client timeout %gms); per request latency:\n", r.LedgerName, u.URL, u.ClientTimeoutMs)
+	fmt.Fprintf(out, "\nledger %s at %s (client timeout: worker %s, baselines %s); latency per request:\n",
+		r.LedgerName, u.URL, time.Duration(u.ClientTimeoutMs*float64(time.Millisecond)), time.Duration(u.BaselineTimeoutMs*float64(time.Millisecond)))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprint(tw, "\tcreates/s\tnew balances\trequests\tper create\tin flight\tp50\tp99\ttimeouts\tanswers\t\n")
 	row := func(name string, rate float64, created int, reqs int64, inFlight string, lat Latency, timeouts int64, statuses map[string]int64) {

@@ -56,7 +56,10 @@
 // and each as the worker writes them (address, metadata, Idempotency-Key):
 // single writes at the most requests the worker had in flight
 // (--single-in-flight), the wallets service's GET-then-write path at 32 in
-// flight, and parallel bulks of 50 at 8 in flight. The report gives
+// flight, and parallel bulks of 50 at 8 in flight, each request allowed
+// --baseline-timeout (a minute: the baselines measure the ledger, not a
+// client's patience; a bulk that times out partly lands and cannot be
+// counted). The report gives
 // creates/s of each, the worker's ratios to the best write, to
 // GET-then-write and to single writes, the worker's HTTP requests per new
 // balance and their answers, the requests that hit the client timeout, and

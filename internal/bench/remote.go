@@ -30,6 +30,10 @@ const (
 	// on the real ledger v2.4.12.
 	BulkBaselineSize     = 50
 	BulkBaselineInFlight = 8
+	// DefaultBaselineTimeout bounds each request of the baselines: long, so
+	// that they measure what the ledger can do rather than where a client
+	// gives up (a bulk that times out partly lands, and cannot be counted).
+	DefaultBaselineTimeout = time.Minute
 )
 
 // remoteMeter counts, at the worker's side, what a run sends to a ledger at
@@ -150,8 +154,11 @@ func (r *runner) urlLedger(ctx context.Context) (ledgeradapter.BatchLedger, *met
 //     BulkBaselineSize ADD_METADATA elements a request, BulkBaselineInFlight
 //     requests in flight.
 type URLReport struct {
-	URL             string  `json:"url"`
-	ClientTimeoutMs float64 `json:"clientTimeoutMs"`
+	URL string `json:"url"`
+	// ClientTimeoutMs is the worker's client timeout, BaselineTimeoutMs
+	// the baselines'.
+	ClientTimeoutMs   float64 `json:"clientTimeoutMs"`
+	BaselineTimeoutMs float64 `json:"baselineTimeoutMs"`
 	// CreatesPerSecond is the worker's new balances over its phase's time.
 	CreatesPerSecond float64 `json:"createsPerSecond"`
 	// Requests is every HTTP request the worker's client sent during its
@@ -183,6 +190,7 @@ type URLReport struct {
 
 func (r *runner) urlReport(ctx context.Context, res *Result, newReplayed int) *URLReport {
 	rep := &URLReport{URL: redactURL(r.cfg.LedgerURL), ClientTimeoutMs: ms(ledgeradapter.DefaultTimeout), NewBalancesReplayed: newReplayed}
+	rep.BaselineTimeoutMs = ms(r.cfg.BaselineTimeout)
 	if res.Worker.Seconds > 0 {
 		rep.CreatesPerSecond = float64(res.Outcomes.Created) / res.Worker.Seconds
 	}
@@ -198,7 +206,7 @@ func (r *runner) urlReport(ctx context.Context, res *Result, newReplayed int) *U
 	if single == 0 {
 		single = max(1, int(rep.PeakInFlight))
 	}
-	p := newLedgerProber(r.cfg.LedgerURL, r.cfg.LedgerName, ledgeradapter.DefaultTimeout)
+	p := newLedgerProber(r.cfg.LedgerURL, r.cfg.LedgerName, r.cfg.BaselineTimeout)
 	defer p.close()
 	logf("ledger baseline single: %d new balances, %d in flight", n, single)
 	s := p.single(ctx, n, single)

@@ -52,6 +52,8 @@ func TestLedgerURL(t *testing.T) {
 		u := res.AtURL
 		require.NotNil(t, u)
 		require.Zero(t, u.NewBalancesReplayed)
+		require.InDelta(t, ms(ledgeradapter.DefaultTimeout), u.ClientTimeoutMs, 1e-9)
+		require.InDelta(t, ms(DefaultBaselineTimeout), u.BaselineTimeoutMs, 1e-9)
 		require.Zero(t, u.Timeouts)
 		require.Positive(t, u.CreatesPerSecond)
 		var answered int64
