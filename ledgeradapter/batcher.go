@@ -418,6 +418,8 @@ func (b *Batcher) dispatch() {
 // slot.
 func (b *Batcher) send(q *queue, bt *batch) {
 	defer bt.cancel()
+	ctx, span := traceBatch(bt.ctx, q.key.read, bt.calls) // trace.go
+	defer span.End()
 	ledger := q.key.ledger
 	sent := true
 	switch {
@@ -426,10 +428,10 @@ func (b *Batcher) send(q *queue, bt *batch) {
 		sent = false
 	case q.key.read:
 		b.stats.readRequests.Add(1)
-		b.sendReads(bt.ctx, ledger, bt.calls)
+		b.sendReads(ctx, ledger, bt.calls)
 	default:
 		b.stats.writeRequests.Add(1)
-		b.sendWrites(bt.ctx, ledger, bt.calls)
+		b.sendWrites(ctx, ledger, bt.calls)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()

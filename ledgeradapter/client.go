@@ -55,7 +55,7 @@ func NewClient(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	rt := newTransport(cfg)
-	hc := &http.Client{Transport: rt}
+	hc := &http.Client{Transport: tracedTransport(rt, cfg.TracerProvider)}
 	if cfg.HTTPClient != nil {
 		hc.CheckRedirect, hc.Jar = cfg.HTTPClient.CheckRedirect, cfg.HTTPClient.Jar
 	}
@@ -395,7 +395,7 @@ func (c *Client) do(ctx context.Context, req request) (*response, *Error) {
 	if req.body != nil {
 		body = bytes.NewReader(req.body)
 	}
-	hreq, err := http.NewRequestWithContext(rctx, req.method, u, body)
+	hreq, err := http.NewRequestWithContext(withOp(rctx, req.op), req.method, u, body)
 	if err != nil {
 		e := fail(err)
 		e.notSent = true

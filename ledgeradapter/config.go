@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults of Config.
@@ -53,6 +55,12 @@ type Config struct {
 	// came) and the time from sending to the end of the answer: the hook for
 	// metrics.
 	Observe func(op string, status int, d time.Duration)
+
+	// TracerProvider makes the client span of every request, which carries
+	// the W3C traceparent of the caller's context to the ledger (default:
+	// the global provider, a no-op unless the program installed an SDK;
+	// the traceparent is sent either way).
+	TracerProvider trace.TracerProvider
 }
 
 func (c *Config) setDefaults() {

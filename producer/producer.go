@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wallets-worker/wallets-worker/messages"
 )
@@ -16,6 +17,7 @@ import (
 type Producer struct {
 	js      jetstream.JetStream
 	pubOpts []jetstream.PublishOpt
+	tracer  trace.Tracer // nil: the global provider's
 }
 
 // Option configures a Producer.
@@ -67,11 +69,17 @@ type Ack struct {
 // as a *messages.ValidationError, and nothing is sent. An error after the
 // send (a timeout) leaves it unknown whether the command was stored: publish
 // it again with the same key.
-func (p *Producer) Publish(ctx context.Context, cmd messages.CreateBalance, key string) (Ack, error) {
+//
+// The command carries the W3C trace context (`traceparent`, SPEC §5) of a
+// producer span, child of ctx's span (see WithTracerProvider); with no SDK
+// installed, that of ctx's span itself, if any.
+func (p *Producer) Publish(ctx context.Context, cmd messages.CreateBalance, key string) (ack Ack, err error) {
 	msg, err := commandMsg(cmd, key)
 	if err != nil {
 		return Ack{}, err
 	}
+	ctx, span := p.startSend(ctx, msg, key)
+	defer func() { endSend(span, ack, err) }()
 	pa, err := p.js.PublishMsg(ctx, msg, p.pubOpts...)
 	if err != nil {
 		return Ack{}, fmt.Errorf("producer: publish command %q for wallet %s: %w", key, cmd.WalletID, err)

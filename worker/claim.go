@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/messages"
@@ -25,8 +27,9 @@ import (
 // the same moment through the wallets HTTP API does not claim, and the race
 // with it stays as the wallets service has it.
 type Claims struct {
-	kv  jetstream.KeyValue
-	ttl time.Duration
+	kv     jetstream.KeyValue
+	ttl    time.Duration
+	tracer trace.Tracer
 }
 
 var _ handlers.Claimer = (*Claims)(nil)
@@ -51,12 +54,14 @@ func NewClaims(ctx context.Context, js jetstream.JetStream, c Config) (*Claims, 
 	if err != nil {
 		return nil, fmt.Errorf("bind claims bucket %s: %w", messages.BucketClaims, err)
 	}
-	return &Claims{kv: kv, ttl: c.ClaimTTL}, nil
+	return &Claims{kv: kv, ttl: c.ClaimTTL, tracer: tracerFrom(c.TracerProvider)}, nil
 }
 
 // Claim implements handlers.Claimer.
-func (c *Claims) Claim(ctx context.Context, ledger, account, key string) error {
+func (c *Claims) Claim(ctx context.Context, ledger, account, key string) (err error) {
 	k := claimKey(ledger, account)
+	ctx, span := c.tracer.Start(ctx, spanClaim, trace.WithSpanKind(trace.SpanKindClient))
+	defer func() { endClaim(span, k, err) }()
 	sum := sha256.Sum256([]byte(key))
 	mine := hex.EncodeToString(sum[:])
 	for range 3 { // a claim that expires between Create and Get is tried again
@@ -88,4 +93,22 @@ func (c *Claims) Claim(ctx context.Context, ledger, account, key string) error {
 func claimKey(ledger, account string) string {
 	sum := sha256.Sum256([]byte(account))
 	return ledger + "." + hex.EncodeToString(sum[:])
+}
+
+// endClaim ends the span of a claim with its result; another command's live
+// claim is a result, not an error.
+func endClaim(span trace.Span, k string, err error) {
+	if span.IsRecording() {
+		result := "held"
+		switch {
+		case errors.Is(err, handlers.ErrClaimed):
+			result = "claimed_by_other"
+		case err != nil:
+			result = "error"
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.SetAttributes(attrClaimKey.String(messages.BucketClaims+"/"+k), attrClaimResult.String(result))
+	}
+	span.End()
 }

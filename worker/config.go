@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Config configures a Worker. Zero values take the documented defaults.
@@ -52,6 +54,10 @@ type Config struct {
 	DrainTimeout time.Duration
 	// Metrics, when set, records what the worker does (see NewMetrics).
 	Metrics *Metrics
+	// TracerProvider makes the spans of the commands and of the claims
+	// (default: the global provider, a no-op unless the program installed
+	// an SDK; see docs/tracing.md).
+	TracerProvider trace.TracerProvider
 }
 
 // Backoff is an exponential backoff with jitter and a cap.

@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/internal/telemetry"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -24,6 +26,8 @@ const maxReasonBytes = 1024
 // not cancel. If a publish fails the command is retried: the redelivery
 // replays the same outcome under the same event ID.
 func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
+	ctx = d.withSpan(ctx)
+	d.traceSettled(o)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.SettleTimeout)
 	defer cancel()
 
@@ -35,7 +39,9 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
 	}
 	code := o.Code()
 	if code.DeadLetters() {
-		if err := w.publish(sctx, w.deadLetter(d, walletID, code, o.Rejected.Message)); err != nil {
+		dl := w.deadLetter(d, walletID, code, o.Rejected.Message)
+		telemetry.Inject(sctx, dl.Header) // replaces the command's traceparent with the worker span's
+		if err := w.publish(sctx, dl); err != nil {
 			w.log.Warn("dead letter publish failed; will retry", w.logAttrs(d, key, "error", err)...)
 			w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
 			return
@@ -45,6 +51,7 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
 	ev.Header.Set(messages.HeaderCommandKey, key)
 	ev.Header.Set(messages.HeaderCommandSeq, strconv.FormatUint(d.seq, 10))
 	ev.Header.Set(messages.HeaderMsgID, messages.EventMsgID(key, d.seq))
+	telemetry.Inject(sctx, ev.Header)
 	if err := w.publish(sctx, ev); err != nil {
 		w.log.Warn("outcome event publish failed; will retry", w.logAttrs(d, key, "error", err)...)
 		w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
@@ -67,7 +74,10 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
 		w.log.Warn("command dead-lettered", w.logAttrs(d, key, "outcome", code, "reason", o.Rejected.Message)...)
 		return
 	}
-	if err := d.msg.DoubleAck(sctx); err != nil {
+	actx, span := w.startClient(sctx, spanAck, semconv.MessagingOperationTypeSettle, semconv.MessagingOperationName("ack"))
+	err = d.msg.DoubleAck(actx)
+	endClient(span, err)
+	if err != nil {
 		// The outcome is stored; a redelivery replays it under the same
 		// event ID, so JetStream drops the second event.
 		w.log.Warn("ack failed; the redelivery will replay the outcome", w.logAttrs(d, key, "error", err)...)
@@ -142,8 +152,9 @@ func (w *Worker) deadLetter(d *delivery, walletID string, code messages.Code, re
 	return &nats.Msg{Subject: messages.DLQSubject(walletID), Header: h, Data: d.msg.Data()}
 }
 
-func (w *Worker) publish(ctx context.Context, m *nats.Msg) error {
-	var err error
+func (w *Worker) publish(ctx context.Context, m *nats.Msg) (err error) {
+	ctx, span := w.startPublish(ctx, m)
+	defer func() { endClient(span, err) }()
 	if w.hooks.publish != nil {
 		_, err = w.hooks.publish(ctx, m)
 	} else {

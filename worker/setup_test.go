@@ -110,7 +110,7 @@ func setup(t *testing.T, opts ...option) *bundle {
 	srv := httptest.NewServer(h)
 	t.Cleanup(func() { srv.Close(); require.NoError(t, led.Close()) })
 
-	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL, Timeout: o.ledgerTimeout})
+	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL, Timeout: o.ledgerTimeout, TracerProvider: cfg.TracerProvider})
 	require.NoError(t, err)
 	t.Cleanup(client.CloseIdleConnections)
 	require.NoError(t, client.EnsureLedger(ctx, testLedger))

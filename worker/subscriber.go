@@ -11,6 +11,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Metadata keys of the Watermill messages the subscriber emits.
@@ -29,6 +30,7 @@ type delivery struct {
 	published  time.Time // when JetStream stored the command
 	receivedAt time.Time // when this process received the delivery
 	settled    atomic.Bool
+	span       trace.Span // the consumer span, once handling started (trace.go)
 }
 
 func newDelivery(m jetstream.Msg, now time.Time) *delivery {

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/messages"
@@ -35,6 +36,7 @@ type Worker struct {
 	js      jetstream.JetStream
 	handler Handler
 	log     *slog.Logger
+	tracer  trace.Tracer
 
 	work      context.Context
 	abortWork context.CancelCauseFunc
@@ -72,7 +74,7 @@ func New(js jetstream.JetStream, h Handler, cfg Config, log *slog.Logger) (*Work
 		log = slog.New(slog.DiscardHandler)
 	}
 	work, abort := context.WithCancelCause(context.Background())
-	return &Worker{cfg: cfg, js: js, handler: h, log: log, work: work, abortWork: abort}, nil
+	return &Worker{cfg: cfg, js: js, handler: h, log: log, tracer: tracerFrom(cfg.TracerProvider), work: work, abortWork: abort}, nil
 }
 
 // Stats returns the worker's counters.
@@ -146,7 +148,9 @@ func (w *Worker) process(wm *message.Message) error {
 	}
 	w.cfg.Metrics.received(d)
 	defer w.cfg.Metrics.done()
-	w.handle(wm.Context(), d)
+	ctx := w.startSpan(wm.Context(), d)
+	defer d.span.End()
+	w.handle(ctx, d)
 	return nil
 }
 
@@ -223,6 +227,7 @@ func (w *Worker) failed(ctx context.Context, d *delivery, key string, cmd messag
 		return
 	}
 	delay := w.cfg.Backoff.Delay(d.delivered)
+	d.traceOutcome(traceRetry, "", err)
 	w.log.Warn("command failed; will retry", w.logAttrs(d, key, "error", err, "retry_in", delay.Round(time.Millisecond).String())...)
 	w.nak(d, delay, retryTransient)
 }
@@ -255,6 +260,7 @@ func (w *Worker) nak(d *delivery, delay time.Duration, reason string) {
 	}
 	w.stats.Retried.Add(1)
 	w.cfg.Metrics.retried(reason)
+	d.traceNak(reason)
 	if err := d.msg.NakWithDelay(delay); err != nil {
 		w.log.Warn("nak failed; JetStream redelivers after ack wait", w.logAttrs(d, "", "error", err)...)
 	}
@@ -334,5 +340,5 @@ func (w *Worker) logAttrs(d *delivery, key string, extra ...any) []any {
 	if key == "" {
 		key = firstHeader(d, messages.HeaderMsgID)
 	}
-	return append([]any{"key", key, "subject", d.subject, "seq", d.seq, "delivery", d.delivered}, extra...)
+	return d.traceLog(append([]any{"key", key, "subject", d.subject, "seq", d.seq, "delivery", d.delivered}, extra...))
 }

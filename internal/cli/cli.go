@@ -74,7 +74,14 @@ func Main(ctx context.Context, args []string, env Env) int {
 	case "dlq":
 		err = dlqCommand(ctx, args[1:], env)
 	case "bench":
+		// The workers of bench trace with the global provider, which
+		// startTracing sets when the OTEL_* variables ask for export.
+		tel, terr := startTracing(ctx, env, nil)
+		if terr != nil {
+			return exitStatus(terr, env.Stderr)
+		}
 		err = bench.Command(ctx, args[1:], env.Stdout, env.Stderr)
+		stopTracing(tel, nil)
 		if errors.Is(err, bench.ErrUsage) {
 			err = usageError("%v", err)
 		}

@@ -110,6 +110,14 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 		return exitStatus(usageError("%v", err), env.Stderr)
 	}
 
+	tel, err := startTracing(ctx, env, nil)
+	if err != nil {
+		return exitStatus(err, env.Stderr)
+	}
+	defer stopTracing(tel, nil)
+	ctx, span := startPublishSpan(ctx, tel, cmd, key)
+	defer span.End()
+
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	nc, err := natsconn.Connect(f.nats, nats.Name("wallets-worker publish"), nats.Timeout(min(f.timeout, 10*time.Second)))
@@ -121,7 +129,7 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 	if err != nil {
 		return exitStatus(err, env.Stderr)
 	}
-	p := producer.New(js)
+	p := producer.New(js, producer.WithTracerProvider(tel.TracerProvider()))
 
 	ack, err := p.Publish(ctx, cmd, key)
 	if err != nil {

@@ -193,6 +193,15 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		}
 	}()
 
+	// Tracing first, so that its flush is the last cleanup: the spans of the
+	// final settles are ended by then.
+	tel, err := startTracing(ctx, env, log)
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() { stopTracing(tel, log) })
+	f.w.TracerProvider = tel.TracerProvider()
+
 	natsURL := f.nats.URL
 	if natsURL == "" {
 		ns, err := embeddednats.Start(embeddednats.Options{Addr: f.embeddedNATSAddr, StoreDir: filepath.Join(f.dataDir, "nats")})
@@ -220,7 +229,8 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	lcfg := ledgeradapter.Config{
 		BaseURL: ledgerURL, Timeout: f.ledgerTimeout,
 		ClientID: f.ledgerClientID, ClientSecret: f.ledgerClientSecret, TokenURL: f.ledgerTokenURL,
-		Observe: newLedgerMetrics(reg).observe,
+		Observe:        newLedgerMetrics(reg).observe,
+		TracerProvider: tel.TracerProvider(),
 	}
 	if f.ledgerCA != "" {
 		pool, _ := loadCertPool(f.ledgerCA) // checked by validate
