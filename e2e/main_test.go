@@ -303,10 +303,17 @@ type workerProcess struct {
 // test.
 func startWorker(t testing.TB, name string, args ...string) *workerProcess {
 	t.Helper()
+	return startWorkerEnv(t, name, nil, args...)
+}
+
+// startWorkerEnv is startWorker with env ("NAME=value") added to the
+// process's environment.
+func startWorkerEnv(t testing.TB, name string, env []string, args ...string) *workerProcess {
+	t.Helper()
 	httpAddr := freeAddr(t)
 	full := append([]string{"run", "--http-addr", httpAddr, "--log-format", "text"}, args...)
 	cmd := exec.Command(workerBinary, full...)
-	cmd.Env = workerEnv()
+	cmd.Env = append(workerEnv(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	p := &workerProcess{name: name, cmd: cmd, logs: &logBuffer{}, httpAddr: httpAddr, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
@@ -331,10 +338,13 @@ func startWorker(t testing.TB, name string, args ...string) *workerProcess {
 	return p
 }
 
-// workerEnv is the test's environment without WALLETS_WORKER_* variables,
-// which would change the worker's flags behind the test's back.
+// workerEnv is the test's environment without WALLETS_WORKER_* and OTEL_*
+// variables, which would change the worker's flags or its tracing behind the
+// test's back.
 func workerEnv() []string {
-	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "WALLETS_WORKER_") })
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "WALLETS_WORKER_") || strings.HasPrefix(kv, "OTEL_")
+	})
 }
 
 func (p *workerProcess) running() bool {
