@@ -142,6 +142,12 @@ func (w *Worker) event(d *delivery, o handlers.Outcome) (key, walletID, subject 
 func (w *Worker) deadLetter(d *delivery, walletID string, code messages.Code, reason string) *nats.Msg {
 	h := nats.Header{}
 	for k, vs := range d.msg.Headers() {
+		if strings.HasPrefix(k, "Nats-Expected-") {
+			// A condition of the command's publish (the producer's
+			// WithExpectStream), stored with it but not part of it: on
+			// the dead letter's publish it would make JetStream refuse it.
+			continue
+		}
 		h[k] = append([]string(nil), vs...)
 	}
 	h.Set(messages.HeaderDLQCode, string(code))

@@ -373,3 +373,19 @@ func TestDeadLettersOfOneKeyAreAllKept(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadLetterOfACommandPublishedWithExpectations: a command published with
+// a publish condition (the producer package and `dlq redrive` expect the
+// stream) is dead-lettered without it; copied, the condition made JetStream
+// refuse every dead-letter publish.
+func TestDeadLetterOfACommandPublishedWithExpectations(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	m := cmd("w1", "expect-key", `{"walletID":"w1","name":"main"}`)
+	_, err := b.js.PublishMsg(context.Background(), m, jetstream.WithExpectStream("WALLETS_COMMANDS"))
+	require.NoError(t, err)
+	dl := b.dlq.wait(t, 1)
+	require.Equal(t, "expect-key", dl[0].Header.Get("Nats-Msg-Id"))
+	require.Empty(t, dl[0].Header.Get("Nats-Expected-Stream"))
+	b.settled(t)
+}
