@@ -57,6 +57,7 @@ func dlqCommand(ctx context.Context, args []string, env Env) error {
 	)
 	fs.StringVar(&natsCfg.URL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
 	natsconn.Register(fs, &natsCfg)
+	natsconn.RegisterInboxPrefix(fs, &natsCfg)
 	fs.DurationVar(&timeout, "timeout", 30*time.Second, "overall timeout")
 	if verb == "redrive" {
 		fs.Uint64Var(&seq, "seq", 0, "dead letter to redrive, by its sequence in "+messages.StreamDLQ)

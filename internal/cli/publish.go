@@ -72,6 +72,7 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 	fs.StringVar(&f.nats.URL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
 	registerFileFlags(fs, f)
 	natsconn.Register(fs, &f.nats)
+	natsconn.RegisterInboxPrefix(fs, &f.nats)
 	fs.Usage = usage(fs, publishSynopsis)
 	if err := parse(fs, args, env.Getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -46,6 +46,12 @@ type Config struct {
 	// CertFile and KeyFile are the client's PEM certificate and key, for a
 	// server that verifies its clients (mutual TLS).
 	CertFile, KeyFile string
+
+	// InboxPrefix replaces _INBOX as the first token of the subjects that
+	// replies (JetStream API answers, pulled messages, publish acks) come
+	// back on. A user whose subscribe permission is limited to its own
+	// prefix reads no other user's replies (deploy/nats/auth.conf).
+	InboxPrefix string
 }
 
 // Authentication methods, as AuthMethod names them.
@@ -137,6 +143,9 @@ func (c Config) Validate() error {
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		add("--nats-cert and --nats-key go together")
 	}
+	if p := c.InboxPrefix; p != "" && (strings.ContainsAny(p, "*> \t\r\n") || strings.HasPrefix(p, ".") || strings.HasSuffix(p, ".") || strings.Contains(p, "..")) {
+		add("--nats-inbox-prefix %q: want a subject without wildcards, spaces or empty tokens", p)
+	}
 
 	file := func(flag, path string, err error) {
 		var pe *fs.PathError
@@ -211,6 +220,9 @@ func (c Config) Options() ([]nats.Option, error) {
 	}
 	if c.CertFile != "" {
 		opts = append(opts, nats.ClientCert(c.CertFile, c.KeyFile))
+	}
+	if c.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(c.InboxPrefix))
 	}
 	return opts, nil
 }
@@ -340,6 +352,7 @@ func (c Config) Redacted() string {
 	add("ca", c.CAFile)
 	add("cert", c.CertFile)
 	add("key", c.KeyFile)
+	add("inbox-prefix", c.InboxPrefix)
 	return strings.Join(parts, " ")
 }
 

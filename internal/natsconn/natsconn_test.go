@@ -240,6 +240,8 @@ func TestValidate(t *testing.T) {
 			{CredsFile: newCredsFile(t)},
 			{URL: "nats://u:p@h:4222", CAFile: ca.file},
 			{CAFile: ca.file, CertFile: cert.certFile, KeyFile: cert.keyFile, Token: "t"},
+			{InboxPrefix: "_INBOX_wallets_producer"},
+			{InboxPrefix: "_INBOX.wallets.producer"},
 		} {
 			require.NoError(t, c.Validate(), "%v", c)
 			_, err := c.Options()
@@ -266,6 +268,9 @@ func TestValidate(t *testing.T) {
 		{"garbage files", natsconn.Config{CredsFile: garbage, CAFile: garbage}, []string{"no user JWT", "no PEM certificate"}},
 		{"not a seed", natsconn.Config{NKeyFile: garbage}, []string{"--nats-nkey " + garbage}},
 		{"cert without key", natsconn.Config{CertFile: cert.certFile}, []string{"--nats-cert and --nats-key go together"}},
+		{"inbox prefix with a wildcard", natsconn.Config{InboxPrefix: "_INBOX.>"}, []string{`--nats-inbox-prefix "_INBOX.>"`}},
+		{"inbox prefix with an empty token", natsconn.Config{InboxPrefix: "_INBOX..x"}, []string{"--nats-inbox-prefix"}},
+		{"inbox prefix ending with a dot", natsconn.Config{InboxPrefix: "_INBOX_x."}, []string{"--nats-inbox-prefix"}},
 		{"key of another cert", natsconn.Config{CertFile: cert.certFile, KeyFile: ca.issue(t, "x", false).keyFile}, []string{"private key does not match"}},
 	}
 	for _, tt := range tests {
@@ -319,6 +324,23 @@ func TestRegister(t *testing.T) {
 	require.Equal(t, natsconn.Config{CredsFile: "c", NKeyFile: "n", User: "u", Password: "p", PasswordFile: "pf",
 		Token: "t", TokenFile: "tf", CAFile: "ca", CertFile: "cert", KeyFile: "key"}, c)
 	require.Nil(t, fs.Lookup("nats-url"), "each command sets its own --nats-url default")
+	require.Nil(t, fs.Lookup("nats-inbox-prefix"), "only the commands that need it have --nats-inbox-prefix")
+
+	natsconn.RegisterInboxPrefix(fs, &c)
+	require.NoError(t, fs.Parse([]string{"--nats-inbox-prefix", "_INBOX_p"}))
+	require.Equal(t, "_INBOX_p", c.InboxPrefix)
+}
+
+// TestInboxPrefix: replies come back under the configured prefix, so that a
+// user allowed to subscribe to its own prefix only still gets answers.
+func TestInboxPrefix(t *testing.T) {
+	t.Parallel()
+	url := startServer(t, &server.Options{})
+	nc, err := natsconn.Connect(natsconn.Config{URL: url, InboxPrefix: "_INBOX_mine"})
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	require.True(t, strings.HasPrefix(nc.NewRespInbox(), "_INBOX_mine."), nc.NewRespInbox())
+	require.True(t, strings.HasPrefix(nats.NewInbox(), "_INBOX."), "the default is untouched")
 }
 
 // ca is a test certificate authority (ECDSA P-256), its certificate in file.
