@@ -73,6 +73,8 @@ func Main(ctx context.Context, args []string, env Env) int {
 		return code
 	case "dlq":
 		err = dlqCommand(ctx, args[1:], env)
+	case "provision":
+		err = provisionCommand(ctx, args[1:], env)
 	case "bench":
 		// The workers of bench trace with the global provider, which
 		// startTracing sets when the OTEL_* variables ask for export.
@@ -125,6 +127,7 @@ Usage:
   wallets-worker publish create-balance [flags]     publish one command, optionally wait for its outcome
   wallets-worker dlq list [flags]                   list dead letters: what, why, when, how many deliveries
   wallets-worker dlq redrive (--seq N | --all)      republish dead-lettered commands with their original keys
+  wallets-worker provision [run's flags]            create or update the streams, the consumer and the claims bucket, then exit
   wallets-worker bench [flags]                      measure the worker against raw JetStream, all in process
 
 Run "wallets-worker <command> --help" for the flags of a command.
