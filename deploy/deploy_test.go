@@ -854,6 +854,41 @@ func TestKubernetes(t *testing.T) {
 		require.Equal(t, strconv.Itoa(int(containerPort(t, c, intstr.FromString("http")))), port)
 	})
 
+	t.Run("the NATS password file is the Secret's, mounted where the ConfigMap says", func(t *testing.T) {
+		t.Parallel()
+		file := m.configMap.Data["WALLETS_WORKER_NATS_PASSWORD_FILE"]
+		require.NotEmpty(t, file, "the worker authenticates as the NATS user of deploy/nats/auth.conf")
+		var mount *corev1.VolumeMount
+		for i, vm := range c.VolumeMounts {
+			if strings.HasPrefix(file, strings.TrimSuffix(vm.MountPath, "/")+"/") {
+				mount = &c.VolumeMounts[i]
+			}
+		}
+		require.NotNil(t, mount, "no volume mounted above %s", file)
+		require.Empty(t, mount.SubPath, "a subPath mount never sees an updated Secret")
+		var vol *corev1.Volume
+		for i, v := range pod.Spec.Volumes {
+			if v.Name == mount.Name {
+				vol = &pod.Spec.Volumes[i]
+			}
+		}
+		require.NotNil(t, vol, "volume %s", mount.Name)
+		require.NotNil(t, vol.Secret, "volume %s is a Secret", mount.Name)
+		require.Equal(t, m.secret.Name, vol.Secret.SecretName)
+		rel := strings.TrimPrefix(file, strings.TrimSuffix(mount.MountPath, "/")+"/")
+		found := false
+		for _, item := range vol.Secret.Items {
+			if item.Path == rel {
+				_, inString := m.secret.StringData[item.Key]
+				_, inData := m.secret.Data[item.Key]
+				require.True(t, inString || inData, "Secret %s has no key %s", m.secret.Name, item.Key)
+				found = true
+			}
+		}
+		require.True(t, found, "the Secret volume has no item at %s", rel)
+		require.NotEmpty(t, m.configMap.Data["WALLETS_WORKER_NATS_USER"], "a password file needs its user")
+	})
+
 	t.Run("the Service and the PDB select the worker pods", func(t *testing.T) {
 		t.Parallel()
 		requireSelects(t, "Service", &metav1.LabelSelector{MatchLabels: m.service.Spec.Selector}, pod.Labels)
