@@ -394,6 +394,15 @@ func TestWorkerProducerOperator(t *testing.T) {
 		require.Equal(t, "balance-created", lines[1]["type"])
 	}
 
+	// The same key for another command, inside the duplicate window: the
+	// publisher finds the original's outcome and says KEY_REUSED.
+	code, out, errOut := command(t, userProducer, "publish", "create-balance", "--nats-url", s.ClientURL(), "--nats-inbox-prefix", inboxProducer,
+		"--wallet", "w2", "--name", "other", "--key", "k-w2", "--wait", "--timeout", "30s")
+	require.Equal(t, cli.ExitRejected, code, errOut)
+	lines := decodeLines(t, out)
+	require.Len(t, lines, 2)
+	require.Equal(t, string(messages.CodeKeyReused), lines[1]["event"].(map[string]any)["code"])
+
 	// An invalid command is dead-lettered by the worker.
 	bad := &nats.Msg{Subject: messages.CreateBalanceSubject("w3"), Data: []byte(`{"walletID":"w3","name":"x","colour":"red"}`), Header: nats.Header{}}
 	bad.Header.Set(messages.HeaderMsgID, "k-bad")
@@ -407,9 +416,9 @@ func TestWorkerProducerOperator(t *testing.T) {
 	// The operator lists it and redrives it (once the 1s duplicate window
 	// let the key through), deleting the dead letter.
 	dlq := []string{"dlq", "--nats-url", s.ClientURL(), "--nats-inbox-prefix", inboxOperator}
-	code, out, errOut := command(t, userOperator, append([]string{"dlq", "list"}, dlq[1:]...)...)
+	code, out, errOut = command(t, userOperator, append([]string{"dlq", "list"}, dlq[1:]...)...)
 	require.Equal(t, cli.ExitOK, code, errOut)
-	lines := decodeLines(t, out)
+	lines = decodeLines(t, out)
 	require.Len(t, lines, 1)
 	require.Equal(t, "k-bad", lines[0]["key"])
 	var redriven map[string]any
