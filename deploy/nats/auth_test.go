@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -123,6 +124,7 @@ func (v *violations) all() []string {
 type natsServer struct {
 	*server.Server
 	violations *violations
+	conf       string
 }
 
 // startServer starts nats-server from a configuration file that enables
@@ -134,19 +136,33 @@ func startServer(t *testing.T, auth string) *natsServer {
 	require.NoError(t, err)
 	conf := fmt.Sprintf("listen: \"127.0.0.1:-1\"\nserver_name: auth-test\njetstream {\n  store_dir: %q\n}\ninclude %q\n",
 		filepath.Join(dir, "jetstream"), rel)
-	confPath := filepath.Join(dir, "nats-server.conf")
-	require.NoError(t, os.WriteFile(confPath, []byte(conf), 0o600))
-	opts, err := server.ProcessConfigFile(confPath)
-	require.NoError(t, err)
-	opts.NoSigs = true
-	s, err := server.NewServer(opts)
-	require.NoError(t, err)
-	v := &violations{}
-	s.SetLoggerV2(v, false, false, false)
-	go s.Start()
-	require.True(t, s.ReadyForConnections(10*time.Second), "nats-server not ready")
+	s := &natsServer{violations: &violations{}, conf: filepath.Join(dir, "nats-server.conf")}
+	require.NoError(t, os.WriteFile(s.conf, []byte(conf), 0o600))
+	s.start(t, -1)
 	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return &natsServer{Server: s, violations: v}
+	return s
+}
+
+func (s *natsServer) start(t *testing.T, port int) {
+	t.Helper()
+	opts, err := server.ProcessConfigFile(s.conf)
+	require.NoError(t, err)
+	opts.NoSigs, opts.Port = true, port
+	ns, err := server.NewServer(opts)
+	require.NoError(t, err)
+	ns.SetLoggerV2(s.violations, false, false, false)
+	go ns.Start()
+	require.True(t, ns.ReadyForConnections(10*time.Second), "nats-server not ready")
+	s.Server = ns
+}
+
+// restart stops the server and starts it again on the same port and store.
+func (s *natsServer) restart(t *testing.T) {
+	t.Helper()
+	port := s.Addr().(*net.TCPAddr).Port
+	s.Shutdown()
+	s.WaitForShutdown()
+	s.start(t, port)
 }
 
 // requireNoViolations fails if the server refused anything.
@@ -799,4 +815,36 @@ func TestPasswordRotation(t *testing.T) {
 		"the worker reconnects with its new password")
 	_, err = nats.Connect(s.ClientURL(), nats.UserInfo(userWorker, "first-secret"))
 	require.ErrorIs(t, err, nats.ErrAuthorization, "the old password is refused")
+}
+
+// TestAwaiterSurvivesAReset: a producer's ordered consumer that resets (here
+// after a server restart, which loses its ephemeral consumer) deletes the
+// consumer it had and creates another; under auth.conf it does so without a
+// violation and still delivers outcomes.
+func TestAwaiterSurvivesAReset(t *testing.T) {
+	t.Parallel()
+	s := provisioned(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pc := connect(t, s, userProducer, inboxProducer)
+	aw, err := producer.NewAwaiter(ctx, pc.js)
+	require.NoError(t, err)
+	defer aw.Stop()
+
+	s.restart(t)
+	require.Eventually(t, pc.IsConnected, 20*time.Second, 20*time.Millisecond)
+
+	// An outcome stored after the restart, as the worker would store it.
+	wc := connect(t, s, userWorker, "")
+	ev := &nats.Msg{Subject: messages.BalanceCreatedSubject("w1"), Header: nats.Header{},
+		Data: []byte(`{"key":"k-1","walletID":"w1","balance":{"name":"savings","priority":0,"expiresAt":null},"ledger":"l","account":"a","replayed":false}`)}
+	ev.Header.Set(messages.HeaderCommandKey, "k-1")
+	ev.Header.Set(messages.HeaderCommandSeq, "1")
+	ev.Header.Set(messages.HeaderMsgID, messages.EventMsgID("k-1", 1))
+	_, err = wc.js.PublishMsg(ctx, ev)
+	require.NoError(t, err)
+	o, err := aw.Await(ctx, 1)
+	require.NoError(t, err)
+	require.NotNil(t, o.Created)
+	s.requireNoViolations(t)
 }
