@@ -13,12 +13,9 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,8 +29,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
-	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 )
 
 // Wire names of SPEC §3 and §4, spelled out rather than imported from the
@@ -97,34 +94,8 @@ func runTests(m *testing.M) int {
 	return m.Run()
 }
 
-// buildWorker builds ./cmd/wallets-worker of the module this package lives
-// in (the test runs in e2e/, so the module root is "..").
-func buildWorker(dir string, race bool) (string, error) {
-	root, err := filepath.Abs("..")
-	if err != nil {
-		return "", err
-	}
-	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
-		return "", fmt.Errorf("module root %s: %w", root, err)
-	}
-	// go test puts the go command that runs it first on PATH.
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		return "", fmt.Errorf("go command: %w", err)
-	}
-	bin := filepath.Join(dir, "wallets-worker")
-	args := []string{"build", "-o", bin}
-	if race {
-		args = append(args, "-race")
-	}
-	args = append(args, "./cmd/wallets-worker")
-	cmd := exec.Command(goTool, args...)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return bin, nil
-}
+// buildWorker builds ./cmd/wallets-worker of this module into dir.
+func buildWorker(dir string, race bool) (string, error) { return testutil.BuildWorker(dir, race) }
 
 // ---- waiting ----
 
@@ -132,62 +103,15 @@ func buildWorker(dir string, race bool) (string, error) {
 // last description when the deadline passes first.
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last state: %s", timeout, what, state)
-		}
-		<-tick.C
-	}
+	testutil.Eventually(t, timeout, what, cond)
 }
 
 // ---- ports ----
 
-var (
-	portsMu sync.Mutex
-	ports   = map[int]bool{}
-)
-
 // freeAddr returns 127.0.0.1:port for a port that is free now and that no
-// other call handed out. It picks below the kernel's ephemeral range, so that
-// an outgoing connection cannot take the port while a killed worker restarts.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				low = n
-			}
-		}
-	}
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for range 200 {
-		port := 20000 + rand.IntN(max(low-20000, 1000))
-		if ports[port] || port >= low {
-			continue
-		}
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		_ = ln.Close()
-		ports[port] = true
-		return ln.Addr().String()
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	ports[ln.Addr().(*net.TCPAddr).Port] = true
-	return ln.Addr().String()
-}
+// other call handed out, below the kernel's ephemeral range, so that an
+// outgoing connection cannot take the port while a killed worker restarts.
+func freeAddr(t testing.TB) string { return testutil.FreeAddr(t) }
 
 // ---- servers that outlive the worker ----
 
@@ -195,14 +119,7 @@ func freeAddr(t testing.TB) string {
 // its client URL.
 func startNATS(t testing.TB) string {
 	t.Helper()
-	store := t.TempDir()
-	ns, err := embeddednats.Start(embeddednats.Options{Addr: "127.0.0.1:0", StoreDir: store, ServerName: "e2e"})
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	return ns.ClientURL()
+	return testutil.NATSWith(t, embeddednats.Options{Addr: "127.0.0.1:0", ServerName: "e2e"}).ClientURL()
 }
 
 // testLedger is the embedded ledger served by an httptest server.
@@ -215,76 +132,32 @@ type testLedger struct {
 // wrap, when set, sits in front of it.
 func startLedger(t testing.TB, wrap func(http.Handler) http.Handler) *testLedger {
 	t.Helper()
-	l, err := embeddedledger.Open(t.TempDir())
-	require.NoError(t, err)
-	h := l.Handler()
-	if wrap != nil {
-		h = wrap(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(func() {
-		srv.Close()
-		_ = l.Close()
-	})
-	return &testLedger{URL: srv.URL, Client: ledgerClient(t, srv.URL)}
+	l := testutil.StartLedger(t, testutil.LedgerOptions{Wrap: wrap})
+	return &testLedger{URL: l.URL, Client: l.Client}
 }
 
 func ledgerClient(t testing.TB, url string) *ledgeradapter.Client {
 	t.Helper()
-	c, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: url, Timeout: 30 * time.Second})
-	require.NoError(t, err)
-	t.Cleanup(c.CloseIdleConnections)
-	return c
+	return testutil.LedgerClient(t, url, 30*time.Second)
 }
 
 // connectNATS connects the test's own client; it reconnects forever, so it
 // survives the restarts of an all-embedded worker.
 func connectNATS(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(url,
+	return testutil.Connect(t, url,
 		nats.Name("wallets-worker-e2e"),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(50*time.Millisecond),
 		nats.ReconnectJitter(0, 0),
 		nats.RetryOnFailedConnect(true),
 	)
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
-	return nc, js
 }
 
 // ---- the worker process ----
 
 // logBuffer collects a child's output for the test to search and show.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuffer) Contains(s string) bool { return strings.Contains(l.String(), s) }
-
-// tail returns the last n lines.
-func (l *logBuffer) tail(n int) string {
-	lines := strings.Split(strings.TrimRight(l.String(), "\n"), "\n")
-	if len(lines) > n {
-		lines = append([]string{fmt.Sprintf("[... %d lines left out]", len(lines)-n)}, lines[len(lines)-n:]...)
-	}
-	return strings.Join(lines, "\n")
-}
+type logBuffer = testutil.SyncBuffer
 
 // workerProcess is one `wallets-worker run` child process.
 type workerProcess struct {
@@ -331,7 +204,7 @@ func startWorkerEnv(t testing.TB, name string, env []string, args ...string) *wo
 			t.Errorf("%s: the race detector reported a data race in the worker", p.name)
 		}
 		if t.Failed() {
-			t.Logf("---- %s (%s) output, last lines ----\n%s", p.name, strings.Join(full, " "), p.logs.tail(120))
+			t.Logf("---- %s (%s) output, last lines ----\n%s", p.name, strings.Join(full, " "), p.logs.Tail(120))
 		}
 	})
 	p.waitReady(t)
@@ -363,7 +236,7 @@ func (p *workerProcess) waitReady(t testing.TB) {
 	url := "http://" + p.httpAddr + "/readyz"
 	eventually(t, *waitFlag, p.name+" ready", func() (bool, string) {
 		if !p.running() {
-			t.Fatalf("%s exited with status %d before it was ready:\n%s", p.name, p.exitCode, p.logs.tail(60))
+			t.Fatalf("%s exited with status %d before it was ready:\n%s", p.name, p.exitCode, p.logs.Tail(60))
 		}
 		resp, err := hc.Get(url)
 		if err != nil {
@@ -400,7 +273,7 @@ func (p *workerProcess) waitExit(t testing.TB, timeout time.Duration) int {
 	case <-p.done:
 		return p.exitCode
 	case <-time.After(timeout):
-		t.Fatalf("%s did not exit within %s:\n%s", p.name, timeout, p.logs.tail(60))
+		t.Fatalf("%s did not exit within %s:\n%s", p.name, timeout, p.logs.Tail(60))
 		return 0
 	}
 }
@@ -1090,7 +963,7 @@ func aliveCheck(w func() *workerProcess) func() error {
 	return func() error {
 		p := w()
 		if !p.running() {
-			return fmt.Errorf("%w: %s, status %d:\n%s", errExited, p.name, p.exitCode, p.logs.tail(60))
+			return fmt.Errorf("%w: %s, status %d:\n%s", errExited, p.name, p.exitCode, p.logs.Tail(60))
 		}
 		return nil
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,8 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
-	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -487,16 +486,13 @@ func TestBatcherConfig(t *testing.T) {
 func TestBatcherUnderTheHandler(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	l, err := embeddedledger.Open("")
-	require.NoError(t, err)
 	var requests atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		requests.Add(1)
-		l.Handler().ServeHTTP(w, r)
-	}))
-	t.Cleanup(func() { srv.Close(); _ = l.Close() })
-	c, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL})
-	require.NoError(t, err)
+	c := testutil.StartLedger(t, testutil.LedgerOptions{InMemory: true, Wrap: func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			requests.Add(1)
+			next.ServeHTTP(w, r)
+		})
+	}}).Client
 	require.NoError(t, c.EnsureLedger(ctx, conformanceLedger))
 	b, err := ledgeradapter.NewBatcher(c, ledgeradapter.BatcherConfig{MaxInFlight: 2})
 	require.NoError(t, err)

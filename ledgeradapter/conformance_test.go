@@ -16,6 +16,7 @@ import (
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 )
@@ -141,22 +142,14 @@ type conformance struct {
 // validated; any mismatch fails the test.
 func setupConformance(t *testing.T, middleware func(http.Handler) http.Handler) *conformance {
 	t.Helper()
-	l, err := embeddedledger.Open("")
-	require.NoError(t, err)
-	h := l.Handler()
-	if middleware != nil {
-		h = middleware(h)
-	}
-	srv := httptest.NewServer(h)
-	v := newValidatingTransport(t, srv.Client().Transport)
-	c, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL, HTTPClient: &http.Client{Transport: v}})
+	l := testutil.StartLedger(t, testutil.LedgerOptions{InMemory: true, Wrap: middleware})
+	v := newValidatingTransport(t, l.Server.Client().Transport)
+	c, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: l.URL, HTTPClient: &http.Client{Transport: v}})
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		srv.Close()
-		require.NoError(t, l.Close())
 		require.Empty(t, v.Mismatches(), "exchanges that do not conform to %s", subsetSpec)
 	})
-	return &conformance{client: c, validator: v, ledger: l, url: srv.URL}
+	return &conformance{client: c, validator: v, ledger: l.Ledger, url: l.URL}
 }
 
 func TestConformance(t *testing.T) {

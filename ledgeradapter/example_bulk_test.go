@@ -4,31 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http/httptest"
 
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
-	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 )
 
 // ExampleClient_Bulk writes three balances in one request, one of them
 // under a key the ledger already holds for another write, and reads them
 // back in one request.
 func ExampleClient_Bulk() {
-	ledger, err := embeddedledger.Open("") // in memory
-	if err != nil {
-		panic(err)
-	}
-	defer ledger.Close()
-	srv := httptest.NewServer(ledger.Handler())
-	defer srv.Close()
-	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL})
-	if err != nil {
-		panic(err)
-	}
+	client, stop := exampleLedger()
+	defer stop()
 	ctx := context.Background()
-	if err := client.EnsureLedger(ctx, "wallets-002"); err != nil {
-		panic(err)
-	}
 	if _, err := client.AddAccountMetadata(ctx, "wallets-002", "wallets:w0:gift", map[string]string{"n": "0"}, "used"); err != nil {
 		panic(err)
 	}

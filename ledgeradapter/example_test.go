@@ -12,22 +12,9 @@ import (
 // Example writes a balance's metadata twice under one idempotency key, as
 // two attempts of one command would, against the embedded ledger.
 func Example() {
-	ledger, err := embeddedledger.Open("") // in memory
-	if err != nil {
-		panic(err)
-	}
-	defer ledger.Close()
-	srv := httptest.NewServer(ledger.Handler())
-	defer srv.Close()
-
-	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL})
-	if err != nil {
-		panic(err)
-	}
+	client, stop := exampleLedger()
+	defer stop()
 	ctx := context.Background()
-	if err := client.EnsureLedger(ctx, "wallets-002"); err != nil {
-		panic(err)
-	}
 
 	md := map[string]string{"wallets/balances": "true", "wallets/balances/name": "gift"}
 	for attempt := 1; attempt <= 2; attempt++ {
@@ -49,4 +36,25 @@ func Example() {
 	// true <nil> gift
 	// reused key, retryable: false
 	// ledgeradapter: GetAccount: ledgeradapter: invalid account address: "wallets::gift" does not match ^[a-zA-Z0-9_-]+(:[a-zA-Z0-9_-]+)*$
+}
+
+// exampleLedger serves the embedded ledger, in memory, over HTTP, creates the
+// ledger wallets-002 in it, and returns a client of it and a func that stops
+// it all.
+func exampleLedger() (*ledgeradapter.Client, func()) {
+	ledger, err := embeddedledger.Open("") // in memory
+	if err != nil {
+		panic(err)
+	}
+	srv := httptest.NewServer(ledger.Handler())
+	stop := func() { srv.Close(); _ = ledger.Close() }
+	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL})
+	if err == nil {
+		err = client.EnsureLedger(context.Background(), "wallets-002")
+	}
+	if err != nil {
+		stop()
+		panic(err)
+	}
+	return client, stop
 }

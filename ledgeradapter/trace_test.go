@@ -3,7 +3,6 @@ package ledgeradapter_test
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -13,8 +12,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
-	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 )
 
 // tracedLedger is the embedded ledger behind a tap that records each
@@ -30,30 +29,28 @@ type tracedLedger struct {
 
 func newTracedLedger(t *testing.T, holdFirst bool) *tracedLedger {
 	t.Helper()
-	l, err := embeddedledger.Open("")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
 	tl := &tracedLedger{spans: tracetest.NewSpanRecorder(), hold: make(chan struct{})}
 	if !holdFirst {
 		close(tl.hold)
 	}
-	h := l.Handler()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tl.mu.Lock()
-		first := len(tl.parents) == 0
-		tl.parents = append(tl.parents, r.Header.Get("traceparent"))
-		tl.mu.Unlock()
-		if first {
-			<-tl.hold
-		}
-		h.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(tl.spans))
 	tl.tracer = tp.Tracer("test")
-	tl.client, err = ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL, TracerProvider: tp})
-	require.NoError(t, err)
-	t.Cleanup(tl.client.CloseIdleConnections)
+	tl.client = testutil.StartLedger(t, testutil.LedgerOptions{
+		InMemory: true,
+		Client:   ledgeradapter.Config{Timeout: ledgeradapter.DefaultTimeout, TracerProvider: tp},
+		Wrap: func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				tl.mu.Lock()
+				first := len(tl.parents) == 0
+				tl.parents = append(tl.parents, r.Header.Get("traceparent"))
+				tl.mu.Unlock()
+				if first {
+					<-tl.hold
+				}
+				h.ServeHTTP(w, r)
+			})
+		},
+	}).Client
 	return tl
 }
 

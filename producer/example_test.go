@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http/httptest"
 	"os"
 	"time"
 
@@ -13,11 +12,11 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
-	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
-	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 	"github.com/wallets-worker/wallets-worker/messages"
 	"github.com/wallets-worker/wallets-worker/producer"
 	"github.com/wallets-worker/wallets-worker/worker"
@@ -27,11 +26,9 @@ import (
 // producer retrying after a crash would, reuses its key for another command,
 // and publishes the same balance under another key.
 func Example() {
-	s, err := startStack(true)
-	if err != nil {
-		panic(err)
-	}
-	defer s.close()
+	var scope testutil.Scope // an Example's cleanups
+	defer scope.Close()
+	s := startStack(&scope, true)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -89,11 +86,9 @@ func Example() {
 // ExampleAwaiter publishes a batch of commands and awaits all their outcomes
 // over one subscription.
 func ExampleAwaiter() {
-	s, err := startStack(true)
-	if err != nil {
-		panic(err)
-	}
-	defer s.close()
+	var scope testutil.Scope // an Example's cleanups
+	defer scope.Close()
+	s := startStack(&scope, true)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -166,11 +161,9 @@ func (jetStreamPublisher) Close() error { return nil }
 // Nats-Msg-Id metadata, and the topic is the command's subject. The outcome is
 // awaited by key, since a Watermill publisher does not return the sequence.
 func Example_watermill() {
-	s, err := startStack(true)
-	if err != nil {
-		panic(err)
-	}
-	defer s.close()
+	var scope testutil.Scope // an Example's cleanups
+	defer scope.Close()
+	s := startStack(&scope, true)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -207,111 +200,55 @@ func Example_watermill() {
 
 // stack is an in-process deployment for examples and tests: an embedded NATS
 // server with the streams provisioned, the embedded ledger behind an HTTP
-// server, and, once started, a worker applying commands to it.
+// server, and, once started, a worker applying commands to it. Everything
+// stops with t's cleanups.
 type stack struct {
-	url     string
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	ledger  *ledgeradapter.Client
-	closers []func()
+	t      testutil.T
+	url    string
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	ledger *ledgeradapter.Client
 }
 
 const exampleLedger = "wallets-002"
 
 // startStack starts the stack, with a worker when withWorker is set.
-func startStack(withWorker bool) (s *stack, err error) {
-	s = &stack{}
-	defer func() {
-		if err != nil {
-			s.close()
-		}
-	}()
-	dir, err := os.MkdirTemp("", "producer-example-")
-	if err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, func() { _ = os.RemoveAll(dir) })
-
-	ns, err := embeddednats.Start(embeddednats.Options{StoreDir: dir})
-	if err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
-	s.url = ns.ClientURL()
-	if s.nc, err = nats.Connect(s.url); err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, s.nc.Close)
-	if s.js, err = jetstream.New(s.nc); err != nil {
-		return nil, err
-	}
+func startStack(t testutil.T, withWorker bool) *stack {
+	t.Helper()
+	s := &stack{t: t, url: testutil.NATS(t).ClientURL()}
+	s.nc, s.js = testutil.Connect(t, s.url)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := worker.Provision(ctx, s.js, workerConfig()); err != nil {
-		return nil, err
-	}
-
-	led, err := embeddedledger.Open("") // in memory
-	if err != nil {
-		return nil, err
-	}
-	srv := httptest.NewServer(led.Handler())
-	s.closers = append(s.closers, func() { srv.Close(); _ = led.Close() })
-	if s.ledger, err = ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL}); err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, s.ledger.CloseIdleConnections)
-	if err := s.ledger.EnsureLedger(ctx, exampleLedger); err != nil {
-		return nil, err
-	}
+	require.NoError(t, worker.Provision(ctx, s.js, workerConfig()))
+	s.ledger = testutil.StartLedger(t, testutil.LedgerOptions{InMemory: true}).Client
+	require.NoError(t, s.ledger.EnsureLedger(ctx, exampleLedger))
 	if withWorker {
-		if err := s.startWorker(); err != nil {
-			return nil, err
-		}
+		s.startWorker()
 	}
-	return s, nil
+	return s
 }
 
 func workerConfig() worker.Config {
 	return worker.Config{Concurrency: 64, DrainTimeout: 5 * time.Second}
 }
 
-// startWorker runs a worker on its own connection until close.
-func (s *stack) startWorker() error {
-	nc, err := nats.Connect(s.url)
-	if err != nil {
-		return err
-	}
-	s.closers = append(s.closers, nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+// startWorker runs a worker on its own connection until the cleanups.
+func (s *stack) startWorker() {
+	t := s.t
+	t.Helper()
+	_, js := testutil.Connect(t, s.url)
 	claims, err := worker.NewClaims(context.Background(), js, workerConfig())
-	if err != nil {
-		return err
-	}
+	require.NoError(t, err)
 	h := &handlers.CreateBalance{Ledger: s.ledger, LedgerName: exampleLedger, Claim: claims}
 	w, err := worker.New(js, h, workerConfig(), slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		return err
-	}
+	require.NoError(t, err)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	s.closers = append(s.closers, func() {
+	t.Cleanup(func() {
 		stop()
 		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
-			fmt.Fprintln(os.Stderr, "worker:", err)
+			t.Errorf("worker: %v", err)
 		}
 	})
-	return nil
-}
-
-// close stops everything started, last first.
-func (s *stack) close() {
-	for i := len(s.closers) - 1; i >= 0; i-- {
-		s.closers[i]()
-	}
-	s.closers = nil
 }

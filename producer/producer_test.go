@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 	"github.com/wallets-worker/wallets-worker/producer"
 )
@@ -21,10 +21,7 @@ import (
 // setup starts the in-process stack of the examples for one test.
 func setup(t *testing.T, withWorker bool) *stack {
 	t.Helper()
-	s, err := startStack(withWorker)
-	require.NoError(t, err)
-	t.Cleanup(s.close)
-	return s
+	return startStack(t, withWorker)
 }
 
 func testContext(t *testing.T) context.Context {
@@ -220,11 +217,7 @@ func TestAwaitManyThousandOutcomesOnOneSubscription(t *testing.T) {
 
 	// The awaiter has a connection of its own, so that its subscriptions
 	// can be counted; the JetStream API's reply subscription is made first.
-	nc, err := nats.Connect(s.url)
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	nc, js := testutil.Connect(t, s.url)
 	events, err := js.Stream(ctx, messages.StreamEvents)
 	require.NoError(t, err)
 	base := nc.NumSubscriptions()
@@ -256,7 +249,7 @@ func TestAwaitManyThousandOutcomesOnOneSubscription(t *testing.T) {
 	default:
 	}
 
-	require.NoError(t, s.startWorker())
+	s.startWorker()
 	var r result
 	select {
 	case r = <-done:

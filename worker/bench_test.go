@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
-	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -18,17 +18,7 @@ import (
 // in-process JetStream: the outcome event's synchronous publish (PubAck
 // checked) and the DoubleAck. Fetching the command is outside the timer.
 func BenchmarkSettle(b *testing.B) {
-	ns, err := embeddednats.Start(embeddednats.Options{StoreDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := testutil.Connect(b, testutil.NATS(b).ClientURL())
 	ctx := context.Background()
 	cfg := Config{DuplicateWindow: time.Hour}
 	if err := Provision(ctx, js, cfg); err != nil {

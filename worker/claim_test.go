@@ -5,20 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
-	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
-	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -33,30 +30,18 @@ type claimBundle struct {
 // read "absent" before any of them writes: the race, made certain.
 func claimSetup(t *testing.T, readDelay time.Duration) *claimBundle {
 	t.Helper()
-	ns, err := embeddednats.Start(embeddednats.Options{StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	_, js := testutil.Connect(t, testutil.NATS(t).ClientURL())
 	cfg := Config{AckWait: 5 * time.Second, ClaimTTL: 2 * time.Second}
 	require.NoError(t, Provision(context.Background(), js, cfg))
 
-	l, err := embeddedledger.Open(t.TempDir())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
-	inner := l.Handler()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && readDelay > 0 {
-			time.Sleep(readDelay)
-		}
-		inner.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL})
-	require.NoError(t, err)
+	client := testutil.StartLedger(t, testutil.LedgerOptions{Wrap: func(inner http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && readDelay > 0 {
+				time.Sleep(readDelay)
+			}
+			inner.ServeHTTP(w, r)
+		})
+	}}).Client
 	require.NoError(t, client.EnsureLedger(context.Background(), "claims"))
 	return &claimBundle{js: js, cfg: cfg, ledger: client}
 }

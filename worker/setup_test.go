@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"sync"
 	"testing"
@@ -18,9 +17,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
-	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
-	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -97,29 +95,13 @@ func setup(t *testing.T, opts ...option) *bundle {
 	}
 	ctx := context.Background()
 
-	ns, err := embeddednats.Start(embeddednats.Options{StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-
-	led, err := embeddedledger.Open(t.TempDir())
-	require.NoError(t, err)
-	var h http.Handler = led.Handler()
-	if o.middleware != nil {
-		h = o.middleware(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(func() { srv.Close(); require.NoError(t, led.Close()) })
-
-	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL, Timeout: o.ledgerTimeout, TracerProvider: cfg.TracerProvider})
-	require.NoError(t, err)
-	t.Cleanup(client.CloseIdleConnections)
+	ns := testutil.NATS(t)
+	led := testutil.StartLedger(t, testutil.LedgerOptions{Wrap: o.middleware,
+		Client: ledgeradapter.Config{Timeout: o.ledgerTimeout, TracerProvider: cfg.TracerProvider}})
+	client := led.Client
 	require.NoError(t, client.EnsureLedger(ctx, testLedger))
 
-	nc, err := nats.Connect(ns.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	_, js := testutil.Connect(t, ns.ClientURL())
 	require.NoError(t, Provision(ctx, js, cfg))
 
 	b := &bundle{cfg: cfg, js: js, ledger: client}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 )
 
 // clusterName is the name every node gives its cluster.
@@ -47,26 +47,12 @@ type testCluster struct {
 	nodes []*node
 }
 
-// freePorts returns n distinct TCP ports free on 127.0.0.1 now: all of them
-// are held open until the last is picked, so none is handed out twice.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	ports := make([]int, n)
-	for i := range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		defer ln.Close()
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-	}
-	return ports
-}
-
 // startCluster starts size nodes named n1…n<size>, each routed to all the
 // others, and waits until the JetStream meta group has a leader that sees
 // every node. The nodes are shut down at the end of the test.
 func startCluster(t *testing.T, size int) *testCluster {
 	t.Helper()
-	ports := freePorts(t, 2*size) // client ports, then cluster ports
+	ports := testutil.FreePorts(t, 2*size) // client ports, then cluster ports
 	c := &testCluster{}
 	for i := range size {
 		var routes []string
@@ -259,19 +245,7 @@ func describeGroup(ci *jetstream.ClusterInfo) string {
 // cond's last description when the deadline passes first.
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last state: %s", timeout, what, state)
-		}
-		<-tick.C
-	}
+	testutil.Eventually(t, timeout, what, cond)
 }
 
 // stepDownTo asks the leader of a Raft group to hand its leadership to the

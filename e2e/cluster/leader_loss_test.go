@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/http/httptest"
 	"sort"
 	"strings"
 	"sync"
@@ -19,8 +18,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
-	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 	"github.com/wallets-worker/wallets-worker/worker"
 )
 
@@ -446,20 +445,11 @@ type testLedger struct {
 
 func startLedger(t *testing.T) *testLedger {
 	t.Helper()
-	l, err := embeddedledger.Open(t.TempDir())
-	require.NoError(t, err)
-	srv := httptest.NewServer(l.Handler())
-	t.Cleanup(func() {
-		srv.Close()
-		assert.NoError(t, l.Close())
-	})
-	c, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL, Timeout: 10 * time.Second})
-	require.NoError(t, err)
-	t.Cleanup(c.CloseIdleConnections)
+	l := testutil.StartLedger(t, testutil.LedgerOptions{Client: ledgeradapter.Config{Timeout: 10 * time.Second}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	require.NoError(t, c.EnsureLedger(ctx, ledgerName))
-	return &testLedger{url: srv.URL, client: c}
+	require.NoError(t, l.Client.EnsureLedger(ctx, ledgerName))
+	return &testLedger{url: l.URL, client: l.Client}
 }
 
 // waitWritten waits until account is a balance in the ledger.

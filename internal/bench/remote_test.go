@@ -3,15 +3,14 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
-	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 )
 
 // TestLedgerURL runs the bench against a ledger reached only by its URL (the
@@ -22,13 +21,8 @@ import (
 func TestLedgerURL(t *testing.T) {
 	t.Parallel()
 
-	l, err := embeddedledger.Open(t.TempDir())
-	require.NoError(t, err)
-	srv := httptest.NewServer(l.Handler())
-	t.Cleanup(func() { srv.Close(); require.NoError(t, l.Close()) })
-	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: srv.URL})
-	require.NoError(t, err)
-	t.Cleanup(client.CloseIdleConnections)
+	srv := testutil.StartLedger(t, testutil.LedgerOptions{})
+	client := srv.Client
 
 	run := func(t *testing.T, extra ...string) Result {
 		t.Helper()

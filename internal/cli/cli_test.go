@@ -7,48 +7,23 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
-	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 	"github.com/wallets-worker/wallets-worker/worker"
 )
 
 // syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+type syncBuffer = testutil.SyncBuffer
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
-}
+func freeAddr(t *testing.T) string { return testutil.FreeAddr(t) }
 
 type bundle struct {
 	addrs Addrs
@@ -59,39 +34,48 @@ type bundle struct {
 // free ports and a temporary data dir, until the test ends.
 func setup(t *testing.T, extra ...string) *bundle {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
 	b := &bundle{logs: &syncBuffer{}}
-	ready := make(chan Addrs, 1)
-	done := make(chan int, 1)
-	args := append([]string{"run",
+	b.addrs = startRun(t, b.logs, append([]string{
 		"--data-dir", t.TempDir(),
 		"--embedded-nats-addr", freeAddr(t),
 		"--embedded-ledger-addr", freeAddr(t),
 		"--http-addr", "127.0.0.1:0",
 		"--log-level", "debug",
-	}, extra...)
+	}, extra...)...)
+	return b
+}
+
+// startRun runs `wallets-worker run` with args in process, its logs in logs,
+// and returns where it serves once it is ready. When the test ends it is
+// cancelled and must exit 0.
+func startRun(t *testing.T, logs *syncBuffer, args ...string) Addrs {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan Addrs, 1)
+	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, args, Env{Stderr: b.logs, Getenv: func(string) string { return "" }, Ready: func(a Addrs) { ready <- a }})
+		done <- Main(ctx, append([]string{"run"}, args...), Env{Stderr: logs, Getenv: func(string) string { return "" }, Ready: func(a Addrs) { ready <- a }})
 	}()
+	var addrs Addrs
 	select {
-	case b.addrs = <-ready:
+	case addrs = <-ready:
 	case code := <-done:
 		cancel()
-		t.Fatalf("run exited with %d before it was ready:\n%s", code, b.logs)
+		t.Fatalf("run exited with %d before it was ready:\n%s", code, logs)
 	case <-time.After(30 * time.Second):
 		cancel()
-		t.Fatalf("run not ready within 30s:\n%s", b.logs)
+		t.Fatalf("run not ready within 30s:\n%s", logs)
 	}
 	t.Cleanup(func() {
 		cancel()
 		select {
 		case code := <-done:
-			require.Equal(t, ExitOK, code, "run's exit status; logs:\n%s", b.logs)
+			require.Equal(t, ExitOK, code, "run's exit status; logs:\n%s", logs)
 		case <-time.After(40 * time.Second):
 			t.Errorf("run did not stop within 40s")
 		}
 	})
-	return b
+	return addrs
 }
 
 func (b *bundle) cli(t *testing.T, args ...string) (int, string, string) {
@@ -175,16 +159,10 @@ func TestPublishRefusesInvalidCommandsBeforeTheWire(t *testing.T) {
 // consumer, and no worker, until the test ends; it returns its URL.
 func provisionedNATS(t *testing.T) string {
 	t.Helper()
-	ns, err := embeddednats.Start(embeddednats.Options{StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	url := testutil.NATS(t).ClientURL()
+	_, js := testutil.Connect(t, url)
 	require.NoError(t, worker.Provision(context.Background(), js, worker.Config{}))
-	return ns.ClientURL()
+	return url
 }
 
 func TestPublishTimeoutExitStatus(t *testing.T) {
@@ -253,17 +231,13 @@ func TestRunRejectsBadSettingsAtOnce(t *testing.T) {
 
 func TestDeadLetterListAndRedrive(t *testing.T) {
 	b := setup(t)
-	nc, err := nats.Connect(b.addrs.NATSURL)
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	_, js := testutil.Connect(t, b.addrs.NATSURL)
 	ctx := context.Background()
 
 	// An invalid command is dead-lettered.
 	bad := &nats.Msg{Subject: messages.CreateBalanceSubject("w1"), Data: []byte(`{"walletID":"w1","name":"x","colour":"red"}`), Header: nats.Header{}}
 	bad.Header.Set(messages.HeaderMsgID, "bad-1")
-	_, err = js.PublishMsg(ctx, bad)
+	_, err := js.PublishMsg(ctx, bad)
 	require.NoError(t, err)
 
 	var lines []map[string]any
@@ -293,11 +267,7 @@ func TestDeadLetterListAndRedrive(t *testing.T) {
 
 func TestRedriveAfterTheWindowReplays(t *testing.T) {
 	b := setup(t, "--duplicate-window", "1s")
-	nc, err := nats.Connect(b.addrs.NATSURL)
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	_, js := testutil.Connect(t, b.addrs.NATSURL)
 	ctx := context.Background()
 
 	// A valid command that the DLQ holds as if the ledger had refused it:
@@ -310,7 +280,7 @@ func TestRedriveAfterTheWindowReplays(t *testing.T) {
 	dl.Header.Set(messages.HeaderOriginalSubject, messages.CreateBalanceSubject("w5"))
 	dl.Header.Set(messages.HeaderOriginalSeq, "99")
 	dl.Header.Set(messages.HeaderDeliveries, "20")
-	_, err = js.PublishMsg(ctx, dl)
+	_, err := js.PublishMsg(ctx, dl)
 	require.NoError(t, err)
 
 	code, out, errOut := b.cli(t, "dlq", "redrive", "--nats-url", b.addrs.NATSURL, "--all", "--delete")

@@ -16,7 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 )
 
 const (
@@ -54,19 +54,16 @@ func newSecuredLedger(t *testing.T) *securedLedger {
 	t.Cleanup(tokens.Close)
 	sl.tokenURL = tokens.URL
 
-	l, err := embeddedledger.Open(t.TempDir())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
-	inner := l.Handler()
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/_healthcheck" && r.Header.Get("Authorization") != "Bearer "+testToken {
-			sl.unauthorized.Add(1)
-			w.WriteHeader(http.StatusUnauthorized) // the real ledger: 401, empty body
-			return
-		}
-		inner.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
+	srv := testutil.StartLedger(t, testutil.LedgerOptions{TLS: true, Wrap: func(inner http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/_healthcheck" && r.Header.Get("Authorization") != "Bearer "+testToken {
+				sl.unauthorized.Add(1)
+				w.WriteHeader(http.StatusUnauthorized) // the real ledger: 401, empty body
+				return
+			}
+			inner.ServeHTTP(w, r)
+		})
+	}}).Server
 	sl.url = srv.URL
 	sl.caFile = filepath.Join(t.TempDir(), "ca.pem")
 	require.NoError(t, os.WriteFile(sl.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600))

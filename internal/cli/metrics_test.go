@@ -9,11 +9,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -48,11 +48,7 @@ func scrape(t *testing.T, addr string) map[string]float64 {
 
 func TestMetricsCountEachOutcome(t *testing.T) {
 	b := setup(t, "--duplicate-window", "1s")
-	nc, err := nats.Connect(b.addrs.NATSURL)
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	_, js := testutil.Connect(t, b.addrs.NATSURL)
 
 	publish := func(key, body string) {
 		m := &nats.Msg{Subject: messages.CreateBalanceSubject("w1"), Data: []byte(body), Header: nats.Header{}}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
-	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -41,49 +40,19 @@ func outageSetup(t *testing.T) *outageBundle {
 			ns.WaitForShutdown()
 		}
 	})
-	l, err := embeddedledger.Open(t.TempDir())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
-	inner := l.Handler()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if b.ledgerDown.Load() {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(`{"errorCode":"INTERNAL","errorMessage":"too many clients"}`))
-			return
-		}
-		inner.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	b.ledgerURL = srv.URL
-
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan Addrs, 1)
-	done := make(chan int, 1)
-	go func() {
-		done <- Main(ctx, []string{"run", "--nats-url", "nats://" + b.natsAddr, "--ledger-url", b.ledgerURL,
-			"--http-addr", "127.0.0.1:0", "--ack-wait", "5s", "--ledger-timeout", "2s", "--log-format", "text"},
-			Env{Stderr: b.logs, Getenv: func(string) string { return "" }, Ready: func(a Addrs) { ready <- a }})
-	}()
-	select {
-	case a := <-ready:
-		b.httpAddr = a.HTTPAddr
-	case code := <-done:
-		cancel()
-		t.Fatalf("worker exited with %d:\n%s", code, b.logs)
-	case <-time.After(30 * time.Second):
-		cancel()
-		t.Fatalf("worker not ready:\n%s", b.logs)
-	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case code := <-done:
-			require.Equal(t, ExitOK, code, b.logs.String())
-		case <-time.After(40 * time.Second):
-			t.Errorf("worker did not stop")
-		}
-	})
+	b.ledgerURL = testutil.StartLedger(t, testutil.LedgerOptions{Wrap: func(inner http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if b.ledgerDown.Load() {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = w.Write([]byte(`{"errorCode":"INTERNAL","errorMessage":"too many clients"}`))
+				return
+			}
+			inner.ServeHTTP(w, r)
+		})
+	}}).URL
+	b.httpAddr = startRun(t, b.logs, "--nats-url", "nats://"+b.natsAddr, "--ledger-url", b.ledgerURL,
+		"--http-addr", "127.0.0.1:0", "--ack-wait", "5s", "--ledger-timeout", "2s", "--log-format", "text").HTTPAddr
 	return b
 }
 
@@ -111,11 +80,7 @@ func (b *outageBundle) stopNATS() {
 // client connects a producer that rides out server restarts.
 func (b *outageBundle) client(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect("nats://"+b.natsAddr, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	_, js := testutil.Connect(t, "nats://"+b.natsAddr, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	return js
 }
 

@@ -6,11 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
-	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -19,9 +17,7 @@ import (
 // refuses to start, rather than provision an embedded server nobody uses.
 func TestProvision(t *testing.T) {
 	t.Parallel()
-	ns, err := embeddednats.Start(embeddednats.Options{StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	ns := testutil.NATS(t)
 
 	var stderr bytes.Buffer
 	getenv := func(k string) string {
@@ -30,11 +26,7 @@ func TestProvision(t *testing.T) {
 	code := Main(context.Background(), []string{"provision", "--nats-url", ns.ClientURL(), "--duplicate-window", "3m"}, Env{Stderr: &stderr, Getenv: getenv})
 	require.Equal(t, ExitOK, code, stderr.String())
 
-	nc, err := nats.Connect(ns.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	_, js := testutil.Connect(t, ns.ClientURL())
 	ctx := context.Background()
 	s, err := js.Stream(ctx, messages.StreamCommands)
 	require.NoError(t, err)

@@ -6,13 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/worker"
 )
 
@@ -21,20 +20,8 @@ import (
 func TestPublishAuthenticates(t *testing.T) {
 	t.Parallel()
 	const password, wrong = "cli-pw-8e41f0", "cli-pw-wrong-93b7aa"
-	ns, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
-		JetStream: true, StoreDir: t.TempDir(),
-		Username: "alice", Password: password,
-	})
-	require.NoError(t, err)
-	go ns.Start()
-	require.True(t, ns.ReadyForConnections(10*time.Second))
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo("alice", password))
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	ns := testutil.NATSServer(t, &server.Options{JetStream: true, Username: "alice", Password: password})
+	_, js := testutil.Connect(t, ns.ClientURL(), nats.UserInfo("alice", password))
 	require.NoError(t, worker.Provision(context.Background(), js, worker.Config{}))
 
 	pwFile := filepath.Join(t.TempDir(), "password")

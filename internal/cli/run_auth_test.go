@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/require"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 )
 
 // TestRunRefusedCredentialsFailAtOnce: `run` against a NATS server that
@@ -15,12 +16,7 @@ import (
 func TestRunRefusedCredentialsFailAtOnce(t *testing.T) {
 	t.Parallel()
 	const password, wrong = "run-pw-11aa", "run-pw-wrong-22bb"
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
-		JetStream: true, StoreDir: t.TempDir(), Username: "alice", Password: password})
-	require.NoError(t, err)
-	go ns.Start()
-	require.True(t, ns.ReadyForConnections(10*time.Second))
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	ns := testutil.NATSServer(t, &server.Options{JetStream: true, Username: "alice", Password: password})
 
 	var stderr bytes.Buffer
 	start := time.Now()
@@ -43,12 +39,7 @@ func TestRunRefusedCredentialsFailAtOnce(t *testing.T) {
 func TestRunAuthenticates(t *testing.T) {
 	t.Parallel()
 	const password = "run-pw-33cc"
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
-		JetStream: true, StoreDir: t.TempDir(), Username: "alice", Password: password})
-	require.NoError(t, err)
-	go ns.Start()
-	require.True(t, ns.ReadyForConnections(10*time.Second))
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	ns := testutil.NATSServer(t, &server.Options{JetStream: true, Username: "alice", Password: password})
 	b := setup(t, "--nats-url", ns.ClientURL(), "--nats-user", "alice", "--nats-password", password)
 	code, out, errOut := b.cli(t, "publish", "create-balance", "--nats-url", ns.ClientURL(), "--nats-user", "alice", "--nats-password", password,
 		"--wallet", "w1", "--name", "x", "--wait", "--timeout", "20s")

@@ -26,6 +26,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/internal/natsconn"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 )
 
 // Secrets of the tests: none may appear in an error.
@@ -40,14 +41,7 @@ const (
 // port until the test ends, and returns its client URL.
 func startServer(t *testing.T, opts *server.Options) string {
 	t.Helper()
-	opts.Host, opts.Port = "127.0.0.1", -1
-	opts.NoLog, opts.NoSigs = true, true
-	s, err := server.NewServer(opts)
-	require.NoError(t, err)
-	go s.Start()
-	require.True(t, s.ReadyForConnections(10*time.Second), "nats-server not ready")
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return s.ClientURL()
+	return testutil.NATSServer(t, opts).ClientURL()
 }
 
 func writeFile(t *testing.T, name, content string) string {
@@ -206,11 +200,8 @@ func TestConnect(t *testing.T) {
 
 func TestUnreachableIsNotAnAuthFailure(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	_, err = natsconn.Connect(natsconn.Config{URL: "nats://alice:" + goodPassword + "@" + addr})
+	addr := testutil.FreeAddr(t) // nothing listens there
+	_, err := natsconn.Connect(natsconn.Config{URL: "nats://alice:" + goodPassword + "@" + addr})
 	require.Error(t, err)
 	require.False(t, natsconn.IsAuthFailure(err), "%v", err)
 	require.NotContains(t, err.Error(), goodPassword)
