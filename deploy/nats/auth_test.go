@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"github.com/stretchr/testify/require"
 	"sigs.k8s.io/yaml"
 
@@ -59,11 +60,32 @@ var passwordEnv = map[string]string{
 	userOperator: "WALLETS_NATS_OPERATOR_PASSWORD",
 }
 
+// nkeySeeds are the users' NKey seeds for TestNKeys; TestMain puts their
+// public keys in WALLETS_NATS_*_NKEY.
+var nkeySeeds = map[string][]byte{}
+
 func TestMain(m *testing.M) {
+	fail := func(err error) {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	for user, env := range passwordEnv {
 		if err := os.Setenv(env, passwords[user]); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+			fail(err)
+		}
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			fail(err)
+		}
+		pub, err := kp.PublicKey()
+		if err != nil {
+			fail(err)
+		}
+		if nkeySeeds[user], err = kp.Seed(); err != nil {
+			fail(err)
+		}
+		if err := os.Setenv(strings.TrimSuffix(env, "_PASSWORD")+"_NKEY", pub); err != nil {
+			fail(err)
 		}
 	}
 	os.Exit(m.Run())
@@ -182,9 +204,14 @@ type client struct {
 
 func connect(t *testing.T, s *natsServer, user, inbox string) *client {
 	t.Helper()
+	return connectWith(t, s, nats.UserInfo(user, passwords[user]), inbox)
+}
+
+func connectWith(t *testing.T, s *natsServer, auth nats.Option, inbox string) *client {
+	t.Helper()
 	c := &client{}
 	opts := []nats.Option{
-		nats.UserInfo(user, passwords[user]),
+		auth,
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
 				c.mu.Lock()
@@ -847,4 +874,76 @@ func TestAwaiterSurvivesAReset(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, o.Created)
 	s.requireNoViolations(t)
+}
+
+// TestNKeys: the same users with NKeys instead of passwords, as
+// docs/nats-authorization.md says to write them (each user and password
+// replaced by the user's public key), keep the same permissions: the
+// operator provisions with its seed file (--nats-nkey), a producer publishes
+// a command and may not forge an event, the worker binds the claims bucket
+// and may not publish a command, and nobody gets in without a key.
+func TestNKeys(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(authConf(t))
+	require.NoError(t, err)
+	userPassword := regexp.MustCompile(`user: \S+\n\s+password: \$(WALLETS_NATS_[A-Z]+)_PASSWORD`)
+	require.Len(t, userPassword.FindAll(b, -1), len(passwords))
+	conf := filepath.Join(t.TempDir(), "auth-nkeys.conf")
+	require.NoError(t, os.WriteFile(conf, userPassword.ReplaceAll(b, []byte("nkey: $$${1}_NKEY")), 0o600))
+
+	// The same permissions, user by user.
+	opts := func(auth string) *server.Options {
+		dir := t.TempDir()
+		rel, err := filepath.Rel(dir, auth)
+		require.NoError(t, err)
+		path := filepath.Join(dir, "nats-server.conf")
+		require.NoError(t, os.WriteFile(path, []byte(fmt.Sprintf("jetstream {store_dir: %q}\ninclude %q\n", dir, rel)), 0o600))
+		o, err := server.ProcessConfigFile(path)
+		require.NoError(t, err)
+		return o
+	}
+	byPassword, byNKey := opts(authConf(t)), opts(conf)
+	require.Len(t, byNKey.Nkeys, len(byPassword.Users))
+	for i, u := range byPassword.Users {
+		kp, err := nkeys.FromSeed(nkeySeeds[u.Username])
+		require.NoError(t, err)
+		pub, err := kp.PublicKey()
+		require.NoError(t, err)
+		require.Equal(t, pub, byNKey.Nkeys[i].Nkey, u.Username)
+		require.Equal(t, *u.Permissions.Publish, *byNKey.Nkeys[i].Permissions.Publish, u.Username)
+		require.Equal(t, *u.Permissions.Subscribe, *byNKey.Nkeys[i].Permissions.Subscribe, u.Username)
+	}
+
+	s := startServer(t, conf)
+	seedFile := func(user string) string {
+		p := filepath.Join(t.TempDir(), user+".nk")
+		require.NoError(t, os.WriteFile(p, nkeySeeds[user], 0o600))
+		return p
+	}
+	var stderr bytes.Buffer
+	code := cli.Main(context.Background(), []string{"provision", "--nats-url", s.ClientURL(), "--nats-nkey", seedFile(userOperator),
+		"--nats-inbox-prefix", inboxOperator}, cli.Env{Stderr: &stderr, Getenv: func(string) string { return "" }})
+	require.Equal(t, cli.ExitOK, code, stderr.String())
+
+	nkey := func(user string) nats.Option {
+		o, err := nats.NkeyOptionFromSeed(seedFile(user))
+		require.NoError(t, err)
+		return o
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pc := connectWith(t, s, nkey(userProducer), inboxProducer)
+	_, err = producer.New(pc.js).Publish(ctx, messages.CreateBalance{WalletID: "w1", Name: "savings"}, "k-1")
+	require.NoError(t, err)
+	pc.requirePublishDenied(t, messages.BalanceCreatedSubject("w1"))
+
+	wc := connectWith(t, s, nkey(userWorker), "")
+	_, err = worker.NewClaims(ctx, wc.js, worker.Config{})
+	require.NoError(t, err)
+	wc.requirePublishDenied(t, messages.CreateBalanceSubject("w1"))
+
+	_, err = nats.Connect(s.ClientURL(), nats.MaxReconnects(0))
+	require.ErrorIs(t, err, nats.ErrAuthorization)
+	require.Equal(t, uint64(1), s.streams(t)[messages.StreamCommands].msgs)
+	require.Len(t, s.violations.all(), 2, "only the two refusals asked for: %v", s.violations.all())
 }
