@@ -32,6 +32,7 @@ import (
 	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/internal/cli"
 	"github.com/wallets-worker/wallets-worker/internal/natsconn"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 	"github.com/wallets-worker/wallets-worker/producer"
 	"github.com/wallets-worker/wallets-worker/worker"
@@ -291,22 +292,7 @@ func env(user string, extra map[string]string) func(string) string {
 }
 
 // syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 // runWorker runs `wallets-worker run` in process as the worker user, with the
 // embedded ledger, until the test ends.
