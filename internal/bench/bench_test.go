@@ -25,9 +25,9 @@ func TestCountsAreHonest(t *testing.T) {
 		name string
 		args []string
 	}{
-		{"live null", []string{"--mode", "live", "--ledger", "null"}},
-		{"drain embedded with latency", []string{"--mode", "drain", "--ledger", "embedded", "--ledger-latency", "1ms"}},
-		{"live at a rate", []string{"--mode", "live", "--rate", "2000", "--concurrency", "8"}},
+		{"live null", []string{"--mode", "live", "--ledger", "null", "--batch=false"}},
+		{"drain embedded with latency", []string{"--mode", "drain", "--ledger", "embedded", "--ledger-latency", "1ms", "--batch=false"}},
+		{"live at a rate", []string{"--mode", "live", "--rate", "2000", "--concurrency", "8", "--batch=false"}},
 		{"live embedded batched", []string{"--mode", "live", "--ledger", "embedded", "--ledger-latency", "1ms", "--batch", "--concurrency", "64", "--ledger-concurrency", "2"}},
 		{"drain null batched", []string{"--mode", "drain", "--batch", "--ledger-latency", "1ms", "--concurrency", "64"}},
 	}

@@ -121,6 +121,13 @@ func TestLedgerURL(t *testing.T) {
 		check(t, res, 102, 120)
 		require.Equal(t, 3, res.AtURL.Single.InFlight)
 	})
+	t.Run("unbatched", func(t *testing.T) {
+		res := run(t, "--commands", "100", "--batch=false")
+		check(t, res, 100, 100)
+		require.Nil(t, res.Batch)
+		require.Equal(t, int64(2*100), res.AtURL.Requests, "a GET and a write per new balance")
+		require.LessOrEqual(t, res.AtURL.PeakInFlight, int64(8), "at most --concurrency requests in flight")
+	})
 	t.Run("batched", func(t *testing.T) {
 		res := run(t, "--commands", "150", "--batch", "--concurrency", "64")
 		check(t, res, 150, 150)
