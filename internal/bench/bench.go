@@ -586,7 +586,10 @@ func (r *runner) ledger(ctx context.Context, dir string) (ledgeradapter.BatchLed
 	var armed atomic.Bool
 	srv := &http.Server{Handler: delayed(l.Handler(), r.cfg.LedgerLatency, &armed, m), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: "http://" + ln.Addr().String()})
+	// In process, as `run` reaches its embedded ledger; the listener is
+	// the one run keeps for others.
+	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: "http://" + ln.Addr().String(),
+		HTTPClient: &http.Client{Transport: embeddedledger.HandlerTransport(srv.Handler)}})
 	stop := func() {
 		if client != nil {
 			// First, or Shutdown waits for the client's idle connections.

@@ -214,13 +214,14 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	}
 
 	ledgerURL := f.ledgerURL
+	var embedded *embeddedledger.Ledger
 	if ledgerURL == "" {
-		url, stop, err := serveEmbeddedLedger(f, log)
+		l, url, stop, err := serveEmbeddedLedger(f, log)
 		if err != nil {
 			return err
 		}
 		cleanups = append(cleanups, stop)
-		ledgerURL = url
+		ledgerURL, embedded = url, l
 	}
 
 	reg := prometheus.NewRegistry()
@@ -237,6 +238,11 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		lcfg.HTTPClient = &http.Client{Transport: tr}
+	}
+	if embedded != nil {
+		// The worker reaches its own embedded ledger in process; the
+		// listener serves everyone else.
+		lcfg.HTTPClient = &http.Client{Transport: embedded.Transport()}
 	}
 	client, err := ledgeradapter.NewClient(lcfg)
 	if err != nil {
@@ -392,25 +398,25 @@ func retryStartup(ctx context.Context, log *slog.Logger, what string, op func() 
 	})
 }
 
-func serveEmbeddedLedger(f *runFlags, log *slog.Logger) (string, func(), error) {
+func serveEmbeddedLedger(f *runFlags, log *slog.Logger) (*embeddedledger.Ledger, string, func(), error) {
 	dir := filepath.Join(f.dataDir, "ledger")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", nil, fmt.Errorf("embedded ledger: %w", err)
+		return nil, "", nil, fmt.Errorf("embedded ledger: %w", err)
 	}
 	l, err := embeddedledger.Open(dir, embeddedledger.WithLogger(log))
 	if err != nil {
-		return "", nil, fmt.Errorf("embedded ledger: %w", err)
+		return nil, "", nil, fmt.Errorf("embedded ledger: %w", err)
 	}
 	ln, err := net.Listen("tcp", f.embeddedLedgerAddr)
 	if err != nil {
 		_ = l.Close()
-		return "", nil, fmt.Errorf("embedded ledger: listen: %w", err)
+		return nil, "", nil, fmt.Errorf("embedded ledger: listen: %w", err)
 	}
 	srv := &http.Server{Handler: l.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	url := "http://" + ln.Addr().String()
 	log.Info("embedded ledger listening", "url", url, "store", dir)
-	return url, func() {
+	return l, url, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)

@@ -176,12 +176,15 @@ type bulkOptions struct {
 	schemaVersion     string
 }
 
-// bulk applies elems in order in one SQLite transaction, each element
-// within a savepoint that its failure rolls back (or, atomic, the whole
-// transaction), and commits once before answering. Only the answer tells a
-// client what was applied, so one commit for the bulk is indistinguishable
-// from one per element, except to a reader that looks while the bulk runs.
-// An error is a storage failure: the whole request then answers 500.
+// bulk applies elems in order, in one transaction (shared with the
+// writes committed together with it, see group.go), and commits before
+// answering. Only the answer tells a client what was applied, so one commit
+// for the bulk is indistinguishable from one per element, except to a
+// reader that looks while the bulk runs. An element refused (an
+// idempotency mismatch, a race, an element error) changed nothing before it
+// was refused, so it needs no savepoint; a failed atomic bulk rolls back to
+// the savepoint taken before its first element. An error is a storage
+// failure: the whole request then answers 500.
 func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, opts bulkOptions) ([]bulkResult, error) {
 	arrival := l.races.arrive()
 	defer l.races.depart(arrival)
@@ -195,50 +198,52 @@ func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, 
 		return last
 	}
 
-	l.writeMu.Lock()
-	defer l.writeMu.Unlock()
-
-	sqlTx, err := l.w.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
-	}
-	defer func() { _ = sqlTx.Rollback() }()
-	tx := preparedTx{l: l, tx: sqlTx}
-
 	results := make([]bulkResult, len(elems))
-	tip := &logTip{} // read by the first element that logs, then kept here
-	var created txCreations
-	failed := false
-	for i, el := range elems {
-		var eerr error
-		switch {
-		case ctx.Err() != nil:
-			eerr = ctx.Err()
-		case failed && !opts.continueOnFailure:
-			eerr = context.Canceled
-		default:
-			var logID int64
-			logID, eerr = l.bulkElement(ctx, tx, ledgerID, el, opts, tip, &created, arrival, origin(i))
-			if eerr == nil {
-				results[i] = bulkResult{ResponseType: el.Action, LogID: logID}
-				continue
-			}
-			var mismatch *idempotencyMismatchError
-			var ee *elementError
-			if !errors.As(eerr, &mismatch) && !errors.As(eerr, &ee) {
-				return nil, eerr
+	j := &job{ctx: ctx, weight: max(len(elems), 1), run: func(g *groupTx) error {
+		var m groupMark
+		if opts.atomic {
+			var err error
+			if m, err = g.mark("atomic_bulk"); err != nil {
+				return err
 			}
 		}
-		failed = true
-		results[i] = bulkResult{ResponseType: resultError, ErrorCode: elementErrorCode(eerr), ErrorDescription: eerr.Error()}
+		tip := g.tip(ledgerID)
+		failed := false
+		for i, el := range elems {
+			var eerr error
+			switch {
+			case ctx.Err() != nil:
+				eerr = ctx.Err()
+			case failed && !opts.continueOnFailure:
+				eerr = context.Canceled
+			default:
+				var logID int64
+				logID, eerr = l.bulkElement(g, ledgerID, el, opts, tip, arrival, origin(i))
+				if eerr == nil {
+					results[i] = bulkResult{ResponseType: el.Action, LogID: logID}
+					continue
+				}
+				var mismatch *idempotencyMismatchError
+				var ee *elementError
+				if !errors.As(eerr, &mismatch) && !errors.As(eerr, &ee) {
+					return eerr
+				}
+			}
+			failed = true
+			results[i] = bulkResult{ResponseType: resultError, ErrorCode: elementErrorCode(eerr), ErrorDescription: eerr.Error()}
+		}
+		switch {
+		case !opts.atomic:
+			return nil
+		case failed:
+			return g.rollbackTo(m)
+		default:
+			return g.release(m)
+		}
+	}}
+	if err := l.submit(j); err != nil {
+		return nil, err
 	}
-	if failed && opts.atomic {
-		return results, nil // rolled back by the deferred Rollback
-	}
-	if err := sqlTx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
-	}
-	l.races.committed(created.list)
 	return results, nil
 }
 
@@ -256,9 +261,8 @@ func elementErrorCode(err error) string {
 	return codeInternal
 }
 
-// bulkElement applies one element within a savepoint of tx.
-func (l *Ledger) bulkElement(ctx context.Context, tx preparedTx, ledgerID int64, el bulkElement, opts bulkOptions, tip *logTip,
-	created *txCreations, arrival, origin uint64) (int64, error) {
+// bulkElement applies one element in the group transaction.
+func (l *Ledger) bulkElement(g *groupTx, ledgerID int64, el bulkElement, opts bulkOptions, tip *logTip, arrival, origin uint64) (int64, error) {
 	if opts.schemaVersion != "" {
 		// No schema can be inserted here, so every version is unknown.
 		return 0, &elementError{code: codeNotFound, message: fmt.Sprintf("schema %s not found", opts.schemaVersion)}
@@ -268,20 +272,9 @@ func (l *Ledger) bulkElement(ctx context.Context, tx preparedTx, ledgerID int64,
 		return 0, err
 	}
 	wr.arrival, wr.origin = arrival, origin
-	if _, err := tx.tx.ExecContext(ctx, "SAVEPOINT element"); err != nil {
-		return 0, fmt.Errorf("savepoint: %w", err)
-	}
-	logID, _, err := l.forge(ctx, tx, wr, tip, created)
+	logID, _, err := l.forge(g.ctx, g.tx, wr, tip, &g.created)
 	if errors.Is(err, errRacingCreate) {
 		err = &elementError{code: codeInternal, message: err.Error()}
-	}
-	if err != nil {
-		if _, rerr := tx.tx.ExecContext(ctx, "ROLLBACK TO element"); rerr != nil {
-			return 0, errors.Join(err, fmt.Errorf("rollback to savepoint: %w", rerr))
-		}
-	}
-	if _, rerr := tx.tx.ExecContext(ctx, "RELEASE element"); rerr != nil {
-		return 0, errors.Join(err, fmt.Errorf("release savepoint: %w", rerr))
 	}
 	return logID, err
 }

@@ -53,13 +53,20 @@
 // # Storage and durability
 //
 // State lives in one SQLite file, dir/ledger.db (pure Go driver
-// modernc.org/sqlite), in WAL mode. Every write request is one SQLite
-// transaction; writes are serialized by a mutex and a single write connection,
-// reads use a separate pool and see committed snapshots. The default
-// synchronous=NORMAL makes a committed write (one answered 204) survive a crash
-// or SIGKILL of the process, not a power loss or kernel crash; WithSyncFull
-// adds an fsync per commit for that. One process at a time should own a
-// directory.
+// modernc.org/sqlite), in WAL mode. Writes go through one committer
+// goroutine and a single write connection (group.go): the write requests
+// that arrive while a transaction runs are committed together in the next
+// one, each still its own write with its own Idempotency-Key check, log and
+// answer, and none answered before its transaction has committed. A lone
+// write runs at once, alone. Reads use a separate pool and see committed
+// snapshots. The default synchronous=NORMAL makes a committed write (one
+// answered 204) survive a crash or SIGKILL of the process, not a power loss
+// or kernel crash; WithSyncFull adds an fsync per commit for that. One
+// process at a time should own a directory: the committer keeps the newest
+// log of each ledger in memory.
+//
+// A client in the same process, like `wallets-worker run` with its embedded
+// ledger, can reach the handler without a socket through Transport.
 //
 // # Not implemented
 //

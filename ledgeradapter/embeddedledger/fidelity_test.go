@@ -190,31 +190,51 @@ var knownDifferences = map[string]knownDifference{}
 // first writes) depends on timing in both ledgers, so any split passes;
 // the real ledger itself gave 4 hits and 7 errors in one run, 1 and 10 in
 // the recorded one. TestRacingFirstWrites forces each loser's answer.
+//
+// It runs over TCP and again through Ledger.Transport, which must answer
+// the same.
 func TestFidelity(t *testing.T) {
 	t.Parallel()
 	probes := readProbes(t)
 	require.Len(t, probes, 46, "the recorded transcript has 46 probes")
+	for _, inProcess := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tcp", true: "in-process"}[inProcess], func(t *testing.T) {
+			t.Parallel()
+			replay(t, probes, inProcess)
+		})
+	}
+}
 
+func replay(t *testing.T, probes []probeLine, inProcess bool) {
 	l, err := embeddedledger.Open(t.TempDir())
 	require.NoError(t, err)
 	// entered receives once per request, when its handler starts (the body
 	// may still be on its way).
 	entered := make(chan struct{}, 64)
 	h := l.Handler()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	wrapped := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		entered <- struct{}{}
 		h.ServeHTTP(w, r)
-	}))
-	t.Cleanup(func() {
-		srv.Close()
-		require.NoError(t, l.Close())
 	})
 	const name = "fidelity"
-	// A client keeping a connection per concurrent copy, as a client pool
-	// does: copies that must first dial arrive one by one, and the race
-	// probe would then mostly measure connection set-up.
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	t.Cleanup(client.CloseIdleConnections)
+	var client *http.Client
+	base := "http://embedded"
+	if inProcess {
+		client = &http.Client{Transport: embeddedledger.HandlerTransport(wrapped)}
+		t.Cleanup(func() { require.NoError(t, l.Close()) })
+	} else {
+		srv := httptest.NewServer(wrapped)
+		t.Cleanup(func() {
+			srv.Close()
+			require.NoError(t, l.Close())
+		})
+		base = srv.URL
+		// A client keeping a connection per concurrent copy, as a client
+		// pool does: copies that must first dial arrive one by one, and the
+		// race probe would then mostly measure connection set-up.
+		client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+		t.Cleanup(client.CloseIdleConnections)
+	}
 
 	var report []string
 	for i, p := range probes {
@@ -228,13 +248,13 @@ func TestFidelity(t *testing.T) {
 			require.Equal(t, a.Shape, real[j].shape, "probe %d %q: recorded shape", i+1, p.Probe.Name)
 			require.Equal(t, a.ErrorCode, real[j].errorCode, "probe %d %q: recorded error code", i+1, p.Probe.Name)
 		}
-		if n > 1 {
-			warm(t, client, srv.URL, n)
+		if n > 1 && !inProcess {
+			warm(t, client, base, n)
 			for range n {
 				<-entered
 			}
 		}
-		got := sendProbe(t, client, srv.URL, entered, p, strings.ReplaceAll(p.Probe.Path, p.Ledger, name), name, n)
+		got := sendProbe(t, client, base, entered, p, strings.ReplaceAll(p.Probe.Path, p.Ledger, name), name, n)
 
 		label := fmt.Sprintf("probe %d %q", i+1, p.Probe.Name)
 		if kd, ok := knownDifferences[p.Probe.Name]; ok {
@@ -319,6 +339,9 @@ func sendProbe(t *testing.T, client *http.Client, base string, entered <-chan st
 		b := []byte(strings.ReplaceAll(*p.Probe.Body, p.Ledger, ledger))
 		for _, w := range bodies {
 			_, err := w.Write(b)
+			if errors.Is(err, io.ErrClosedPipe) {
+				err = nil // answered without reading its body (in process)
+			}
 			require.NoError(t, errors.Join(err, w.Close()))
 		}
 	}

@@ -81,6 +81,13 @@ type Ledger struct {
 	races   *raceTracker
 	origins atomic.Uint64
 
+	// queue feeds the committer (group.go); tips, the newest log of each
+	// ledger as committed, is only used by it.
+	queue         *writeQueue
+	committerDone chan struct{}
+	tips          map[int64]logTip
+	commits       atomic.Int64 // group transactions committed
+
 	// stmts is filled by Open and only read afterwards.
 	stmts map[stmtKey]*sql.Stmt
 
@@ -96,7 +103,8 @@ func Open(dir string, opts ...Option) (*Ledger, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	l := &Ledger{now: o.now, log: o.log, ledgers: map[string]ledgerRow{}, stmts: map[stmtKey]*sql.Stmt{}, races: newRaceTracker()}
+	l := &Ledger{now: o.now, log: o.log, ledgers: map[string]ledgerRow{}, stmts: map[stmtKey]*sql.Stmt{}, races: newRaceTracker(),
+		queue: newWriteQueue(), tips: map[int64]logTip{}}
 
 	syncMode := "NORMAL"
 	if o.syncFull {
@@ -160,6 +168,8 @@ func Open(dir string, opts ...Option) (*Ledger, error) {
 		_ = l.Close()
 		return nil, err
 	}
+	l.committerDone = make(chan struct{})
+	go l.commitLoop()
 	return l, nil
 }
 
@@ -167,6 +177,10 @@ func Open(dir string, opts ...Option) (*Ledger, error) {
 // server first.
 func (l *Ledger) Close() error {
 	l.closeOnce.Do(func() {
+		l.queue.close()
+		if l.committerDone != nil {
+			<-l.committerDone // the writes already queued are done
+		}
 		var errs []error
 		for _, s := range l.stmts {
 			errs = append(errs, s.Close())
@@ -308,25 +322,4 @@ func (u unprepared) QueryContext(ctx context.Context, args ...any) (*sql.Rows, e
 type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
-// preparedTx runs a transaction's statements through statements prepared
-// once on the single write connection.
-type preparedTx struct {
-	l  *Ledger
-	tx *sql.Tx
-}
-
-func (p preparedTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	if s := p.l.stmt(p.l.w, query); s != nil {
-		return p.tx.StmtContext(ctx, s).QueryRowContext(ctx, args...)
-	}
-	return p.tx.QueryRowContext(ctx, query, args...)
-}
-
-func (p preparedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if s := p.l.stmt(p.l.w, query); s != nil {
-		return p.tx.StmtContext(ctx, s).ExecContext(ctx, args...)
-	}
-	return p.tx.ExecContext(ctx, query, args...)
 }

@@ -142,6 +142,14 @@ func (c *txCreations) add(k accountKey, origin uint64) {
 	c.by[k] = origin
 }
 
+// truncate forgets the accounts created after the first n.
+func (c *txCreations) truncate(n int) {
+	for _, k := range c.list[n:] {
+		delete(c.by, k)
+	}
+	c.list = c.list[:n]
+}
+
 // byOther reports whether a write other than origin created the account in
 // this transaction.
 func (c *txCreations) byOther(k accountKey, origin uint64) bool {

@@ -72,6 +72,35 @@ func (b *raceBundle) post(t *testing.T, path, body, ik string) raceAnswer {
 	return raceAnswer{status: resp.StatusCode, hit: resp.Header.Get("Idempotency-Hit"), body: string(raw)}
 }
 
+func (b *raceBundle) get(t *testing.T, path string) raceAnswer {
+	t.Helper()
+	resp, err := b.srv.Client().Get(b.srv.URL + path)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return raceAnswer{status: resp.StatusCode, body: string(raw)}
+}
+
+type loggedWrite struct {
+	ID   int64  `json:"id"`
+	Type string `json:"type"`
+}
+
+// logs returns the ledger's logs, newest first.
+func (b *raceBundle) logs(t *testing.T) []loggedWrite {
+	t.Helper()
+	a := b.get(t, "/v2/l/logs?pageSize=100")
+	require.Equal(t, http.StatusOK, a.status, a.body)
+	var body struct {
+		Cursor struct {
+			Data []loggedWrite `json:"data"`
+		} `json:"cursor"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(a.body), &body))
+	return body.Cursor.Data
+}
+
 type raceRequest struct {
 	path, body, ik string
 }

@@ -225,25 +225,32 @@ func (l *Ledger) write(ctx context.Context, w write) (hit bool, err error) {
 	defer l.races.depart(w.arrival)
 	w.origin = l.origins.Add(1)
 
-	l.writeMu.Lock()
-	defer l.writeMu.Unlock()
-
-	sqlTx, err := l.w.BeginTx(ctx, nil)
-	if err != nil {
-		return false, fmt.Errorf("begin: %w", err)
+	var answer error
+	j := &job{ctx: ctx, weight: 1, run: func(g *groupTx) error {
+		var m groupMark
+		if w.dryRun {
+			var err error
+			if m, err = g.mark("dry_run"); err != nil {
+				return err
+			}
+		}
+		_, h, err := l.forge(g.ctx, g.tx, w, g.tip(w.ledgerID), &g.created)
+		var mismatch *idempotencyMismatchError
+		switch {
+		case err == nil, errors.As(err, &mismatch), errors.Is(err, errRacingCreate):
+			hit, answer = h, err
+		default:
+			return err
+		}
+		if w.dryRun {
+			return g.rollbackTo(m)
+		}
+		return nil
+	}}
+	if err := l.submit(j); err != nil {
+		return false, err
 	}
-	defer func() { _ = sqlTx.Rollback() }()
-
-	var created txCreations
-	_, hit, err = l.forge(ctx, preparedTx{l: l, tx: sqlTx}, w, &logTip{}, &created)
-	if err != nil || hit || w.dryRun {
-		return hit, err
-	}
-	if err := sqlTx.Commit(); err != nil {
-		return false, fmt.Errorf("commit: %w", err)
-	}
-	l.races.committed(created.list)
-	return false, nil
+	return hit, answer
 }
 
 // logTip is the newest log of a ledger as the current transaction sees it.
@@ -258,7 +265,7 @@ type logTip struct {
 // forge is the body of write, inside the caller's transaction: it returns
 // the id of the new log, or of the stored one on an idempotency hit. An
 // account it creates is added to created, under the write's origin.
-func (l *Ledger) forge(ctx context.Context, tx preparedTx, w write, tip *logTip, created *txCreations) (logID int64, hit bool, err error) {
+func (l *Ledger) forge(ctx context.Context, tx *preparedTx, w write, tip *logTip, created *txCreations) (logID int64, hit bool, err error) {
 	if w.account != "" {
 		// Before the key: a write that raced the account's creator did not
 		// see the creator's key either (see errRacingCreate).
