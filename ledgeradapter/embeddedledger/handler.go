@@ -277,7 +277,7 @@ func (l *Ledger) createLedgerHandler(w http.ResponseWriter, r *http.Request, nam
 // ---- accounts ----
 
 func (l *Ledger) getAccountHandler(w http.ResponseWriter, r *http.Request, lg ledgerRow, address string) error {
-	if pit := r.URL.Query().Get("pit"); pit != "" {
+	if pit := queryValue(r, "pit"); pit != "" {
 		if _, err := time.Parse(time.RFC3339Nano, pit); err != nil {
 			return validationError("invalid 'pit' query param: %s", err)
 		}
@@ -335,6 +335,9 @@ func (l *Ledger) deleteAccountMetadataHandler(w http.ResponseWriter, r *http.Req
 // writeParams reads what every log-producing write takes: dryRun,
 // schemaVersion and the Idempotency-Key header.
 func writeParams(r *http.Request) (dryRun bool, ik string, err error) {
+	if r.URL.RawQuery == "" {
+		return false, r.Header.Get(headerIdempotencyKey), nil
+	}
 	q := r.URL.Query()
 	switch v := strings.ToLower(q.Get("dryRun")); v {
 	case "true", "1":
@@ -369,6 +372,15 @@ func (l *Ledger) commitWrite(w http.ResponseWriter, r *http.Request, wr write) e
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// queryValue is r.URL.Query().Get(key) without parsing a query that cannot
+// hold the key (the worker's reads carry only expand=volumes).
+func queryValue(r *http.Request, key string) string {
+	if !strings.Contains(r.URL.RawQuery, key) {
+		return ""
+	}
+	return r.URL.Query().Get(key)
 }
 
 func readBody(r *http.Request) ([]byte, error) {

@@ -55,7 +55,7 @@ const (
 	qLastLog         = `SELECT id, hash FROM logs WHERE ledger_id = ? ORDER BY id DESC LIMIT 1`
 	qInsertLog       = `INSERT INTO logs (ledger_id, id, type, data, date, idempotency_key, idempotency_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
 	qAccountMetadata = `SELECT metadata FROM accounts WHERE ledger_id = ? AND address = ?`
-	qInsertAccount   = `INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) VALUES (?, ?, ?, ?, ?, ?)`
+	qInsertAccount   = `INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (ledger_id, address) DO NOTHING`
 	qUpdateAccount   = `UPDATE accounts SET metadata = ?, updated_at = ? WHERE ledger_id = ? AND address = ?`
 
 	qLedgerByName   = `SELECT id, bucket, metadata, features, added_at FROM ledgers WHERE name = ?`
@@ -348,45 +348,48 @@ func chainHash(previous []byte, l logRow) []byte {
 // contains every sent key with the same value.
 func saveAccountMetadata(ledgerID int64, address string, md map[string]string) func(context.Context, querier, time.Time) (string, any, bool, error) {
 	return func(ctx context.Context, tx querier, now time.Time) (string, any, bool, error) {
-		created := false
+		payload := setMetadataPayload{TargetType: targetTypeAccount, TargetID: address, Metadata: nonNil(md)}
+		// Insert first: most writes create their account, and an insert that
+		// meets an existing row changes nothing and says so.
+		enc, err := json.Marshal(nonNil(md))
+		if err != nil {
+			return "", nil, false, err
+		}
+		res, err := tx.ExecContext(ctx,
+			qInsertAccount,
+			ledgerID, address, string(enc), now.UnixMicro(), now.UnixMicro(), now.UnixMicro())
+		if err != nil {
+			return "", nil, false, fmt.Errorf("insert account: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return "", nil, false, fmt.Errorf("insert account: %w", err)
+		} else if n == 1 {
+			return logTypeSetMetadata, payload, true, nil
+		}
+
 		var raw string
-		err := tx.QueryRowContext(ctx,
-			qAccountMetadata, ledgerID, address).Scan(&raw)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			enc, err := json.Marshal(nonNil(md))
+		if err := tx.QueryRowContext(ctx, qAccountMetadata, ledgerID, address).Scan(&raw); err != nil {
+			return "", nil, false, fmt.Errorf("read account: %w", err)
+		}
+		current := map[string]string{}
+		if err := json.Unmarshal([]byte(raw), &current); err != nil {
+			return "", nil, false, fmt.Errorf("decode account metadata: %w", err)
+		}
+		if !contains(current, md) {
+			for k, v := range md {
+				current[k] = v
+			}
+			enc, err := json.Marshal(current)
 			if err != nil {
 				return "", nil, false, err
 			}
 			if _, err := tx.ExecContext(ctx,
-				qInsertAccount,
-				ledgerID, address, string(enc), now.UnixMicro(), now.UnixMicro(), now.UnixMicro()); err != nil {
-				return "", nil, false, fmt.Errorf("insert account: %w", err)
-			}
-			created = true
-		case err != nil:
-			return "", nil, false, fmt.Errorf("read account: %w", err)
-		default:
-			current := map[string]string{}
-			if err := json.Unmarshal([]byte(raw), &current); err != nil {
-				return "", nil, false, fmt.Errorf("decode account metadata: %w", err)
-			}
-			if !contains(current, md) {
-				for k, v := range md {
-					current[k] = v
-				}
-				enc, err := json.Marshal(current)
-				if err != nil {
-					return "", nil, false, err
-				}
-				if _, err := tx.ExecContext(ctx,
-					qUpdateAccount,
-					string(enc), now.UnixMicro(), ledgerID, address); err != nil {
-					return "", nil, false, fmt.Errorf("update account: %w", err)
-				}
+				qUpdateAccount,
+				string(enc), now.UnixMicro(), ledgerID, address); err != nil {
+				return "", nil, false, fmt.Errorf("update account: %w", err)
 			}
 		}
-		return logTypeSetMetadata, setMetadataPayload{TargetType: targetTypeAccount, TargetID: address, Metadata: nonNil(md)}, created, nil
+		return logTypeSetMetadata, payload, false, nil
 	}
 }
 
