@@ -16,8 +16,9 @@ type Config struct {
 	// AckWait is how long JetStream waits for a settle before it redelivers
 	// a command to any worker (default 30s). InProgress renews it.
 	AckWait time.Duration
-	// HandlerTimeout bounds the handling of one delivery, counted from the
-	// moment it was received (default AckWait*2/3). It must be shorter than
+	// HandlerTimeout bounds one attempt at a delivery, counted from the
+	// moment it gets a slot (default AckWait*2/3); until then its lease is
+	// renewed. It must be shorter than
 	// AckWait, and longer than the ledger client's request timeout.
 	HandlerTimeout time.Duration
 	// MaxDeliver is the retry budget: the delivery on which a command that

@@ -31,6 +31,7 @@ type delivery struct {
 	receivedAt time.Time // when this process received the delivery
 	settled    atomic.Bool
 	span       trace.Span // the consumer span, once handling started (trace.go)
+	lease      lease
 }
 
 func newDelivery(m jetstream.Msg, now time.Time) *delivery {
@@ -55,9 +56,17 @@ func deliveryFrom(ctx context.Context) *delivery {
 // concurrency messages in flight, passes every header value through, and
 // leaves the settle of each message to the worker (a Nack of a message the
 // worker did not settle, a recovered panic for one, goes to onUnsettled).
+//
+// It pulls only what it can hold: at most concurrency commands in flight and
+// as many again queued for a slot, each pull (Fetch) asking for as many as
+// there is room for. A queued command's lease is renewed (see lease) from the
+// moment it is received, so that however long the command in front of it
+// takes, it is not redelivered to another worker meanwhile; an iterator with
+// a client-side buffer could not do that, since the buffer is out of reach.
 type subscriber struct {
 	consumer    jetstream.Consumer
 	concurrency int
+	leasePeriod time.Duration
 	log         *slog.Logger
 	// work is the context of every handled message; it outlives the
 	// subscription so that a drain lets in-flight commands finish.
@@ -65,40 +74,40 @@ type subscriber struct {
 	onUnsettled func(*delivery)
 	handBack    func(*delivery)
 
+	room     chan struct{}  // a token per command held: in a slot or queued
+	queue    chan *delivery // received, waiting for a slot
 	slots    chan struct{}
 	inflight sync.WaitGroup
 
 	mu       sync.Mutex
-	iter     jetstream.MessagesContext
+	started  bool
 	closing  chan struct{}
+	pulled   chan struct{} // closed when pull returns
 	closed   chan struct{}
 	stopOnce sync.Once
 }
 
 var _ message.Subscriber = (*subscriber)(nil)
 
+// pullWait is how long one pull waits for commands to arrive: the delay of a
+// shutdown of an idle worker, and the interval of its pull requests.
+const pullWait = time.Second
+
 func (s *subscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.iter != nil {
+	if s.started {
 		return nil, errors.New("worker: subscriber supports one subscription")
 	}
-	// The client buffers at most one batch of commands, one per slot. A
-	// buffered command's AckWait runs before it gets a slot, for at most the
-	// time the command in front takes (handler timeout + settle); a design
-	// that pulled only as many as free slots (Fetch per batch) closed that
-	// gap but cost about 20 % of throughput against an instant ledger, so
-	// the gap is documented instead: past AckWait the command is delivered
-	// again and replays, never applied twice.
-	iter, err := s.consumer.Messages(jetstream.PullMaxMessages(s.concurrency))
-	if err != nil {
-		return nil, err
-	}
-	s.iter = iter
+	s.started = true
+	s.room = make(chan struct{}, 2*s.concurrency)
+	s.queue = make(chan *delivery, 2*s.concurrency)
 	s.slots = make(chan struct{}, s.concurrency)
 	s.closing = make(chan struct{})
+	s.pulled = make(chan struct{})
 	s.closed = make(chan struct{})
 	out := make(chan *message.Message)
+	go s.pull()
 	go s.dispatch(out)
 	go func() {
 		select {
@@ -110,49 +119,111 @@ func (s *subscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.M
 	return out, nil
 }
 
-// dispatch takes a slot, then the next delivery, and hands it to the router.
-// Once closing, it hands every buffered delivery back to JetStream at once.
+// pull fetches as many commands as there is room for, and queues them, until
+// closing.
+func (s *subscriber) pull() {
+	defer close(s.pulled)
+	retry := time.Duration(0)
+	for {
+		select {
+		case s.room <- struct{}{}:
+		case <-s.closing:
+			return
+		}
+		n := s.reserve(1)
+		if n < 0 {
+			return
+		}
+		got := 0
+		batch, err := s.consumer.Fetch(n, jetstream.FetchMaxWait(pullWait))
+		if err == nil {
+			for m := range batch.Messages() {
+				got++
+				d := newDelivery(m, time.Now())
+				startLease(d, s.leasePeriod, s.log)
+				s.queue <- d // never blocks: the queue has room for every token
+			}
+			err = batch.Error()
+		}
+		for range n - got {
+			<-s.room
+		}
+		if err == nil {
+			retry = 0
+			continue
+		}
+		retry = min(max(2*retry, 50*time.Millisecond), 5*time.Second)
+		s.log.Warn("pulling commands failed; retrying", "error", err, "retry_in", retry.String())
+		select {
+		case <-time.After(retry):
+		case <-s.closing:
+			return
+		}
+	}
+}
+
+// reserve takes room for more commands, having taken have already. While
+// slots still have queued work it waits for room for half a slot's worth, so
+// that each pull brings a batch; when the queue runs dry it takes what room
+// there is. It returns how much room it holds, or -1 once closing (having
+// given the room back).
+func (s *subscriber) reserve(have int) int {
+	want := max(1, s.concurrency/2)
+	for have < cap(s.room) {
+		select {
+		case s.room <- struct{}{}:
+			have++
+			continue
+		default:
+		}
+		if have >= want || len(s.queue) == 0 {
+			return have
+		}
+		select {
+		case s.room <- struct{}{}:
+			have++
+		case <-s.closing:
+			for range have {
+				<-s.room
+			}
+			return -1
+		}
+	}
+	return have
+}
+
+// dispatch takes a slot, then the next queued delivery, and hands it to the
+// router. Once closing, it hands every queued delivery back to JetStream.
 func (s *subscriber) dispatch(out chan<- *message.Message) {
 	defer func() {
 		s.inflight.Wait()
 		close(out)
 		close(s.closed)
 	}()
-	retry := time.Duration(0)
 	for {
 		select {
 		case s.slots <- struct{}{}:
 		case <-s.closing:
-			s.drainBuffered()
+			s.handBackQueued()
 			return
 		}
-		m, err := s.iter.Next()
-		if err != nil {
+		var d *delivery
+		select {
+		case d = <-s.queue:
+		case <-s.closing:
 			<-s.slots
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return
-			}
-			retry = min(max(2*retry, 50*time.Millisecond), 5*time.Second)
-			s.log.Warn("pulling commands failed; retrying", "error", err, "retry_in", retry.String())
-			select {
-			case <-time.After(retry):
-			case <-s.closing:
-				s.drainBuffered()
-				return
-			}
-			continue
+			s.handBackQueued()
+			return
 		}
-		retry = 0
-		d := newDelivery(m, time.Now())
 		select {
 		case <-s.closing:
 			<-s.slots
-			s.handBack(d)
-			s.drainBuffered()
+			s.release(d, true)
+			s.handBackQueued()
 			return
 		default:
 		}
-		wm := message.NewMessage(strconv.FormatUint(d.seq, 10), m.Data())
+		wm := message.NewMessage(strconv.FormatUint(d.seq, 10), d.msg.Data())
 		wm.Metadata.Set(MetaSubject, d.subject)
 		wm.Metadata.Set(MetaSequence, strconv.FormatUint(d.seq, 10))
 		wm.Metadata.Set(MetaDelivered, strconv.FormatUint(d.delivered, 10))
@@ -173,32 +244,42 @@ func (s *subscriber) await(wm *message.Message, d *delivery) {
 	if !d.settled.Load() {
 		s.onUnsettled(d)
 	}
+	s.release(d, false)
 }
 
-// drainBuffered hands back what the client had buffered but nobody started.
-func (s *subscriber) drainBuffered() {
+// release ends the subscriber's hold on d, handing it back first when asked.
+func (s *subscriber) release(d *delivery, handBack bool) {
+	if handBack {
+		s.handBack(d)
+	}
+	d.lease.stop()
+	<-s.room
+}
+
+// handBackQueued hands back what was pulled but not started, once the last
+// pull is over.
+func (s *subscriber) handBackQueued() {
+	<-s.pulled
 	for {
-		m, err := s.iter.Next(jetstream.NextMaxWait(time.Second))
-		if err != nil {
+		select {
+		case d := <-s.queue:
+			s.release(d, true)
+		default:
 			return
 		}
-		s.handBack(newDelivery(m, time.Now()))
 	}
 }
 
-// Close stops pulling, hands back buffered deliveries, and waits for the
+// Close stops pulling, hands back queued deliveries, and waits for the
 // in-flight ones to settle before closing the output channel.
 func (s *subscriber) Close() error {
 	s.mu.Lock()
-	iter := s.iter
+	started := s.started
 	s.mu.Unlock()
-	if iter == nil {
+	if !started {
 		return nil
 	}
-	s.stopOnce.Do(func() {
-		close(s.closing)
-		iter.Drain()
-	})
+	s.stopOnce.Do(func() { close(s.closing) })
 	<-s.closed
 	return nil
 }

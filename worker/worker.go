@@ -103,6 +103,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	sub := &subscriber{
 		consumer:    consumer,
 		concurrency: w.cfg.Concurrency,
+		leasePeriod: w.cfg.AckWait / 3,
 		log:         w.log,
 		work:        w.work,
 		onUnsettled: w.unsettled,
@@ -175,10 +176,12 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 		return
 	}
 
-	hctx, cancel := context.WithDeadline(ctx, d.receivedAt.Add(w.cfg.HandlerTimeout))
+	// HandlerTimeout counts from the moment the delivery gets a slot (its
+	// lease covered the wait for one). Claim deferrals wait within it.
+	now := time.Now()
+	hctx, cancel := context.WithDeadline(ctx, now.Add(w.cfg.HandlerTimeout))
 	defer cancel()
-	stopLease := w.keepLease(d)
-	defer stopLease()
+	d.lease.holdUntil(now.Add(w.cfg.HandlerTimeout + w.cfg.SettleTimeout))
 
 	waited := false
 	for {
@@ -286,38 +289,6 @@ func (w *Worker) handBack(d *delivery) {
 	w.cfg.Metrics.retried(retryShutdown)
 	if err := d.msg.NakWithDelay(time.Millisecond); err != nil {
 		w.log.Warn("hand back failed; JetStream redelivers after ack wait", w.logAttrs(d, "", "error", err)...)
-	}
-}
-
-// keepLease renews the delivery's AckWait with InProgress while it is being
-// handled and settled, so that a slow but live ledger call is not redelivered
-// to another worker.
-func (w *Worker) keepLease(d *delivery) (stop func()) {
-	every := w.cfg.AckWait / 3
-	// Past its deadline and its settle a delivery is not alive any more: a
-	// handler that ignores its context must not hold the command forever.
-	until := d.receivedAt.Add(w.cfg.HandlerTimeout + w.cfg.SettleTimeout)
-	var t *time.Timer
-	var mu sync.Mutex
-	stopped := false
-	// The callback reads t under mu, so t is assigned under mu too.
-	mu.Lock()
-	defer mu.Unlock()
-	t = time.AfterFunc(every, func() {
-		if err := d.msg.InProgress(); err != nil {
-			w.log.Debug("in-progress failed", w.logAttrs(d, "", "error", err)...)
-		}
-		mu.Lock()
-		if !stopped && time.Now().Before(until) {
-			t.Reset(every)
-		}
-		mu.Unlock()
-	})
-	return func() {
-		mu.Lock()
-		stopped = true
-		mu.Unlock()
-		t.Stop()
 	}
 }
 

@@ -72,7 +72,7 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9090", "listen address of /metrics (Prometheus), /healthz and /readyz (empty: off)")
 	fs.IntVar(&f.w.Concurrency, "concurrency", def.Concurrency, "commands in flight in this process")
 	fs.DurationVar(&f.w.AckWait, "ack-wait", def.AckWait, "JetStream ack wait of the consumer: a command not settled by then goes to another worker")
-	fs.DurationVar(&f.w.HandlerTimeout, "handler-timeout", 0, "deadline of one delivery, counted from its receipt; below --ack-wait (default 2/3 of --ack-wait)")
+	fs.DurationVar(&f.w.HandlerTimeout, "handler-timeout", 0, "deadline of one attempt at a command, counted from when it gets a slot; below --ack-wait (default 2/3 of --ack-wait)")
 	fs.IntVar(&f.w.MaxDeliver, "max-deliver", def.MaxDeliver, "deliveries before a still-failing command is dead-lettered as RETRIES_EXHAUSTED")
 	fs.IntVar(&f.w.MaxAckPending, "max-ack-pending", def.MaxAckPending, "commands handed out and not settled, across all workers")
 	fs.DurationVar(&f.w.DuplicateWindow, "duplicate-window", def.DuplicateWindow, "JetStream deduplication window of the streams")
