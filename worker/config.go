@@ -17,8 +17,8 @@ type Config struct {
 	// a command to any worker (default 30s). InProgress renews it.
 	AckWait time.Duration
 	// HandlerTimeout bounds one attempt at a delivery, counted from the
-	// moment it gets a slot (default AckWait*2/3); until then its lease is
-	// renewed. It must be shorter than
+	// moment it gets a slot, or leaves a hold of the ledger breaker (default
+	// AckWait*2/3); until then its lease is renewed. It must be shorter than
 	// AckWait, and longer than the ledger client's request timeout.
 	HandlerTimeout time.Duration
 	// MaxDeliver is the retry budget: the delivery on which a command that
@@ -53,6 +53,9 @@ type Config struct {
 	// DrainTimeout is how long a shutdown waits for commands in flight
 	// (default 25s).
 	DrainTimeout time.Duration
+	// Breaker holds the commands while the ledger is unavailable, instead
+	// of retrying each on its own; off unless Breaker.Probe is set.
+	Breaker Breaker
 	// Metrics, when set, records what the worker does (see NewMetrics).
 	Metrics *Metrics
 	// TracerProvider makes the spans of the commands and of the claims
@@ -108,6 +111,7 @@ func (c *Config) setDefaults() {
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 25 * time.Second
 	}
+	c.Breaker.setDefaults()
 	b := &c.Backoff
 	if b.Initial <= 0 {
 		b.Initial = time.Second
@@ -159,6 +163,9 @@ func (c Config) Validate() error {
 	}
 	if c.Backoff.Max < c.Backoff.Initial {
 		errs = append(errs, fmt.Errorf("backoff max %s is below its initial %s", c.Backoff.Max, c.Backoff.Initial))
+	}
+	if c.Breaker.ProbeMaxInterval < c.Breaker.ProbeInterval {
+		errs = append(errs, fmt.Errorf("breaker probe max interval %s is below its first interval %s", c.Breaker.ProbeMaxInterval, c.Breaker.ProbeInterval))
 	}
 	return errors.Join(errs...)
 }

@@ -30,6 +30,11 @@ type Metrics struct {
 	handling     prometheus.Histogram
 	age          prometheus.Histogram
 	claimWaits   prometheus.Counter
+
+	breaker     prometheus.Gauge
+	transitions *prometheus.CounterVec
+	probes      *prometheus.CounterVec
+	held        prometheus.Gauge
 }
 
 // NewMetrics creates the worker's metrics and registers them with reg.
@@ -69,8 +74,30 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "wallets_worker_claim_waits_total",
 			Help: "Times a command waited because another command held the claim on its balance.",
 		}),
+		breaker: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wallets_worker_ledger_breaker_state",
+			Help: "State of the ledger circuit breaker: 0 closed (ledger available), 1 open (commands held, ledger probed), 2 half-open (one held command on trial).",
+		}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wallets_worker_ledger_breaker_transitions_total",
+			Help: "Changes of the ledger circuit breaker's state, by the state entered (open, half_open, closed).",
+		}, []string{"to"}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wallets_worker_ledger_probes_total",
+			Help: "Health checks of the ledger while the breaker is open, by result (ok, failed).",
+		}, []string{"result"}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wallets_worker_commands_held",
+			Help: "Commands waiting for the ledger while the breaker is open or half-open, their leases renewed.",
+		}),
 	}
-	reg.MustRegister(m.commands, m.redeliveries, m.retries, m.deadLetters, m.inFlight, m.handling, m.age, m.claimWaits)
+	reg.MustRegister(m.commands, m.redeliveries, m.retries, m.deadLetters, m.inFlight, m.handling, m.age, m.claimWaits,
+		m.breaker, m.transitions, m.probes, m.held)
+	for _, s := range breakerStateNames {
+		m.transitions.WithLabelValues(s)
+	}
+	m.probes.WithLabelValues(probeOK)
+	m.probes.WithLabelValues(probeFailed)
 	for _, o := range []string{OutcomeCreated, OutcomeReplayed, OutcomeAlreadyExists, OutcomeKeyReused,
 		OutcomeInvalid, OutcomeLedgerRejected, OutcomeRetriesExhausted} {
 		m.commands.WithLabelValues(o) // every series shows from the start, at 0
@@ -150,4 +177,36 @@ func (m *Metrics) claimWait() {
 		return
 	}
 	m.claimWaits.Inc()
+}
+
+// Result labels of wallets_worker_ledger_probes_total.
+const (
+	probeOK     = "ok"
+	probeFailed = "failed"
+)
+
+func (m *Metrics) breakerState(s int32) {
+	if m == nil {
+		return
+	}
+	m.breaker.Set(float64(s))
+	m.transitions.WithLabelValues(breakerStateNames[s]).Inc()
+}
+
+func (m *Metrics) probed(ok bool) {
+	if m == nil {
+		return
+	}
+	if ok {
+		m.probes.WithLabelValues(probeOK).Inc()
+	} else {
+		m.probes.WithLabelValues(probeFailed).Inc()
+	}
+}
+
+func (m *Metrics) holding(delta int) {
+	if m == nil {
+		return
+	}
+	m.held.Add(float64(delta))
 }

@@ -50,6 +50,8 @@ type setupOptions struct {
 	wrap          func(Handler) Handler
 	hooks         func(*bundle) hooks
 	ledgerTimeout time.Duration
+	breaker       *Breaker
+	log           *slog.Logger
 }
 
 type option func(*setupOptions)
@@ -65,6 +67,13 @@ func withLedgerMiddleware(mw func(http.Handler) http.Handler) option {
 
 // withHandler wraps the handlers.CreateBalance the worker calls.
 func withHandler(wrap func(Handler) Handler) option { return func(o *setupOptions) { o.wrap = wrap } }
+
+// withBreaker turns the ledger breaker on, probing the test ledger's health
+// check unless br has a Probe.
+func withBreaker(br Breaker) option { return func(o *setupOptions) { o.breaker = &br } }
+
+// withLog gives the worker this logger instead of the test's output at WARN.
+func withLog(l *slog.Logger) option { return func(o *setupOptions) { o.log = l } }
 
 // withHooks installs the worker's settle-seam hooks; they may use the bundle's
 // JetStream.
@@ -100,6 +109,12 @@ func setup(t *testing.T, opts ...option) *bundle {
 		Client: ledgeradapter.Config{Timeout: o.ledgerTimeout, TracerProvider: cfg.TracerProvider}})
 	client := led.Client
 	require.NoError(t, client.EnsureLedger(ctx, testLedger))
+	if o.breaker != nil {
+		cfg.Breaker = *o.breaker
+		if cfg.Breaker.Probe == nil {
+			cfg.Breaker.Probe = client.Healthcheck
+		}
+	}
 
 	_, js := testutil.Connect(t, ns.ClientURL())
 	require.NoError(t, Provision(ctx, js, cfg))
@@ -112,7 +127,10 @@ func setup(t *testing.T, opts ...option) *bundle {
 	if o.wrap != nil {
 		handler = o.wrap(handler)
 	}
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := o.log
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	w, err := New(js, handler, cfg, log)
 	require.NoError(t, err)
 	if o.hooks != nil {

@@ -32,6 +32,10 @@ type delivery struct {
 	settled    atomic.Bool
 	span       trace.Span // the consumer span, once handling started (trace.go)
 	lease      lease
+
+	// Used by the breaker, from the goroutine handling the delivery.
+	heldIn        int // the outage during which the delivery last waited
+	trialFailures int // failed trials during that outage
 }
 
 func newDelivery(m jetstream.Msg, now time.Time) *delivery {
@@ -73,6 +77,9 @@ type subscriber struct {
 	work        context.Context
 	onUnsettled func(*delivery)
 	handBack    func(*delivery)
+	// paused, when set, returns a channel that is open while no command is
+	// to be pulled (the ledger is unavailable), or nil.
+	paused func() <-chan struct{}
 
 	room     chan struct{}  // a token per command held: in a slot or queued
 	queue    chan *delivery // received, waiting for a slot
@@ -120,11 +127,20 @@ func (s *subscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.M
 }
 
 // pull fetches as many commands as there is room for, and queues them, until
-// closing.
+// closing. It pulls nothing while paused.
 func (s *subscriber) pull() {
 	defer close(s.pulled)
 	retry := time.Duration(0)
 	for {
+		if s.paused != nil {
+			if p := s.paused(); p != nil {
+				select {
+				case <-p:
+				case <-s.closing:
+					return
+				}
+			}
+		}
 		select {
 		case s.room <- struct{}{}:
 		case <-s.closing:

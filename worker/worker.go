@@ -41,7 +41,8 @@ type Worker struct {
 	work      context.Context
 	abortWork context.CancelCauseFunc
 
-	stats Stats
+	breaker *breaker
+	stats   Stats
 
 	// hooks lets tests inject faults at the settle seam.
 	hooks hooks
@@ -59,6 +60,9 @@ type hooks struct {
 type Stats struct {
 	Created, Replayed, Rejected, DeadLettered atomic.Int64
 	Retried, Deferred, HandedBack, Panics     atomic.Int64
+	// Held counts the deliveries that waited for the ledger while the
+	// breaker was open (once per delivery and outage).
+	Held atomic.Int64
 }
 
 // New returns a Worker. cfg is validated after defaults are applied.
@@ -74,8 +78,14 @@ func New(js jetstream.JetStream, h Handler, cfg Config, log *slog.Logger) (*Work
 		log = slog.New(slog.DiscardHandler)
 	}
 	work, abort := context.WithCancelCause(context.Background())
-	return &Worker{cfg: cfg, js: js, handler: h, log: log, tracer: tracerFrom(cfg.TracerProvider), work: work, abortWork: abort}, nil
+	w := &Worker{cfg: cfg, js: js, handler: h, log: log, tracer: tracerFrom(cfg.TracerProvider), work: work, abortWork: abort}
+	w.breaker = newBreaker(cfg.Breaker, cfg.HandlerTimeout, log, cfg.Metrics, &w.stats)
+	return w, nil
 }
+
+// Ledger reports the ledger's state as the breaker sees it: always available
+// when the breaker is off.
+func (w *Worker) Ledger() LedgerState { return w.breaker.ledgerState() }
 
 // Stats returns the worker's counters.
 func (w *Worker) Stats() *Stats { return &w.stats }
@@ -108,6 +118,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		work:        w.work,
 		onUnsettled: w.unsettled,
 		handBack:    w.handBack,
+		paused:      w.breaker.paused,
 	}
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: w.cfg.DrainTimeout + time.Second},
 		watermill.NewSlogLoggerWithLevelMapping(w.log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}))
@@ -122,6 +133,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		<-ctx.Done()
 		once.Do(func() {
 			w.log.Info("draining: no new commands; waiting for those in flight", "budget", w.cfg.DrainTimeout.String())
+			w.breaker.stop() // the commands held for the ledger are handed back at once
 			drainTimer = time.AfterFunc(w.cfg.DrainTimeout, func() {
 				w.log.Warn("drain budget spent; handing back the commands still in flight")
 				w.Abort()
@@ -176,19 +188,55 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 		return
 	}
 
-	// HandlerTimeout counts from the moment the delivery gets a slot (its
-	// lease covered the wait for one). Claim deferrals wait within it.
-	now := time.Now()
-	hctx, cancel := context.WithDeadline(ctx, now.Add(w.cfg.HandlerTimeout))
-	defer cancel()
-	d.lease.holdUntil(now.Add(w.cfg.HandlerTimeout + w.cfg.SettleTimeout))
+	// An attempt window: HandlerTimeout counts from the moment the
+	// delivery gets a slot, and again from the moment it leaves a hold (its
+	// lease covered the wait). Claim deferrals wait within the window.
+	var hctx context.Context
+	cancel := context.CancelFunc(func() {})
+	defer func() { cancel() }()
+	window := func() {
+		cancel()
+		now := time.Now()
+		hctx, cancel = context.WithDeadline(ctx, now.Add(w.cfg.HandlerTimeout))
+		d.lease.holdUntil(now.Add(w.cfg.HandlerTimeout + w.cfg.SettleTimeout))
+	}
+	window()
 
-	waited := false
+	waited, wasHeld := false, false
+	var lastErr error
 	for {
+		held, trial, err := w.breaker.pass(ctx, d)
+		if err != nil {
+			// A drain (or an abort) while the command waited for the ledger.
+			if lastErr == nil {
+				lastErr = err
+			}
+			if w.canHandBack(d) {
+				w.handBack(d)
+			} else {
+				w.failed(ctx, d, key, cmd, lastErr)
+			}
+			return
+		}
+		if held || wasHeld {
+			window()
+			wasHeld = false
+		}
 		outcome, err := w.handler.Handle(hctx, key, cmd)
+		hold := w.breaker.record(d, trial, classify(hctx, err), err)
 		if err == nil {
 			w.settle(ctx, d, outcome)
 			return
+		}
+		lastErr = err
+		if hold {
+			w.log.Debug("ledger unavailable; command held", w.logAttrs(d, key, "error", err)...)
+			if d.span != nil {
+				d.span.AddEvent("held: ledger unavailable")
+			}
+			d.lease.holdUntil(time.Time{})
+			wasHeld = true
+			continue
 		}
 		retry, _ := handlers.AsRetry(err)
 		if retry != nil && retry.Deferred {
@@ -231,7 +279,7 @@ func (w *Worker) failed(ctx context.Context, d *delivery, key string, cmd messag
 	}
 	delay := w.cfg.Backoff.Delay(d.delivered)
 	d.traceOutcome(traceRetry, "", err)
-	w.log.Warn("command failed; will retry", w.logAttrs(d, key, "error", err, "retry_in", delay.Round(time.Millisecond).String())...)
+	w.log.Debug("command failed; will retry", w.logAttrs(d, key, "error", err, "retry_in", delay.Round(time.Millisecond).String())...)
 	w.nak(d, delay, retryTransient)
 }
 

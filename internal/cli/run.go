@@ -72,7 +72,7 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9090", "listen address of /metrics (Prometheus), /healthz and /readyz (empty: off)")
 	fs.IntVar(&f.w.Concurrency, "concurrency", def.Concurrency, "commands in flight in this process")
 	fs.DurationVar(&f.w.AckWait, "ack-wait", def.AckWait, "JetStream ack wait of the consumer: a command not settled by then goes to another worker")
-	fs.DurationVar(&f.w.HandlerTimeout, "handler-timeout", 0, "deadline of one attempt at a command, counted from when it gets a slot; below --ack-wait (default 2/3 of --ack-wait)")
+	fs.DurationVar(&f.w.HandlerTimeout, "handler-timeout", 0, "deadline of one attempt at a command, counted from when it gets a slot (or the ledger is back); below --ack-wait (default 2/3 of --ack-wait)")
 	fs.IntVar(&f.w.MaxDeliver, "max-deliver", def.MaxDeliver, "deliveries before a still-failing command is dead-lettered as RETRIES_EXHAUSTED")
 	fs.IntVar(&f.w.MaxAckPending, "max-ack-pending", def.MaxAckPending, "commands handed out and not settled, across all workers")
 	fs.DurationVar(&f.w.DuplicateWindow, "duplicate-window", def.DuplicateWindow, "JetStream deduplication window of the streams")
@@ -257,6 +257,9 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		}
 		ledger = b
 	}
+	// While the ledger is unavailable the worker holds its commands and
+	// asks the ledger's health check whether it is back.
+	f.w.Breaker.Probe = client.Healthcheck
 	h := &handlers.CreateBalance{Ledger: ledger, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}
 	if err := h.Validate(); err != nil {
 		return usageError("%v", err)
@@ -290,7 +293,13 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	var ready atomic.Bool
 	httpAddr := ""
 	if f.httpAddr != "" {
-		addr, stop, err := serveHTTP(f.httpAddr, nc, client, &ready, reg, log)
+		ledgerState := func() worker.LedgerState {
+			if wk := w.Load(); wk != nil {
+				return wk.Ledger()
+			}
+			return worker.LedgerState{Available: true} // checked by the start-up below
+		}
+		addr, stop, err := serveHTTP(f.httpAddr, nc, ledgerState, &ready, reg, log)
 		if err != nil {
 			return err
 		}
@@ -459,7 +468,7 @@ func connectNATS(url string, f *runFlags, log *slog.Logger) (*nats.Conn, error) 
 	return nc, err
 }
 
-func serveHTTP(addr string, nc *nats.Conn, ledger *ledgeradapter.Client, ready *atomic.Bool, reg *prometheus.Registry, log *slog.Logger) (string, func(), error) {
+func serveHTTP(addr string, nc *nats.Conn, ledger func() worker.LedgerState, ready *atomic.Bool, reg *prometheus.Registry, log *slog.Logger) (string, func(), error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -471,24 +480,37 @@ func serveHTTP(addr string, nc *nats.Conn, ledger *ledgeradapter.Client, ready *
 		}
 		writeStatus(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		problems := map[string]string{}
+	// /readyz is not ready while the worker does not consume (starting,
+	// draining) or NATS is away. A ledger outage is reported in the body but
+	// leaves it ready: the worker is doing what it should (holding its
+	// commands, probing the ledger), and restarting it or taking it out of
+	// a rollout would help nothing. The ledger's state is the breaker's, so
+	// /readyz sends no request of its own to a failing ledger.
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		body := map[string]any{}
+		problems := false
 		if !ready.Load() {
-			problems["worker"] = "not consuming (starting or draining)"
+			body["worker"] = "not consuming (starting or draining)"
+			problems = true
 		}
 		if !nc.IsConnected() {
-			problems["nats"] = nc.Status().String()
+			body["nats"] = nc.Status().String()
+			problems = true
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := ledger.Healthcheck(ctx); err != nil {
-			problems["ledger"] = err.Error()
+		if l := ledger(); l.Available {
+			body["ledger"] = "available"
+		} else {
+			body["ledger"] = "unavailable"
+			body["ledger_unavailable_since"] = l.Since.UTC().Format(time.RFC3339)
+			body["ledger_error"] = l.Error
+			body["commands_held"] = l.Held
 		}
-		if len(problems) > 0 {
-			writeStatus(w, http.StatusServiceUnavailable, problems)
+		if problems {
+			writeStatus(w, http.StatusServiceUnavailable, body)
 			return
 		}
-		writeStatus(w, http.StatusOK, map[string]string{"status": "ready"})
+		body["status"] = "ready"
+		writeStatus(w, http.StatusOK, body)
 	})
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
