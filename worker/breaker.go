@@ -83,7 +83,10 @@ const (
 
 // classify tells what an attempt's error says about the ledger. attempt is
 // the attempt's context: a failure after its deadline or cancellation is
-// ours, not the ledger's.
+// ours, not the ledger's, and so is a context error of any kind (a batcher
+// refusing to send a call it has no time left for says we are behind, not
+// that the ledger failed). The client's own request timeout is not a context
+// error: a ledger that hangs counts.
 func classify(attempt context.Context, err error) result {
 	if err == nil {
 		return resultAnswered
@@ -95,7 +98,7 @@ func classify(attempt context.Context, err error) result {
 	if !le.Retryable() {
 		return resultAnswered
 	}
-	if attempt.Err() != nil {
+	if attempt.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return resultOther
 	}
 	return resultLedgerFailure

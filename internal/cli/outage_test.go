@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
@@ -269,7 +270,15 @@ func TestLedgerOutageIsRiddenOutQuietly(t *testing.T) {
 			}
 			waitCreated(t, js, before+1, 30*time.Second)
 			resumed := time.Since(back)
-			waitCreated(t, js, before+during, 120*time.Second)
+			if !assert.Eventually(t, func() bool {
+				created, _, _ := outcomes(t, js)
+				return created >= before+during
+			}, 120*time.Second, 50*time.Millisecond) {
+				created, _, _ := outcomes(t, js)
+				_, body := b.readyzBody(t)
+				t.Fatalf("%d of %d created %s after the ledger came back; /readyz %v; the logs since the outage:\n%s",
+					created, before+during, time.Since(back), body, b.logs.String()[logsAtDown:])
+			}
 			clear := time.Since(back)
 			lines := strings.Count(b.logs.String()[logsAtDown:], "\n")
 			t.Logf("ledger %s for %s: %d ledger requests and %d commands retried on their own backoff during the outage; "+
@@ -307,10 +316,14 @@ func TestLedgerOutageIsRiddenOutQuietly(t *testing.T) {
 // waitCreated waits until n balance-created events are stored.
 func waitCreated(t *testing.T, js jetstream.JetStream, n int, within time.Duration) {
 	t.Helper()
+	created := 0
 	require.Eventually(t, func() bool {
-		created, _, _ := outcomes(t, js)
+		created, _, _ = outcomes(t, js)
 		return created >= n
 	}, within, 50*time.Millisecond, "%d balances created", n)
+	if created < n {
+		t.Fatalf("%d of %d balances created after %s", created, n, within)
+	}
 }
 
 // setMetadataLogs counts the ledger's SET_METADATA logs.
