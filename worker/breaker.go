@@ -125,6 +125,8 @@ type breaker struct {
 	held      int           // deliveries that waited during this outage
 	interval  time.Duration // before the next probe
 	prober    int           // generation of the probing goroutine in charge
+	loud      bool          // this outage was logged at WARN
+	lastEnd   time.Time     // when the last outage ended
 	drained   bool
 	drain     chan struct{}
 }
@@ -251,10 +253,26 @@ func (b *breaker) openLocked() {
 	b.held = 0
 	b.resumed = make(chan struct{})
 	b.interval = b.cfg.ProbeInterval
-	b.log.Warn("ledger unavailable: holding commands and probing it",
-		"error", b.firstErr, "failures_in_a_row", b.failures, "first_probe_in", b.interval.String())
+	// A ledger that struggles under load can open the breaker for a moment
+	// every few seconds; such blips within a minute of the last outage are
+	// logged at DEBUG, unless one of them lasts (see probe).
+	b.loud = b.lastEnd.IsZero() || time.Since(b.lastEnd) >= quietPeriod
+	if b.loud {
+		b.log.Warn("ledger unavailable: holding commands and probing it",
+			"error", b.firstErr, "failures_in_a_row", b.failures, "first_probe_in", b.interval.String())
+	} else {
+		b.log.Debug("ledger unavailable again shortly after the last outage: holding commands and probing it",
+			"error", b.firstErr, "failures_in_a_row", b.failures, "last_outage_ended", time.Since(b.lastEnd).Round(time.Millisecond).String())
+	}
 	b.startProberLocked()
 }
+
+// quietPeriod: an outage that starts within it of the last one's end is
+// logged only if it lasts longer than quietLimit.
+const (
+	quietPeriod = time.Minute
+	quietLimit  = 10 * time.Second
+)
 
 // reopenLocked goes back from half-open to open, with the probe interval
 // still growing.
@@ -271,8 +289,14 @@ func (b *breaker) startProberLocked() {
 func (b *breaker) closeLocked() {
 	b.setStateLocked(breakerClosed)
 	b.failures, b.firstErr = 0, nil
-	b.log.Info("ledger available again: resuming",
-		"down_for", time.Since(b.since).Round(time.Millisecond).String(), "commands_held", b.held)
+	b.lastEnd = time.Now()
+	if b.loud {
+		b.log.Info("ledger available again: resuming",
+			"down_for", time.Since(b.since).Round(time.Millisecond).String(), "commands_held", b.held)
+	} else {
+		b.log.Debug("ledger available again: resuming",
+			"down_for", time.Since(b.since).Round(time.Millisecond).String(), "commands_held", b.held)
+	}
 	for _, wt := range b.waiters {
 		wt.wake <- false
 	}
@@ -309,6 +333,13 @@ func (b *breaker) probe(gen int) {
 		b.metrics.probed(err == nil)
 		if err != nil {
 			b.log.Debug("ledger probe failed", "error", err, "next_in", min(2*wait, b.cfg.ProbeMaxInterval).String())
+			b.mu.Lock()
+			if b.prober == gen && !b.loud && time.Since(b.since) >= quietLimit {
+				b.loud = true
+				b.log.Warn("ledger unavailable: holding commands and probing it",
+					"error", b.outageErr, "down_for", time.Since(b.since).Round(time.Millisecond).String())
+			}
+			b.mu.Unlock()
 			continue
 		}
 		b.mu.Lock()

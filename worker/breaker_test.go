@@ -76,7 +76,7 @@ func TestBreakerHoldsCommandsWhileLedgerDown(t *testing.T) {
 			c.MaxDeliver = 2 // without the breaker, dead letters within a second
 			c.Metrics = m
 		}),
-		withBreaker(Breaker{Threshold: 3, ProbeInterval: 20 * time.Millisecond, ProbeMaxInterval: 200 * time.Millisecond}),
+		withBreaker(Breaker{Threshold: 1, ProbeInterval: 20 * time.Millisecond, ProbeMaxInterval: 200 * time.Millisecond}),
 		withLedgerMiddleware(ledger.middleware),
 		withLog(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))))
 
@@ -127,6 +127,19 @@ func TestBreakerHoldsCommandsWhileLedgerDown(t *testing.T) {
 	require.Equal(t, 1, strings.Count(out, "ledger unavailable"), out)
 	require.Equal(t, 1, strings.Count(out, "ledger available again"), out)
 	require.Contains(t, out, "commands_held=")
+
+	// A short second outage right after the first (a ledger struggling
+	// under load) is held the same way, but not logged at INFO or WARN.
+	ledger.down.Store(true)
+	b.publish(t, cmd("again", "again", body("again", "savings")))
+	require.Eventually(t, func() bool {
+		return testutil.ToFloat64(m.transitions.WithLabelValues("open")) == 2
+	}, waitFor, tick)
+	ledger.down.Store(false)
+	b.settled(t)
+	require.Len(t, b.events.wait(t, n+1), n+1)
+	require.Equal(t, 2.0, testutil.ToFloat64(m.transitions.WithLabelValues("closed")))
+	require.Equal(t, out, logs.String(), "nothing more logged")
 }
 
 // Permanent answers (4xx) are the ledger at work: any number of them in a row
