@@ -96,9 +96,11 @@ type subscriber struct {
 
 var _ message.Subscriber = (*subscriber)(nil)
 
-// pullWait is how long one pull waits for commands to arrive: the delay of a
-// shutdown of an idle worker, and the interval of its pull requests.
-const pullWait = time.Second
+// pullWait is how long one pull waits for commands to arrive: the longest a
+// shutdown waits for the last pull (cancelling it could lose commands on
+// their way, leased until their AckWait runs out), and the interval of an
+// idle worker's pull requests.
+const pullWait = 250 * time.Millisecond
 
 func (s *subscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
 	s.mu.Lock()
