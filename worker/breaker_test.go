@@ -1,40 +1,21 @@
 package worker
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
-
-// logBuffer collects a logger's output for the assertions of a test.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // switchableLedger answers 503 to every request while down, and counts them.
 type switchableLedger struct {
@@ -70,7 +51,7 @@ func TestBreakerHoldsCommandsWhileLedgerDown(t *testing.T) {
 	const n = 20
 	ledger := &switchableLedger{}
 	m := breakerMetrics(t)
-	logs := &logBuffer{}
+	logs := &testutil.SyncBuffer{}
 	b := setup(t,
 		withConfig(func(c *Config) {
 			c.MaxDeliver = 2 // without the breaker, dead letters within a second
@@ -89,12 +70,12 @@ func TestBreakerHoldsCommandsWhileLedgerDown(t *testing.T) {
 	require.Eventually(t, func() bool {
 		l := b.worker.Ledger()
 		return !l.Available && l.Held == b.cfg.Concurrency &&
-			testutil.ToFloat64(m.probes.WithLabelValues(probeFailed)) >= 8
+			promtest.ToFloat64(m.probes.WithLabelValues(probeFailed)) >= 8
 	}, waitFor, tick)
 	require.Empty(t, b.events.all(), "no outcome while the ledger is down")
 	require.Empty(t, b.dlq.all())
-	require.Equal(t, float64(breakerOpen), testutil.ToFloat64(m.breaker))
-	require.Equal(t, float64(b.cfg.Concurrency), testutil.ToFloat64(m.held))
+	require.Equal(t, float64(breakerOpen), promtest.ToFloat64(m.breaker))
+	require.Equal(t, float64(b.cfg.Concurrency), promtest.ToFloat64(m.held))
 	ci := b.consumerInfo(t)
 	// No pulling while open: what fills the slots and the queue, and the
 	// commands retried on their own before the breaker opened.
@@ -116,10 +97,10 @@ func TestBreakerHoldsCommandsWhileLedgerDown(t *testing.T) {
 	require.Empty(t, b.dlq.all(), "an outage longer than the retry budget dead-letters nothing")
 	require.Equal(t, n, b.setMetadataLogs(t))
 	require.True(t, b.worker.Ledger().Available)
-	require.Zero(t, testutil.ToFloat64(m.breaker))
-	require.Zero(t, testutil.ToFloat64(m.held))
-	require.Equal(t, 1.0, testutil.ToFloat64(m.transitions.WithLabelValues("open")))
-	require.Equal(t, 1.0, testutil.ToFloat64(m.transitions.WithLabelValues("closed")))
+	require.Zero(t, promtest.ToFloat64(m.breaker))
+	require.Zero(t, promtest.ToFloat64(m.held))
+	require.Equal(t, 1.0, promtest.ToFloat64(m.transitions.WithLabelValues("open")))
+	require.Equal(t, 1.0, promtest.ToFloat64(m.transitions.WithLabelValues("closed")))
 	require.Positive(t, b.worker.Stats().Held.Load())
 
 	out := logs.String()
@@ -133,12 +114,12 @@ func TestBreakerHoldsCommandsWhileLedgerDown(t *testing.T) {
 	ledger.down.Store(true)
 	b.publish(t, cmd("again", "again", body("again", "savings")))
 	require.Eventually(t, func() bool {
-		return testutil.ToFloat64(m.transitions.WithLabelValues("open")) == 2
+		return promtest.ToFloat64(m.transitions.WithLabelValues("open")) == 2
 	}, waitFor, tick)
 	ledger.down.Store(false)
 	b.settled(t)
 	require.Len(t, b.events.wait(t, n+1), n+1)
-	require.Equal(t, 2.0, testutil.ToFloat64(m.transitions.WithLabelValues("closed")))
+	require.Equal(t, 2.0, promtest.ToFloat64(m.transitions.WithLabelValues("closed")))
 	require.Equal(t, out, logs.String(), "nothing more logged")
 }
 
@@ -190,7 +171,7 @@ func TestBreakerIgnoresPermanentErrors(t *testing.T) {
 	}, codes)
 	require.Len(t, b.dlq.all(), 2*each)
 	require.Zero(t, b.worker.Stats().Held.Load(), "nothing held")
-	require.Zero(t, testutil.ToFloat64(m.transitions.WithLabelValues("open")), "never opened")
+	require.Zero(t, promtest.ToFloat64(m.transitions.WithLabelValues("open")), "never opened")
 	require.True(t, b.worker.Ledger().Available)
 }
 
@@ -217,7 +198,7 @@ func TestPoisonedCommandDoesNotStopTheOthers(t *testing.T) {
 		}))
 	b.publish(t, cmd("poison", "poison", body("poison", "savings")))
 	require.Eventually(t, func() bool {
-		return testutil.ToFloat64(m.transitions.WithLabelValues("open")) >= 1
+		return promtest.ToFloat64(m.transitions.WithLabelValues("open")) >= 1
 	}, waitFor, tick, "alone, the poisoned command opens the breaker")
 
 	const good = 10
