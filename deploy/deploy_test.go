@@ -396,14 +396,22 @@ func TestDockerfile(t *testing.T) {
 
 func loadCompose(t *testing.T) *composetypes.Project {
 	t.Helper()
+	return loadComposeWith(t, nil, nil)
+}
+
+// loadComposeWith loads docker-compose.yml with env as the only environment
+// ("NAME=value") and profiles enabled.
+func loadComposeWith(t *testing.T, env, profiles []string) *composetypes.Project {
+	t.Helper()
 	abs, err := filepath.Abs(repoRoot)
 	require.NoError(t, err)
 	opts, err := composecli.NewProjectOptions(
 		[]string{filepath.Join(abs, "docker-compose.yml")},
 		composecli.WithWorkingDirectory(abs),
 		// No environment from this machine: what the file says is what is checked.
-		composecli.WithEnv(nil),
+		composecli.WithEnv(env),
 		composecli.WithoutEnvironmentResolution,
+		composecli.WithProfiles(profiles),
 	)
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
