@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/internal/telemetry"
@@ -63,7 +64,7 @@ func tracerFrom(tp trace.TracerProvider) trace.Tracer {
 func (w *Worker) startSpan(ctx context.Context, d *delivery) context.Context {
 	ctx = telemetry.Extract(ctx, d.msg.Headers())
 	if !trace.SpanContextFromContext(ctx).IsValid() {
-		ctx = telemetry.WithTraceSeed(ctx, fmt.Appendf(nil, "%s\x00%d\x00%d", firstHeader(d, messages.HeaderMsgID), d.seq, d.published.UnixNano()))
+		ctx = telemetry.WithTraceSeed(ctx, d)
 	}
 	ctx, span := w.tracer.Start(ctx, spanProcess, trace.WithSpanKind(trace.SpanKindConsumer))
 	d.span = span
@@ -81,6 +82,12 @@ func (w *Worker) startSpan(ctx context.Context, d *delivery) context.Context {
 		)
 	}
 	return ctx
+}
+
+// TraceSeed implements telemetry.Seeder: what identifies the stored command
+// across its deliveries.
+func (d *delivery) TraceSeed() []byte {
+	return fmt.Appendf(nil, "%s\x00%d\x00%d", firstHeader(d, messages.HeaderMsgID), d.seq, d.published.UnixNano())
 }
 
 // withSpan returns ctx with d's consumer span, when it has one.
@@ -109,6 +116,9 @@ func (d *delivery) traceOutcome(outcome string, deadLetter messages.Code, err er
 
 // traceSettled records a decided outcome.
 func (d *delivery) traceSettled(o handlers.Outcome) {
+	if d.span == nil || !d.span.IsRecording() {
+		return
+	}
 	var dl messages.Code
 	if c := o.Code(); c.DeadLetters() {
 		dl = c
@@ -140,8 +150,12 @@ func (d *delivery) traceLog(attrs []any) []any {
 }
 
 // startClient starts a client span of a JetStream round trip made while
-// settling (a publish, the ack).
+// settling (a publish, the ack). Under a span that records nothing (no SDK,
+// or not sampled) it makes none: its context goes nowhere.
 func (w *Worker) startClient(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	if !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx, noop.Span{}
+	}
 	ctx, span := w.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient))
 	if span.IsRecording() {
 		span.SetAttributes(semconv.MessagingSystemKey.String("nats"))
@@ -154,6 +168,9 @@ func (w *Worker) startClient(ctx context.Context, name string, attrs ...attribut
 // message carries the consumer span's context, not this one's: the event
 // was created by the processing of the command.
 func (w *Worker) startPublish(ctx context.Context, m *nats.Msg) (context.Context, trace.Span) {
+	if !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx, noop.Span{}
+	}
 	name := m.Subject
 	if i := strings.LastIndexByte(name, '.'); i > 0 {
 		name = name[:i]

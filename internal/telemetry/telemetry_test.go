@@ -64,9 +64,9 @@ func TestSeededRootSharesTraceID(t *testing.T) {
 		s.End()
 		return s.SpanContext()
 	}
-	a := start(WithTraceSeed(context.Background(), []byte("key\x007")))
-	b := start(WithTraceSeed(context.Background(), []byte("key\x007")))
-	c := start(WithTraceSeed(context.Background(), []byte("key\x008")))
+	a := start(WithTraceSeed(context.Background(), Seed("key\x007")))
+	b := start(WithTraceSeed(context.Background(), Seed("key\x007")))
+	c := start(WithTraceSeed(context.Background(), Seed("key\x008")))
 	d := start(context.Background())
 	require.Equal(t, a.TraceID(), b.TraceID(), "one seed, one trace")
 	require.NotEqual(t, a.SpanID(), b.SpanID())
@@ -75,7 +75,7 @@ func TestSeededRootSharesTraceID(t *testing.T) {
 
 	// A seed does not override a parent.
 	parent := Extract(context.Background(), nats.Header{"traceparent": {testTraceparent}})
-	require.Equal(t, testTraceID, start(WithTraceSeed(parent, []byte("key\x007"))).TraceID().String())
+	require.Equal(t, testTraceID, start(WithTraceSeed(parent, Seed("key\x007"))).TraceID().String())
 }
 
 func TestStartWithoutEnvironmentExportsNothing(t *testing.T) {
