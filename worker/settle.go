@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/internal/telemetry"
@@ -74,7 +73,7 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
 		w.log.Warn("command dead-lettered", w.logAttrs(d, key, "outcome", code, "reason", o.Rejected.Message)...)
 		return
 	}
-	actx, span := w.startClient(sctx, spanAck, semconv.MessagingOperationTypeSettle, semconv.MessagingOperationName("ack"))
+	actx, span := w.startAck(sctx)
 	err = d.msg.DoubleAck(actx)
 	endClient(span, err)
 	if err != nil {

@@ -164,6 +164,14 @@ func (w *Worker) startClient(ctx context.Context, name string, attrs ...attribut
 	return ctx, span
 }
 
+// startAck starts the span of the DoubleAck.
+func (w *Worker) startAck(ctx context.Context) (context.Context, trace.Span) {
+	if !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx, noop.Span{}
+	}
+	return w.startClient(ctx, spanAck, semconv.MessagingOperationTypeSettle, semconv.MessagingOperationName("ack"))
+}
+
 // startPublish starts the span of an event or dead-letter publish. The
 // message carries the consumer span's context, not this one's: the event
 // was created by the processing of the command.
