@@ -44,6 +44,13 @@ type CreateBalance struct {
 	// ClaimDeferral is the delay asked for when the claim is held by another
 	// command (DefaultClaimDeferral when zero); the worker adds jitter.
 	ClaimDeferral time.Duration
+	// ClaimReadMaxAge is how old the read that found the balance absent may
+	// be when its claim is won. An older read is done again before the
+	// write: the claim of another command may have expired after that
+	// command wrote the balance, and after the read, so winning the claim
+	// no longer proves that nobody wrote. Zero re-reads after every claim;
+	// the worker uses Config.ClaimReadMaxAge.
+	ClaimReadMaxAge time.Duration
 }
 
 // Validate reports every configuration problem at once.
@@ -81,6 +88,7 @@ func (h *CreateBalance) Handle(ctx context.Context, key string, cmd messages.Cre
 			fmt.Sprintf("account address %q is not a valid ledger address once dashes are removed", address)), nil
 	}
 
+	readAt := time.Now()
 	account, found, err := h.Ledger.GetAccount(ctx, h.LedgerName, address)
 	if err != nil {
 		return h.ledgerFailure(key, cmd, "read account", err)
@@ -101,6 +109,17 @@ func (h *CreateBalance) Handle(ctx context.Context, key string, cmd messages.Cre
 				return Outcome{}, &RetryError{Err: err, Delay: d, Deferred: true}
 			}
 			return Outcome{}, transient("claim balance %s: %w", address, err)
+		}
+		if time.Since(readAt) > h.ClaimReadMaxAge {
+			account, found, err = h.Ledger.GetAccount(ctx, h.LedgerName, address)
+			if err != nil {
+				return h.ledgerFailure(key, cmd, "read account again after its claim", err)
+			}
+			if found {
+				if o, done := h.decideExisting(key, cmd, address, account.Metadata); done {
+					return o, nil
+				}
+			}
 		}
 	}
 

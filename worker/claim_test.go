@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,21 +30,28 @@ type claimBundle struct {
 
 // claimSetup starts NATS with the claims bucket and an embedded ledger whose
 // account reads are held back by readDelay, so that concurrent commands all
-// read "absent" before any of them writes: the race, made certain.
+// read "absent" before any of them writes: the race, made certain. Its
+// claims outlive any attempt of these tests, however loaded the machine:
+// the tests that want a claim to expire ask for a short one.
 func claimSetup(t *testing.T, readDelay time.Duration) *claimBundle {
 	t.Helper()
-	_, js := testutil.Connect(t, testutil.NATS(t).ClientURL())
-	cfg := Config{AckWait: 5 * time.Second, ClaimTTL: 2 * time.Second}
-	require.NoError(t, Provision(context.Background(), js, cfg))
-
-	client := testutil.StartLedger(t, testutil.LedgerOptions{Wrap: func(inner http.Handler) http.Handler {
+	return claimSetupWith(t, Config{AckWait: 5 * time.Second, ClaimTTL: time.Minute}, func(inner http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodGet && readDelay > 0 {
 				time.Sleep(readDelay)
 			}
 			inner.ServeHTTP(w, r)
 		})
-	}}).Client
+	})
+}
+
+// claimSetupWith provisions cfg's claims bucket and serves the ledger
+// through wrap.
+func claimSetupWith(t *testing.T, cfg Config, wrap func(http.Handler) http.Handler) *claimBundle {
+	t.Helper()
+	_, js := testutil.Connect(t, testutil.NATS(t).ClientURL())
+	require.NoError(t, Provision(context.Background(), js, cfg))
+	client := testutil.StartLedger(t, testutil.LedgerOptions{Wrap: wrap}).Client
 	require.NoError(t, client.EnsureLedger(context.Background(), "claims"))
 	return &claimBundle{js: js, cfg: cfg, ledger: client}
 }
@@ -61,11 +71,18 @@ func TestClaimFirstWriterWins(t *testing.T) {
 	require.NoError(t, c.Claim(ctx, "other-ledger", "wallets:w1:x", "key-b"), "and per ledger")
 
 	// A claimant that neither writes nor comes back blocks others only
-	// until the claim's TTL.
+	// until the claim's TTL. The claims above live for a minute, so that a
+	// loaded machine cannot let one expire between two steps; this one
+	// lives for a second.
+	short := b.cfg
+	short.ClaimTTL = time.Second
+	sc, err := NewClaims(ctx, b.js, short)
+	require.NoError(t, err)
+	require.NoError(t, sc.Claim(ctx, "claims", "wallets:w1:z", "key-a"))
 	require.Eventually(t, func() bool {
-		return c.Claim(ctx, "claims", "wallets:w1:x", "key-b") == nil
-	}, 10*time.Second, 100*time.Millisecond)
-	require.ErrorIs(t, c.Claim(ctx, "claims", "wallets:w1:x", "key-a"), handlers.ErrClaimed)
+		return sc.Claim(ctx, "claims", "wallets:w1:z", "key-b") == nil
+	}, 30*time.Second, 100*time.Millisecond)
+	require.ErrorIs(t, c.Claim(ctx, "claims", "wallets:w1:z", "key-a"), handlers.ErrClaimed)
 }
 
 // raceBalances has three commands with different keys and fields race for
@@ -189,4 +206,84 @@ func TestWithoutClaimTheRaceShows(t *testing.T) {
 	}
 	require.Positive(t, doubled+lostRaces)
 	t.Logf("%d balances: %d created, %d written more than once, %d writes lost a race", n, created, doubled, lostRaces)
+}
+
+// TestClaimWonAfterAnExpiredClaimReadsAgain is the race that a claim alone
+// does not close: command B reads "absent", then command A reads, claims
+// and writes the balance, A's claim expires, and only then does B claim. B
+// wins the claim; its read is older than the write. It must not write.
+func TestClaimWonAfterAnExpiredClaimReadsAgain(t *testing.T) {
+	t.Parallel()
+	cfg := Config{AckWait: time.Second, ClaimTTL: time.Second}
+	require.NoError(t, cfg.Validate())
+	// The first read of the balance is answered as the ledger had it when
+	// the read arrived, but only once release is closed.
+	var held atomic.Bool
+	read, release := make(chan struct{}), make(chan struct{})
+	b := claimSetupWith(t, cfg, func(inner http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/accounts/") || held.Swap(true) {
+				inner.ServeHTTP(w, r)
+				return
+			}
+			rec := httptest.NewRecorder()
+			inner.ServeHTTP(rec, r)
+			close(read)
+			<-release
+			maps.Copy(w.Header(), rec.Header())
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(rec.Body.Bytes())
+		})
+	})
+	ctx := context.Background()
+	claims, err := NewClaims(ctx, b.js, cfg)
+	require.NoError(t, err)
+	h := &handlers.CreateBalance{Ledger: b.ledger, LedgerName: "claims", Claim: claims, ClaimReadMaxAge: cfg.ClaimReadMaxAge()}
+	cmd := func(priority int64) messages.CreateBalance {
+		return messages.CreateBalance{WalletID: "w1", Name: "stale", Priority: priority}
+	}
+
+	type result struct {
+		out handlers.Outcome
+		err error
+	}
+	late := make(chan result, 1)
+	go func() {
+		out, err := h.Handle(ctx, "key-b", cmd(2))
+		late <- result{out, err}
+	}()
+	select {
+	case <-read:
+	case <-time.After(30 * time.Second):
+		t.Fatal("key-b's read never reached the ledger")
+	}
+
+	out, err := h.Handle(ctx, "key-a", cmd(1))
+	require.NoError(t, err)
+	require.NotNil(t, out.Created, "key-a creates the balance")
+	kv, err := b.js.KeyValue(ctx, messages.BucketClaims)
+	require.NoError(t, err)
+	k := claimKey("claims", out.Created.Account)
+	require.Eventually(t, func() bool {
+		_, err := kv.Get(ctx, k)
+		return errors.Is(err, jetstream.ErrKeyNotFound)
+	}, 30*time.Second, 50*time.Millisecond, "key-a's claim expires")
+
+	close(release)
+	var r result
+	select {
+	case r = <-late:
+	case <-time.After(30 * time.Second):
+		t.Fatal("key-b never finished")
+	}
+	require.NoError(t, r.err)
+	require.Nil(t, r.out.Created, "key-b must not write the balance key-a created")
+	require.Equal(t, messages.CodeAlreadyExists, r.out.Code())
+
+	acc, found, err := b.ledger.GetAccount(ctx, "claims", out.Created.Account)
+	require.NoError(t, err)
+	require.True(t, found)
+	require.NotEmpty(t, acc.Metadata[handlers.MarkerKey("key-a")])
+	require.Empty(t, acc.Metadata[handlers.MarkerKey("key-b")])
+	require.Equal(t, "1", acc.Metadata[handlers.MetadataBalancePriority])
 }

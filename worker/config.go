@@ -127,6 +127,17 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// ClaimReadMaxAge is the handlers.CreateBalance.ClaimReadMaxAge that goes
+// with c: half the margin by which a claim outlives its claimant's attempt
+// (ClaimTTL less HandlerTimeout). A command whose read is younger than that
+// when it wins the claim cannot have missed the write of an earlier
+// claimant, unless the ledger applied that write more than the other half
+// of the margin after its attempt ended; an older read is done again.
+func (c Config) ClaimReadMaxAge() time.Duration {
+	c.setDefaults()
+	return max(0, (c.ClaimTTL-c.HandlerTimeout)/2)
+}
+
 // WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
 	c.setDefaults()

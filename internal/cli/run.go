@@ -336,6 +336,7 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 			return stoppedOr(ctx, err)
 		}
 		h.Claim = claims
+		h.ClaimReadMaxAge = f.w.ClaimReadMaxAge()
 	}
 
 	wk, err := worker.New(js, h, f.w, log)
