@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,8 +18,9 @@ const (
 	// DefaultBatchMax is the most calls one request carries.
 	DefaultBatchMax = MaxBulkSize
 	// DefaultBatchInFlight is how many ledger requests a Batcher keeps in
-	// flight at most, reads and writes together.
-	DefaultBatchInFlight = 8
+	// flight at most, reads and writes together; within it, each kind's
+	// limit adapts (Limiter).
+	DefaultBatchInFlight = 64
 )
 
 // BatchLedger is what a Batcher sends its requests to; *Client implements
@@ -41,10 +43,15 @@ type BatcherConfig struct {
 	// DefaultBatchMax, the ledger's BULK_MAX_SIZE and page size). 1 turns
 	// coalescing off and leaves a limiter of requests in flight.
 	MaxBatch int
-	// MaxInFlight caps the ledger requests in flight (default
-	// DefaultBatchInFlight). Calls that arrive while every slot is taken
-	// wait and leave together when one frees.
+	// MaxInFlight caps the ledger requests in flight, reads and writes
+	// together (default DefaultBatchInFlight). Within it, reads and writes
+	// each have a limit that adapts to the latency and failures of their
+	// requests (see Limiter). Calls that arrive while their kind is at its
+	// limit wait and leave together when a slot frees.
 	MaxInFlight int
+	// Limiter shapes the adaptive limit of each kind. Its Max defaults to
+	// MaxInFlight and may not exceed it; Min = Max fixes the limit.
+	Limiter LimiterConfig
 }
 
 func (c *BatcherConfig) setDefaults() {
@@ -57,6 +64,10 @@ func (c *BatcherConfig) setDefaults() {
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = DefaultBatchInFlight
 	}
+	if c.Limiter.Max == 0 {
+		c.Limiter.Max = c.MaxInFlight
+	}
+	c.Limiter.setDefaults()
 }
 
 // Validate reports every problem of c (after defaults) at once.
@@ -72,6 +83,10 @@ func (c BatcherConfig) Validate() error {
 	if c.MaxInFlight < 1 {
 		errs = append(errs, fmt.Errorf("ledgeradapter: requests in flight %d: want at least 1", c.MaxInFlight))
 	}
+	if c.Limiter.Max > c.MaxInFlight {
+		errs = append(errs, fmt.Errorf("ledgeradapter: limiter max %d is above the requests in flight %d", c.Limiter.Max, c.MaxInFlight))
+	}
+	errs = append(errs, c.Limiter.Validate())
 	return errors.Join(errs...)
 }
 
@@ -82,12 +97,22 @@ func (c BatcherConfig) Validate() error {
 // call, so a lone command makes exactly the requests it makes without a
 // Batcher.
 //
+// How many requests are in flight adapts: reads and writes each have a
+// Limiter, fed with the latency and the failures of their requests, so that
+// a slow or overloaded ledger gets fewer requests, hence larger batches,
+// and a fast one more; a batch is also cut to what the ledger answers in
+// about the limiter's TargetLatency.
+//
 // Every call keeps its own outcome: an element that fails fails only its
 // call, with the error the single call would have had; a request that
-// fails as a whole fails each of its calls with that error. A call whose
+// fails as a whole fails each of its calls with that error, and is never
+// sent again by the Batcher (its callers retry, each on its own, with the
+// idempotency key that makes a retry safe). A call whose
 // context ends returns at once with that context's error (retryable); if
 // it was not sent yet it never is, and a request whose every call has
-// returned is cancelled.
+// returned is cancelled. A request runs on the context of its first call
+// without its cancellation (its values, a trace for one, travel with it),
+// bounded by the client's timeout for its size.
 //
 // A write with the idempotency key and input of one already queued or in
 // flight (two deliveries of one command, say) waits for it and, once it has
@@ -100,9 +125,14 @@ type Batcher struct {
 	next BatchLedger
 	cfg  BatcherConfig
 
+	// limiters are the adaptive limits of reads and writes.
+	limiters [numKinds]*Limiter
+
 	mu       sync.Mutex
 	queues   map[queueKey]*queue
 	inFlight int
+	// kindInFlight counts the requests in flight by kind.
+	kindInFlight [numKinds]int
 	// flights are the writes queued or in flight, by ledger and
 	// idempotency key: the same write arriving meanwhile waits for it.
 	flights map[flightKey]*flight
@@ -119,7 +149,29 @@ func NewBatcher(next BatchLedger, cfg BatcherConfig) (*Batcher, error) {
 	if next == nil {
 		return nil, errors.New("ledgeradapter: a Batcher needs a ledger")
 	}
-	return &Batcher{next: next, cfg: cfg, queues: map[queueKey]*queue{}, flights: map[flightKey]*flight{}}, nil
+	b := &Batcher{next: next, cfg: cfg, queues: map[queueKey]*queue{}, flights: map[flightKey]*flight{}}
+	for k := range b.limiters {
+		l, err := NewLimiter(cfg.Limiter)
+		if err != nil {
+			return nil, err
+		}
+		b.limiters[k] = l
+	}
+	return b, nil
+}
+
+// Request kinds, each with its own Limiter.
+const (
+	kindRead = iota
+	kindWrite
+	numKinds
+)
+
+func (k queueKey) kind() int {
+	if k.read {
+		return kindRead
+	}
+	return kindWrite
 }
 
 // Config returns the configuration in force, defaults applied.
@@ -132,10 +184,19 @@ type BatcherStats struct {
 	ReadRequests, WriteRequests int64 // requests sent, single or batched
 	// PeakInFlight is the most requests that were in flight at once.
 	PeakInFlight int
+	// Timeouts counts the requests that timed out (ErrTimeout); Overloads
+	// those that timed out, got no answer, a 5xx or a 429.
+	Timeouts, Overloads int64
+	// ReadLimit and WriteLimit are the adaptive limits of requests in
+	// flight now; ReadBatch and WriteBatch the most calls a request of the
+	// kind carries now.
+	ReadLimit, WriteLimit int
+	ReadBatch, WriteBatch int
 }
 
 type batcherCounters struct {
 	reads, writes, readRequests, writeRequests atomic.Int64
+	timeouts, overloads                        atomic.Int64
 	peak                                       int // under mu
 }
 
@@ -148,7 +209,15 @@ func (b *Batcher) Stats() BatcherStats {
 		Reads: b.stats.reads.Load(), Writes: b.stats.writes.Load(),
 		ReadRequests: b.stats.readRequests.Load(), WriteRequests: b.stats.writeRequests.Load(),
 		PeakInFlight: peak,
+		Timeouts:     b.stats.timeouts.Load(), Overloads: b.stats.overloads.Load(),
+		ReadLimit: b.limiters[kindRead].Limit(), WriteLimit: b.limiters[kindWrite].Limit(),
+		ReadBatch: b.batchLimit(kindRead), WriteBatch: b.batchLimit(kindWrite),
 	}
+}
+
+// batchLimit is the most calls a request of kind k carries now.
+func (b *Batcher) batchLimit(k int) int {
+	return b.limiters[k].BatchLimit(b.cfg.MaxBatch)
 }
 
 // GetAccount is Client.GetAccount, sent with the concurrent ones.
@@ -215,6 +284,9 @@ type batch struct {
 	live   atomic.Int32 // calls whose caller still waits
 	ctx    context.Context
 	cancel context.CancelFunc
+	// inFlight is how many requests of its kind were in flight once it
+	// was, itself included.
+	inFlight int
 }
 
 type queueKey struct {
@@ -354,24 +426,30 @@ func (b *Batcher) armWindow(q *queue) {
 // ready says whether q's pending calls should leave as soon as a slot is
 // free: there are enough to fill a request, or they have waited their
 // window, or nothing of their kind is in flight to wait behind.
-func (b *Batcher) ready(q *queue) bool {
-	return len(q.pending) > 0 && (len(q.pending) >= b.cfg.MaxBatch || q.expired || q.inFlight == 0)
+func (b *Batcher) ready(q *queue, batchLimit int) bool {
+	return len(q.pending) > 0 && (len(q.pending) >= batchLimit || q.expired || q.inFlight == 0)
 }
 
-// dispatch sends ready queues, the oldest call first, while slots are free.
-// Called with mu held.
+// dispatch sends ready queues, the oldest call first, while their kind has
+// a free slot. Called with mu held.
 func (b *Batcher) dispatch() {
+	var limits, batchLimits [numKinds]int
+	for k := range numKinds {
+		limits[k], batchLimits[k] = b.limiters[k].Limit(), b.batchLimit(k)
+	}
 	for b.inFlight < b.cfg.MaxInFlight {
 		var q *queue
 		for _, c := range b.queues {
-			if b.ready(c) && (q == nil || c.pending[0].arrived.Before(q.pending[0].arrived)) {
+			k := c.key.kind()
+			if b.kindInFlight[k] < limits[k] && b.ready(c, batchLimits[k]) &&
+				(q == nil || c.pending[0].arrived.Before(q.pending[0].arrived)) {
 				q = c
 			}
 		}
 		if q == nil {
 			return
 		}
-		n := min(len(q.pending), b.cfg.MaxBatch)
+		n := min(len(q.pending), batchLimits[q.key.kind()])
 		taken := q.pending[:n]
 		q.pending = append(q.pending[:0:0], q.pending[n:]...)
 		if len(q.pending) > 0 {
@@ -383,14 +461,10 @@ func (b *Batcher) dispatch() {
 		}
 
 		bt := &batch{calls: make([]*call, 0, n)}
-		// A lone call is sent on its caller's context, as without a
-		// Batcher; a shared request on one of its own, cancelled once no
-		// caller waits for it.
-		ctx := taken[0].ctx
-		if n > 1 {
-			ctx = context.WithoutCancel(ctx)
-		}
-		bt.ctx, bt.cancel = context.WithCancel(ctx)
+		// The request carries the first call's values, not its
+		// cancellation: it is cancelled once no caller waits for it, and
+		// the client bounds it with the timeout for its size.
+		bt.ctx, bt.cancel = context.WithCancel(context.WithoutCancel(taken[0].ctx))
 		for _, c := range taken {
 			// batch and live are set before the call is marked sent: a
 			// caller that then finds it sent uses both.
@@ -409,6 +483,9 @@ func (b *Batcher) dispatch() {
 		}
 		b.inFlight++
 		q.inFlight++
+		k := q.key.kind()
+		b.kindInFlight[k]++
+		bt.inFlight = b.kindInFlight[k]
 		b.stats.peak = max(b.stats.peak, b.inFlight)
 		go b.send(q, bt)
 	}
@@ -422,16 +499,31 @@ func (b *Batcher) send(q *queue, bt *batch) {
 	defer span.End()
 	ledger := q.key.ledger
 	sent := true
+	start := time.Now()
+	var err error
 	switch {
 	case bt.live.Load() <= 0:
 		// Every caller gave up after it was taken: nothing to send.
 		sent = false
 	case q.key.read:
 		b.stats.readRequests.Add(1)
-		b.sendReads(ctx, ledger, bt.calls)
+		err = b.sendReads(ctx, ledger, bt.calls)
 	default:
 		b.stats.writeRequests.Add(1)
-		b.sendWrites(ctx, ledger, bt.calls)
+		err = b.sendWrites(ctx, ledger, bt.calls)
+	}
+	k := q.key.kind()
+	if sent && bt.ctx.Err() == nil {
+		// A request cancelled because nobody waited any more says nothing
+		// about the ledger.
+		overload := isOverload(err)
+		if overload {
+			b.stats.overloads.Add(1)
+		}
+		if errors.Is(err, ErrTimeout) {
+			b.stats.timeouts.Add(1)
+		}
+		b.limiters[k].Observe(Sample{Latency: time.Since(start), Elements: len(bt.calls), InFlight: bt.inFlight, Overload: overload})
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -441,14 +533,37 @@ func (b *Batcher) send(q *queue, bt *batch) {
 	}
 	b.inFlight--
 	q.inFlight--
+	b.kindInFlight[k]--
 	b.dispatch()
 }
 
-func (b *Batcher) sendReads(ctx context.Context, ledger string, calls []*call) {
+// isOverload says whether a request's error means the ledger did not cope:
+// a timeout, no answer at all, a 5xx or a 429. An answer that refuses the
+// call (a 4xx) is the ledger coping.
+func isOverload(err error) bool {
+	var e *Error
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, ErrTimeout):
+		return true
+	case !errors.As(err, &e):
+		return true // not the client's: no answer
+	case e.notSent:
+		return false
+	case e.StatusCode == 0:
+		return !errors.Is(e.Err, context.Canceled) && !errors.Is(e.Err, context.DeadlineExceeded)
+	}
+	return e.StatusCode >= 500 || e.StatusCode == http.StatusTooManyRequests
+}
+
+// sendReads makes the request of calls and returns its error as a whole,
+// if any.
+func (b *Batcher) sendReads(ctx context.Context, ledger string, calls []*call) error {
 	if len(calls) == 1 {
 		c := calls[0]
 		c.account, c.found, c.err = b.next.GetAccount(ctx, ledger, c.address)
-		return
+		return c.err
 	}
 	addresses := make([]string, len(calls))
 	for i, c := range calls {
@@ -466,13 +581,16 @@ func (b *Batcher) sendReads(ctx context.Context, ledger string, calls []*call) {
 			c.account.Metadata = cloneMap(c.account.Metadata)
 		}
 	}
+	return err
 }
 
-func (b *Batcher) sendWrites(ctx context.Context, ledger string, calls []*call) {
+// sendWrites makes the request of calls and returns its error as a whole,
+// if any; the errors of elements are their calls' only.
+func (b *Batcher) sendWrites(ctx context.Context, ledger string, calls []*call) error {
 	if len(calls) == 1 {
 		c := calls[0]
 		c.write, c.err = b.next.AddAccountMetadata(ctx, ledger, c.address, c.metadata, c.key)
-		return
+		return c.err
 	}
 	elems := make([]BulkAddMetadata, len(calls))
 	for i, c := range calls {
@@ -489,6 +607,7 @@ func (b *Batcher) sendWrites(ctx context.Context, ledger string, calls []*call) 
 		}
 		c.err = results[i].Err
 	}
+	return err
 }
 
 func equalMaps(a, b map[string]string) bool {

@@ -24,7 +24,11 @@ import (
 // hold them until released.
 type fakeLedger struct {
 	latency time.Duration // every request takes this long (fake time in a bubble)
-	hold    chan struct{} // when set, each request waits for one receive from it
+	// cost, when set, is how long a request of n calls takes with
+	// inFlight requests in flight, itself included.
+	cost     func(inFlight, n int) time.Duration
+	hold     chan struct{} // when set, each request waits for one receive from it
+	inFlight atomic.Int32
 
 	mu       sync.Mutex
 	accounts map[string]map[string]string
@@ -41,13 +45,20 @@ type fakeRequest struct {
 	n     int // calls carried
 	at    time.Time
 	ended bool // the request's context had ended when it returned
+	// value is the request context's value of traceKey.
+	value any
 }
+
+// traceKey stands for what a tracer keeps in a context.
+type traceKey struct{}
 
 func newFake() *fakeLedger { return &fakeLedger{accounts: map[string]map[string]string{}} }
 
 func (f *fakeLedger) request(ctx context.Context, op string, n int) (int, error) {
+	in := int(f.inFlight.Add(1))
+	defer f.inFlight.Add(-1)
 	f.mu.Lock()
-	f.requests = append(f.requests, fakeRequest{op: op, n: n, at: time.Now()})
+	f.requests = append(f.requests, fakeRequest{op: op, n: n, at: time.Now(), value: ctx.Value(traceKey{})})
 	i := len(f.requests) - 1
 	f.mu.Unlock()
 	if f.hold != nil {
@@ -62,6 +73,9 @@ func (f *fakeLedger) request(ctx context.Context, op string, n int) (int, error)
 	}
 	if f.latency > 0 {
 		time.Sleep(f.latency)
+	}
+	if f.cost != nil {
+		time.Sleep(f.cost(in, n))
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -189,7 +203,9 @@ func TestBatcherLoneCallIsNotDelayed(t *testing.T) {
 		require.Len(t, log, 2)
 		require.Equal(t, "GetAccount", log[0].op, "a batch of one is the single call")
 		require.Equal(t, "AddAccountMetadata", log[1].op)
-		require.Equal(t, ledgeradapter.BatcherStats{Reads: 1, Writes: 1, ReadRequests: 1, WriteRequests: 1, PeakInFlight: 1}, b.Stats())
+		st := b.Stats()
+		st.ReadLimit, st.WriteLimit, st.ReadBatch, st.WriteBatch = 0, 0, 0, 0 // the limiters' own, tested with them
+		require.Equal(t, ledgeradapter.BatcherStats{Reads: 1, Writes: 1, ReadRequests: 1, WriteRequests: 1, PeakInFlight: 1}, st)
 	})
 }
 
@@ -239,7 +255,8 @@ func TestBatcherMaxBatchAndInFlight(t *testing.T) {
 		f := newFake()
 		f.hold = make(chan struct{})
 		const window = time.Millisecond
-		b := newBatcher(t, f, ledgeradapter.BatcherConfig{Window: window, MaxBatch: 10, MaxInFlight: 2})
+		// The limit is fixed at 2 (Min = Max): this is about the caps.
+		b := newBatcher(t, f, ledgeradapter.BatcherConfig{Window: window, MaxBatch: 10, MaxInFlight: 2, Limiter: ledgeradapter.LimiterConfig{Min: 2}})
 		ctx := context.Background()
 		first := goWrite(ctx, b, "a:0", "k0")
 		synctest.Wait()
@@ -471,11 +488,20 @@ func TestBatcherConfig(t *testing.T) {
 	b := newBatcher(t, newFake(), ledgeradapter.BatcherConfig{})
 	require.Equal(t, ledgeradapter.BatcherConfig{
 		Window: ledgeradapter.DefaultBatchWindow, MaxBatch: ledgeradapter.DefaultBatchMax, MaxInFlight: ledgeradapter.DefaultBatchInFlight,
+		Limiter: ledgeradapter.LimiterConfig{
+			Initial: ledgeradapter.DefaultLimiterInitial, Min: 1, Max: ledgeradapter.DefaultBatchInFlight,
+			Tolerance: ledgeradapter.DefaultLimiterTolerance, Backoff: ledgeradapter.DefaultLimiterBackoff,
+			TargetLatency: ledgeradapter.DefaultTargetLatency,
+		},
 	}, b.Config())
+	require.Equal(t, 4, newBatcher(t, newFake(), ledgeradapter.BatcherConfig{MaxInFlight: 4}).Config().Limiter.Max, "the limit's ceiling is MaxInFlight")
 	err := ledgeradapter.BatcherConfig{Window: -1, MaxBatch: 101, MaxInFlight: -1}.Validate()
 	require.ErrorContains(t, err, "window")
 	require.ErrorContains(t, err, "batch max 101")
 	require.ErrorContains(t, err, "in flight -1")
+	err = ledgeradapter.BatcherConfig{MaxInFlight: 4, Limiter: ledgeradapter.LimiterConfig{Max: 8, Tolerance: 0.5}}.Validate()
+	require.ErrorContains(t, err, "limiter max 8 is above the requests in flight 4")
+	require.ErrorContains(t, err, "tolerance 0.5")
 	_, err = ledgeradapter.NewBatcher(nil, ledgeradapter.BatcherConfig{})
 	require.Error(t, err)
 }

@@ -129,7 +129,7 @@ func (c *Client) listAccountsPage(ctx context.Context, op, ledger string, addres
 	resp, e := c.do(ctx, request{
 		op: op, method: http.MethodGet, path: "/v2/" + url.PathEscape(ledger) + "/accounts",
 		query: url.Values{"pageSize": {strconv.Itoa(len(addresses))}, "expand": {"volumes"}},
-		body:  filter, limit: maxListResponseBytes,
+		body:  filter, limit: maxListResponseBytes, elements: len(addresses),
 	})
 	if e != nil {
 		return nil, false, e
@@ -244,7 +244,7 @@ func (c *Client) bulk(ctx context.Context, op, ledger string, elems []BulkAddMet
 	}
 	resp, e := c.do(ctx, request{
 		op: op, method: http.MethodPost, path: "/v2/" + url.PathEscape(ledger) + "/_bulk",
-		query: url.Values{"continueOnFailure": {"true"}}, body: body,
+		query: url.Values{"continueOnFailure": {"true"}}, body: body, elements: len(idx),
 	})
 	if e != nil {
 		return e

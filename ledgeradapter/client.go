@@ -41,8 +41,10 @@ type Client struct {
 	base    string // BaseURL without trailing slash
 	hc      *http.Client
 	timeout time.Duration
-	tokens  *tokenSource // nil without OAuth2
-	observe func(op string, status int, d time.Duration)
+	// perElement is added to timeout per element beyond the first.
+	perElement time.Duration
+	tokens     *tokenSource // nil without OAuth2
+	observe    func(op string, status int, d time.Duration)
 	// listCap is the page size the server was seen to cap ListAccounts
 	// to, 0 until then.
 	listCap atomic.Int64
@@ -59,7 +61,10 @@ func NewClient(cfg Config) (*Client, error) {
 	if cfg.HTTPClient != nil {
 		hc.CheckRedirect, hc.Jar = cfg.HTTPClient.CheckRedirect, cfg.HTTPClient.Jar
 	}
-	c := &Client{base: strings.TrimRight(cfg.BaseURL, "/"), hc: hc, timeout: cfg.Timeout, observe: cfg.Observe}
+	c := &Client{
+		base: strings.TrimRight(cfg.BaseURL, "/"), hc: hc, timeout: cfg.Timeout,
+		perElement: max(cfg.TimeoutPerElement, 0), observe: cfg.Observe,
+	}
 	if cfg.ClientID != "" {
 		c.tokens = newTokenSource(cfg, &http.Client{Transport: rt, Timeout: cfg.Timeout})
 	}
@@ -95,7 +100,8 @@ func newTransport(cfg Config) http.RoundTripper {
 		t.TLSHandshakeTimeout = connect
 	}
 	if t.ResponseHeaderTimeout == 0 {
-		t.ResponseHeaderTimeout = cfg.Timeout
+		// The longest a request may take: the largest bulk's.
+		t.ResponseHeaderTimeout = cfg.TimeoutFor(MaxBulkSize)
 	}
 	if t.ExpectContinueTimeout == 0 {
 		t.ExpectContinueTimeout = time.Second
@@ -312,6 +318,7 @@ type request struct {
 	query          url.Values
 	body           []byte // nil: no body
 	idempotencyKey string
+	elements       int   // the work in the request, for its timeout; 0 is 1
 	limit          int64 // response bytes; 0 means maxResponseBytes
 }
 
@@ -372,7 +379,8 @@ func (c *Client) do(ctx context.Context, req request) (*response, *Error) {
 		return nil, fail(ctxError(ctx))
 	}
 
-	rctx, cancel := context.WithTimeoutCause(ctx, c.timeout, ErrTimeout)
+	timeout := c.timeout + time.Duration(max(req.elements-1, 0))*c.perElement
+	rctx, cancel := context.WithTimeoutCause(ctx, timeout, ErrTimeout)
 	defer cancel()
 	// ended tells the caller's cancellation from our own timeouts (the
 	// context's, or the transport's dial/TLS/response-header ones).
@@ -382,7 +390,7 @@ func (c *Client) do(ctx context.Context, req request) (*response, *Error) {
 		case ctx.Err() != nil:
 			return ctxError(ctx)
 		case errors.Is(context.Cause(rctx), ErrTimeout):
-			return fmt.Errorf("%w after %s", ErrTimeout, c.timeout)
+			return fmt.Errorf("%w after %s", ErrTimeout, timeout)
 		case errors.As(err, &ne) && ne.Timeout():
 			// Not wrapped: net/http's timeout errors match
 			// context.DeadlineExceeded, which is the caller's to own.

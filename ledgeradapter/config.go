@@ -16,6 +16,10 @@ const (
 	// below the handler's deadline, itself below the consumer's AckWait.
 	DefaultTimeout = 5 * time.Second
 
+	// DefaultTimeoutPerElement is what a request gets on top of Timeout
+	// for each element beyond the first: a bulk of 100 has Timeout + 4.95s.
+	DefaultTimeoutPerElement = 50 * time.Millisecond
+
 	// MaxIdleConnsPerHost is sized for a few hundred commands in flight
 	// against one ledger without reopening connections.
 	MaxIdleConnsPerHost = 256
@@ -31,9 +35,14 @@ type Config struct {
 	// https://stack.example/api/ledger; "/v2/..." is appended. Required.
 	BaseURL string
 
-	// Timeout bounds each request (connect, send, wait, read the body).
-	// Default DefaultTimeout.
+	// Timeout bounds each request of one element (connect, send, wait,
+	// read the body). Default DefaultTimeout.
 	Timeout time.Duration
+	// TimeoutPerElement is added to Timeout for each element of a
+	// ListAccounts or Bulk request beyond the first, so that the time a
+	// request gets grows with the work in it (default
+	// DefaultTimeoutPerElement; negative: none).
+	TimeoutPerElement time.Duration
 
 	// ClientID, ClientSecret and TokenURL switch on OAuth2 client
 	// credentials; all empty means plain HTTP without a token. With a
@@ -67,9 +76,18 @@ func (c *Config) setDefaults() {
 	if c.Timeout == 0 {
 		c.Timeout = DefaultTimeout
 	}
+	if c.TimeoutPerElement == 0 {
+		c.TimeoutPerElement = DefaultTimeoutPerElement
+	}
 	if len(c.Scopes) == 0 {
 		c.Scopes = append([]string(nil), DefaultScopes...)
 	}
+}
+
+// TimeoutFor is the timeout of a request of n elements (Timeout for one).
+func (c Config) TimeoutFor(n int) time.Duration {
+	c.setDefaults()
+	return c.Timeout + time.Duration(max(n-1, 0))*max(c.TimeoutPerElement, 0)
 }
 
 // Validate reports every problem of the configuration at once.

@@ -1,0 +1,225 @@
+package ledgeradapter_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
+)
+
+// A request carries the values of its first call's context (a trace, say),
+// not its cancellation.
+func TestBatcherRequestContextIsTheFirstCallers(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		f.hold = make(chan struct{})
+		b := newBatcher(t, f, ledgeradapter.BatcherConfig{})
+		traced := func(v string) context.Context { return context.WithValue(context.Background(), traceKey{}, v) }
+
+		first, cancelFirst := context.WithCancel(traced("lone"))
+		lone := goWrite(first, b, "a:0", "k0")
+		synctest.Wait()
+		w1 := goWrite(traced("w1"), b, "a:1", "k1")
+		synctest.Wait()
+		w2 := goWrite(traced("w2"), b, "a:2", "k2")
+		w3 := goWrite(context.Background(), b, "a:3", "k3")
+		synctest.Wait()
+		time.Sleep(ledgeradapter.DefaultBatchWindow)
+		synctest.Wait()
+		log := f.log()
+		require.Len(t, log, 2)
+		require.Equal(t, "lone", log[0].value, "a lone call's request has its values")
+		require.Equal(t, "Bulk", log[1].op)
+		require.Equal(t, 3, log[1].n)
+		require.Equal(t, "w1", log[1].value, "a shared request has its first call's")
+
+		close(f.hold)
+		for _, ch := range []<-chan error{lone, w1, w2, w3} {
+			require.NoError(t, <-ch)
+		}
+		cancelFirst()
+	})
+}
+
+// A request that fails as a whole fails each of its calls, once: the
+// Batcher never sends it again, and the failure slows it down.
+func TestBatcherNeverRetriesAWholeBulk(t *testing.T) {
+	t.Parallel()
+	for name, failure := range map[string]error{
+		"503": &ledgeradapter.Error{Op: "Bulk", StatusCode: http.StatusServiceUnavailable, ErrorCode: "INTERNAL"},
+		"timeout": &ledgeradapter.Error{Op: "Bulk", Method: http.MethodPost,
+			Err: fmt.Errorf("%w after 5s", ledgeradapter.ErrTimeout)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake()
+				f.hold = make(chan struct{})
+				b := newBatcher(t, f, ledgeradapter.BatcherConfig{Limiter: ledgeradapter.LimiterConfig{Initial: 8}})
+				ctx := context.Background()
+				first := goWrite(ctx, b, "a:0", "k0")
+				synctest.Wait()
+				var rest []<-chan error
+				for i := 1; i <= 10; i++ {
+					rest = append(rest, goWrite(ctx, b, fmt.Sprintf("a:%d", i), fmt.Sprintf("k%d", i)))
+				}
+				synctest.Wait()
+				time.Sleep(ledgeradapter.DefaultBatchWindow)
+				synctest.Wait()
+				f.mu.Lock()
+				f.errOnce = nil
+				f.err = nil
+				f.mu.Unlock()
+				f.hold <- struct{}{} // the lone write succeeds
+				require.NoError(t, <-first)
+				f.mu.Lock()
+				f.errOnce = failure
+				f.mu.Unlock()
+				close(f.hold)
+				for _, ch := range rest {
+					err := <-ch
+					require.ErrorIs(t, err, failure)
+					require.True(t, ledgeradapter.IsRetryable(err))
+				}
+				synctest.Wait()
+				log := f.log()
+				require.Len(t, log, 2, "the bulk went out once")
+				require.Equal(t, 10, log[1].n)
+				st := b.Stats()
+				require.EqualValues(t, 1, st.Overloads)
+				require.Less(t, st.WriteLimit, 8, "an overloaded ledger gets less")
+				if name == "timeout" {
+					require.EqualValues(t, 1, st.Timeouts)
+				} else {
+					require.Zero(t, st.Timeouts)
+				}
+			})
+		})
+	}
+}
+
+// A transient failure of one element goes back to its call alone, as a
+// retryable error, and nothing is sent again.
+func TestBatcherElementFailureIsItsCallsOnly(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		f.hold = make(chan struct{})
+		racing := &ledgeradapter.Error{Op: "Bulk", Element: 2, StatusCode: http.StatusInternalServerError, ErrorCode: "INTERNAL"}
+		f.elemErr = func(el ledgeradapter.BulkAddMetadata) error {
+			if el.IdempotencyKey == "k2" {
+				return racing
+			}
+			return nil
+		}
+		b := newBatcher(t, f, ledgeradapter.BatcherConfig{})
+		ctx := context.Background()
+		first := goWrite(ctx, b, "a:0", "k0")
+		synctest.Wait()
+		errs := map[string]<-chan error{}
+		for i := 1; i <= 4; i++ {
+			k := fmt.Sprintf("k%d", i)
+			errs[k] = goWrite(ctx, b, fmt.Sprintf("a:%d", i), k)
+		}
+		synctest.Wait()
+		close(f.hold)
+		require.NoError(t, <-first)
+		for k, ch := range errs {
+			err := <-ch
+			if k != "k2" {
+				require.NoError(t, err, k)
+				continue
+			}
+			require.ErrorIs(t, err, racing)
+			require.True(t, ledgeradapter.IsRetryable(err))
+		}
+		require.Len(t, f.log(), 2)
+		require.Len(t, f.accounts, 4)
+		require.Zero(t, b.Stats().Overloads, "an element's failure is not the ledger's overload")
+	})
+}
+
+// runLoad sends n writes from n callers at once, in waves of wave callers
+// that each wait for the previous, and returns the requests' sizes.
+func runLoad(t *testing.T, b *ledgeradapter.Batcher, f *fakeLedger, n int) []int {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			_, err := b.AddAccountMetadata(context.Background(), "l", fmt.Sprintf("a:%d", i), map[string]string{"x": "y"}, fmt.Sprintf("k%d", i))
+			require.NoError(t, err)
+		})
+	}
+	wg.Wait()
+	var sizes []int
+	for _, r := range f.log() {
+		sizes = append(sizes, r.n)
+	}
+	return sizes
+}
+
+// The same defaults serve a fast ledger and a slow one: the fast one gets
+// more requests in flight, the saturated one fewer and fuller.
+func TestBatcherAdaptsToTheLedger(t *testing.T) {
+	t.Parallel()
+
+	t.Run("fast", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake()
+			f.cost = func(int, int) time.Duration { return time.Millisecond }
+			b := newBatcher(t, f, ledgeradapter.BatcherConfig{})
+			for range 20 {
+				runLoad(t, b, f, 500)
+			}
+			require.Greater(t, b.Stats().WriteLimit, ledgeradapter.DefaultLimiterInitial)
+		})
+	})
+
+	t.Run("saturated", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			// A ledger that serves 400 elements a second whatever the load:
+			// each element costs 2.5ms of its single worker.
+			f := newFake()
+			f.cost = func(inFlight, n int) time.Duration {
+				return time.Duration(inFlight*n) * 2500 * time.Microsecond
+			}
+			b := newBatcher(t, f, ledgeradapter.BatcherConfig{})
+			sizes := runLoad(t, b, f, 4000)
+			st := b.Stats()
+			require.Less(t, st.WriteLimit, ledgeradapter.DefaultLimiterInitial, "fewer requests in flight")
+			require.Zero(t, st.Overloads)
+			tail := sizes[len(sizes)/2:]
+			sum := 0
+			for _, n := range tail {
+				sum += n
+			}
+			require.Greater(t, sum/len(tail), 20, "fuller requests: %v", tail)
+			t.Logf("stats %+v, sizes %v", st, tail)
+		})
+	})
+
+	t.Run("slow per element", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			// 100ms per element: a second holds 10.
+			f := newFake()
+			f.cost = func(_, n int) time.Duration { return time.Duration(n) * 100 * time.Millisecond }
+			b := newBatcher(t, f, ledgeradapter.BatcherConfig{})
+			sizes := runLoad(t, b, f, 400)
+			require.Equal(t, 10, b.Stats().WriteBatch)
+			for _, n := range sizes[len(sizes)/2:] {
+				require.LessOrEqual(t, n, 10)
+			}
+		})
+	})
+}
