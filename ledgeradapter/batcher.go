@@ -12,6 +12,9 @@ import (
 
 // Defaults of BatcherConfig.
 const (
+	// DefaultBatching says whether a Batcher stands between the worker
+	// and the ledger by default (wallets-worker run --ledger-batch).
+	DefaultBatching = true
 	// DefaultBatchWindow is how long a call may wait for others to share
 	// its request when a request of its kind is already in flight.
 	DefaultBatchWindow = 2 * time.Millisecond

@@ -167,8 +167,17 @@ func (c *Client) listAccountsPage(ctx context.Context, op, ledger string, addres
 //
 //   - atomic is not set: the real ledger reports the elements before a
 //     failed one as applied although an atomic bulk rolls them back;
-//   - parallel is not set: results are matched to elements by position,
-//     and the ledger only keeps them in order when it runs them one by one;
+//   - parallel is set unless Config.SequentialBulk: the ledger then runs up
+//     to its --bulk-parallel (10) elements at once and answers their
+//     results in the order they finished, without saying which is which
+//     (v2.4.12 sorts them by an element id it never sets). When every
+//     element succeeded that does not matter; when some failed, those
+//     whose error names their idempotency key get it, and the others, whose
+//     fate is unknown, are sent again at once in a bulk without parallel,
+//     whose results are in order: their keys make that safe, the ones that
+//     had been applied are answered from their keys' logs. LogID is 0 for
+//     the elements of a parallel bulk. With SequentialBulk, results are
+//     matched to elements by position;
 //   - an element that fails, also an IK reused with another input, gets an
 //     *Error whose ErrorCode and ErrorMessage are the element's errorCode
 //     and errorDescription and whose StatusCode is the status that code has
@@ -197,7 +206,11 @@ func (c *Client) Bulk(ctx context.Context, ledger string, elems []BulkAddMetadat
 		send = append(send, i)
 	}
 	for chunk := range slices.Chunk(send, MaxBulkSize) {
-		if e := c.bulk(ctx, op, ledger, elems, chunk, results); e != nil {
+		bulk := c.bulk
+		if c.parallelBulk && len(chunk) > 1 {
+			bulk = c.parallelBulkOnce
+		}
+		if e := bulk(ctx, op, ledger, elems, chunk, results); e != nil {
 			return nil, e
 		}
 	}
@@ -227,6 +240,92 @@ type bulkResultWire struct {
 }
 
 func (c *Client) bulk(ctx context.Context, op, ledger string, elems []BulkAddMetadata, idx []int, results []BulkResult) *Error {
+	resp, data, e := c.sendBulk(ctx, op, ledger, elems, idx, false)
+	if e != nil {
+		return e
+	}
+	for j, r := range data {
+		i := idx[j]
+		switch r.ResponseType {
+		case bulkActionAddMetadata:
+			results[i] = BulkResult{LogID: r.LogID}
+		case bulkResultError:
+			results[i] = BulkResult{Err: resp.elementError(j, r)}
+		default:
+			return resp.unexpected(fmt.Errorf("%w: result %d is %q", ErrUnexpectedResponse, j, r.ResponseType))
+		}
+	}
+	return nil
+}
+
+// parallelBulkOnce sends the elements at idx in one parallel bulk (see
+// Bulk).
+func (c *Client) parallelBulkOnce(ctx context.Context, op, ledger string, elems []BulkAddMetadata, idx []int, results []BulkResult) *Error {
+	resp, data, e := c.sendBulk(ctx, op, ledger, elems, idx, true)
+	if e != nil {
+		return e
+	}
+	// A key names its element when no other element of the bulk has it.
+	byKey := make(map[string]int, len(idx))
+	for _, i := range idx {
+		if k := elems[i].IdempotencyKey; k != "" {
+			if _, dup := byKey[k]; dup {
+				byKey[k] = -1
+			} else {
+				byKey[k] = i
+			}
+		}
+	}
+	known := make(map[int]bool)
+	unknown := 0 // failures that name no element
+	for j, r := range data {
+		switch r.ResponseType {
+		case bulkActionAddMetadata:
+		case bulkResultError:
+			if i, ok := byKey[keyOfError(r.ErrorDescription)]; ok && i >= 0 && !known[i] {
+				known[i] = true
+				results[i] = BulkResult{Err: resp.elementError(slices.Index(idx, i), r)}
+				continue
+			}
+			unknown++
+		default:
+			return resp.unexpected(fmt.Errorf("%w: result %d is %q", ErrUnexpectedResponse, j, r.ResponseType))
+		}
+	}
+	rest := make([]int, 0, len(idx)-len(known))
+	for _, i := range idx {
+		if !known[i] {
+			rest = append(rest, i)
+		}
+	}
+	if unknown == 0 {
+		for _, i := range rest {
+			results[i] = BulkResult{}
+		}
+		return nil
+	}
+	// Some failed, which is not known: ask again, in order.
+	return c.bulk(ctx, op, ledger, elems, rest, results)
+}
+
+// keyOfError is the idempotency key an element's error description names
+// ("invalid idempotency hash when using idempotency key 'k', ..."), or "".
+func keyOfError(desc string) string {
+	const marker = "idempotency key '"
+	_, rest, ok := strings.Cut(desc, marker)
+	if !ok {
+		return ""
+	}
+	key, _, ok := strings.Cut(rest, "'")
+	if !ok {
+		return ""
+	}
+	return key
+}
+
+// sendBulk sends the elements at idx in one request and returns its
+// results, one per element.
+func (c *Client) sendBulk(ctx context.Context, op, ledger string, elems []BulkAddMetadata, idx []int, parallel bool) (*response, []bulkResultWire, *Error) {
 	wire := make([]bulkElement, len(idx))
 	for j, i := range idx {
 		md := elems[i].Metadata
@@ -240,14 +339,18 @@ func (c *Client) bulk(ctx context.Context, op, ledger string, elems []BulkAddMet
 	}
 	body, err := json.Marshal(wire)
 	if err != nil {
-		return notSent(op, err)
+		return nil, nil, notSent(op, err)
+	}
+	query := url.Values{"continueOnFailure": {"true"}}
+	if parallel {
+		query.Set("parallel", "true")
 	}
 	resp, e := c.do(ctx, request{
 		op: op, method: http.MethodPost, path: "/v2/" + url.PathEscape(ledger) + "/_bulk",
-		query: url.Values{"continueOnFailure": {"true"}}, body: body, elements: len(idx),
+		query: query, body: body, elements: len(idx),
 	})
 	if e != nil {
-		return e
+		return nil, nil, e
 	}
 	// 200: every element applied; 400 with data: some failed. Anything
 	// else, a 400 without data included (a body the ledger could not read),
@@ -256,29 +359,18 @@ func (c *Client) bulk(ctx context.Context, op, ledger string, elems []BulkAddMet
 		Data *[]bulkResultWire `json:"data"`
 	}
 	if resp.status != http.StatusOK && resp.status != http.StatusBadRequest {
-		return resp.fail()
+		return nil, nil, resp.fail()
 	}
 	if err := json.Unmarshal(resp.body, &out); err != nil || out.Data == nil {
 		if resp.status == http.StatusBadRequest {
-			return resp.fail()
+			return nil, nil, resp.fail()
 		}
-		return resp.unexpected(fmt.Errorf("%w: not a bulk response: %v", ErrUnexpectedResponse, err))
+		return nil, nil, resp.unexpected(fmt.Errorf("%w: not a bulk response: %v", ErrUnexpectedResponse, err))
 	}
 	if len(*out.Data) != len(idx) {
-		return resp.unexpected(fmt.Errorf("%w: %d results for %d elements", ErrUnexpectedResponse, len(*out.Data), len(idx)))
+		return nil, nil, resp.unexpected(fmt.Errorf("%w: %d results for %d elements", ErrUnexpectedResponse, len(*out.Data), len(idx)))
 	}
-	for j, r := range *out.Data {
-		i := idx[j]
-		switch r.ResponseType {
-		case bulkActionAddMetadata:
-			results[i] = BulkResult{LogID: r.LogID}
-		case bulkResultError:
-			results[i] = BulkResult{Err: resp.elementError(j, r)}
-		default:
-			return resp.unexpected(fmt.Errorf("%w: result %d is %q", ErrUnexpectedResponse, j, r.ResponseType))
-		}
-	}
-	return nil
+	return resp, *out.Data, nil
 }
 
 // elementError is the *Error of a failed bulk element.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -119,16 +120,18 @@ func TestConformanceListAccountsCappedPage(t *testing.T) {
 
 // TestConformanceBulk writes through POST /v2/{ledger}/_bulk: each element
 // with its own key, one key space with the single endpoint, per-element
-// errors classified as the single call's.
+// errors classified as the single call's; sequential bulks, whose results
+// keep their order and carry the elements' log ids.
 func TestConformanceBulk(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := setupConformance(t, nil)
-	c := s.client
+	c, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: s.url, HTTPClient: &http.Client{Transport: s.validator}, SequentialBulk: true})
+	require.NoError(t, err)
 	require.NoError(t, c.EnsureLedger(ctx, conformanceLedger))
 
 	md := func(i int) map[string]string { return map[string]string{"wallets/id": strconv.Itoa(i)} }
-	_, err := c.AddAccountMetadata(ctx, conformanceLedger, "a:single", md(0), "k-single")
+	_, err = c.AddAccountMetadata(ctx, conformanceLedger, "a:single", md(0), "k-single")
 	require.NoError(t, err)
 
 	elems := []ledgeradapter.BulkAddMetadata{
@@ -198,6 +201,58 @@ func TestConformanceBulk(t *testing.T) {
 	_, err = c.Bulk(ctx, "nope", elems[:1])
 	require.ErrorIs(t, err, ledgeradapter.ErrLedgerNotFound)
 	require.False(t, ledgeradapter.IsRetryable(err))
+}
+
+// TestConformanceParallelBulk is TestConformanceBulk's first bulk with the
+// default client, whose bulks ask for parallel=true: the same outcomes, the
+// element that failed found by the key its error names, no log ids.
+func TestConformanceParallelBulk(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := setupConformance(t, nil)
+	c := s.client
+	require.NoError(t, c.EnsureLedger(ctx, conformanceLedger))
+	md := func(i int) map[string]string { return map[string]string{"wallets/id": strconv.Itoa(i)} }
+	_, err := c.AddAccountMetadata(ctx, conformanceLedger, "a:single", md(0), "k-single")
+	require.NoError(t, err)
+
+	elems := []ledgeradapter.BulkAddMetadata{
+		{Address: "a:1", Metadata: md(1), IdempotencyKey: "k1"},
+		{Address: "a:2", Metadata: md(2), IdempotencyKey: "k-single"},      // the key holds another input
+		{Address: "a::3", Metadata: md(3), IdempotencyKey: "k3"},           // never sent
+		{Address: "a:single", Metadata: md(0), IdempotencyKey: "k-single"}, // a replay of the single write
+		{Address: "a:4", Metadata: nil, IdempotencyKey: "k4"},
+	}
+	res, err := c.Bulk(ctx, conformanceLedger, elems)
+	require.NoError(t, err)
+	require.Len(t, res, len(elems))
+	// The failure names k-single, which two elements have: which one failed
+	// is unknown, and the four sent go again, in order.
+	require.Equal(t, 2, s.validator.Operations()["v2CreateBulk"])
+	require.NoError(t, res[0].Err)
+	require.ErrorIs(t, res[1].Err, ledgeradapter.ErrIdempotencyConflict)
+	require.Equal(t, 2, requireLedgerError(t, res[1].Err).Element)
+	require.ErrorIs(t, res[2].Err, ledgeradapter.ErrInvalidAddress)
+	require.NoError(t, res[3].Err)
+	require.NoError(t, res[4].Err)
+
+	// A failure that names a key of its own needs no second request.
+	res, err = c.Bulk(ctx, conformanceLedger, []ledgeradapter.BulkAddMetadata{
+		{Address: "a:5", Metadata: md(5), IdempotencyKey: "k5"},
+		{Address: "a:6", Metadata: md(6), IdempotencyKey: "k1"}, // k1 holds a:1's write
+	})
+	require.NoError(t, err)
+	require.NoError(t, res[0].Err)
+	require.ErrorIs(t, res[1].Err, ledgeradapter.ErrIdempotencyConflict)
+	require.Equal(t, 3, s.validator.Operations()["v2CreateBulk"])
+	for _, r := range res {
+		require.Zero(t, r.LogID)
+	}
+	got, err := c.ListAccounts(ctx, conformanceLedger, []string{"a:1", "a:2", "a:4"})
+	require.NoError(t, err)
+	require.Equal(t, md(1), got["a:1"].Metadata)
+	require.NotContains(t, got, "a:2")
+	require.Contains(t, got, "a:4")
 }
 
 // TestConformanceBulkWire sends bulks the client never makes, to check the
@@ -276,7 +331,7 @@ func TestBulkAnswers(t *testing.T) {
 
 	t.Run("element errors of an older ledger", func(t *testing.T) {
 		t.Parallel()
-		s := setupStub(t, ledgeradapter.Config{}, answer(http.StatusBadRequest, `{"data":[
+		s := setupStub(t, ledgeradapter.Config{SequentialBulk: true}, answer(http.StatusBadRequest, `{"data":[
 			{"responseType":"ERROR","logID":0,"errorCode":"INTERNAL","errorDescription":"invalid idempotency hash when using idempotency key 'k1', has computed 'a' but 'b' is stored"},
 			{"responseType":"ERROR","logID":0,"errorCode":"INTERNAL","errorDescription":"context canceled"}]}`))
 		res, err := s.client.Bulk(context.Background(), "l", elems)
@@ -314,4 +369,78 @@ func TestBulkAnswers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestParallelBulkAnswers: a parallel bulk's results come in the order the
+// elements finished. All applied needs no order; a failure that names its
+// key is its element's; any other failure makes the elements whose fate is
+// unknown go again at once in a sequential bulk, whose results are in order.
+func TestParallelBulkAnswers(t *testing.T) {
+	t.Parallel()
+	elems := []ledgeradapter.BulkAddMetadata{
+		{Address: "a:1", IdempotencyKey: "k1"}, {Address: "a:2", IdempotencyKey: "k2"}, {Address: "a:3", IdempotencyKey: "k3"},
+	}
+	type exchange struct {
+		query string
+		n     int
+	}
+	serve := func(answers ...string) (*stub, *[]exchange) {
+		var mu sync.Mutex
+		var seen []exchange
+		s := setupStub(t, ledgeradapter.Config{}, func(w http.ResponseWriter, r *http.Request) {
+			var body []json.RawMessage
+			_ = json.NewDecoder(r.Body).Decode(&body)
+			mu.Lock()
+			i := len(seen)
+			seen = append(seen, exchange{r.URL.RawQuery, len(body)})
+			mu.Unlock()
+			status := http.StatusOK
+			if strings.Contains(answers[i], `"ERROR"`) {
+				status = http.StatusBadRequest
+			}
+			answer(status, answers[i])(w, r)
+		})
+		return s, &seen
+	}
+	const ok = `{"responseType":"ADD_METADATA","logID":7}`
+
+	t.Run("all applied", func(t *testing.T) {
+		t.Parallel()
+		s, seen := serve(`{"data":[` + ok + `,` + ok + `,` + ok + `]}`)
+		res, err := s.client.Bulk(context.Background(), "l", elems)
+		require.NoError(t, err)
+		for _, r := range res {
+			require.NoError(t, r.Err)
+			require.Zero(t, r.LogID, "which log is whose is unknown")
+		}
+		require.Equal(t, []exchange{{"continueOnFailure=true&parallel=true", 3}}, *seen)
+	})
+
+	t.Run("a failure that names its key", func(t *testing.T) {
+		t.Parallel()
+		s, seen := serve(`{"data":[` + ok + `,{"responseType":"ERROR","logID":0,"errorCode":"VALIDATION","errorDescription":"invalid idempotency hash when using idempotency key 'k3', has computed 'a' but 'b' is stored"},` + ok + `]}`)
+		res, err := s.client.Bulk(context.Background(), "l", elems)
+		require.NoError(t, err)
+		require.NoError(t, res[0].Err)
+		require.NoError(t, res[1].Err)
+		require.ErrorIs(t, res[2].Err, ledgeradapter.ErrIdempotencyConflict, "k3's, wherever the ledger put it")
+		require.Equal(t, 3, requireLedgerError(t, res[2].Err).Element)
+		require.Len(t, *seen, 1)
+	})
+
+	t.Run("a failure of unknown element", func(t *testing.T) {
+		t.Parallel()
+		s, seen := serve(
+			`{"data":[{"responseType":"ERROR","logID":0,"errorCode":"INTERNAL","errorDescription":"conflict on insert"},`+ok+`,`+ok+`]}`,
+			`{"data":[`+ok+`,{"responseType":"ERROR","logID":0,"errorCode":"INTERNAL","errorDescription":"conflict on insert"},`+ok+`]}`,
+		)
+		res, err := s.client.Bulk(context.Background(), "l", elems)
+		require.NoError(t, err)
+		require.NoError(t, res[0].Err)
+		require.Equal(t, "INTERNAL", requireLedgerError(t, res[1].Err).ErrorCode)
+		require.True(t, ledgeradapter.IsRetryable(res[1].Err))
+		require.NoError(t, res[2].Err)
+		require.Equal(t, []exchange{{"continueOnFailure=true&parallel=true", 3}, {"continueOnFailure=true", 3}}, *seen,
+			"asked again in order, every element: any may be the one that failed")
+	})
 }

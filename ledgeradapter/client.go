@@ -42,9 +42,10 @@ type Client struct {
 	hc      *http.Client
 	timeout time.Duration
 	// perElement is added to timeout per element beyond the first.
-	perElement time.Duration
-	tokens     *tokenSource // nil without OAuth2
-	observe    func(op string, status int, d time.Duration)
+	perElement   time.Duration
+	parallelBulk bool
+	tokens       *tokenSource // nil without OAuth2
+	observe      func(op string, status int, d time.Duration)
 	// listCap is the page size the server was seen to cap ListAccounts
 	// to, 0 until then.
 	listCap atomic.Int64
@@ -63,7 +64,7 @@ func NewClient(cfg Config) (*Client, error) {
 	}
 	c := &Client{
 		base: strings.TrimRight(cfg.BaseURL, "/"), hc: hc, timeout: cfg.Timeout,
-		perElement: max(cfg.TimeoutPerElement, 0), observe: cfg.Observe,
+		perElement: max(cfg.TimeoutPerElement, 0), parallelBulk: !cfg.SequentialBulk, observe: cfg.Observe,
 	}
 	if cfg.ClientID != "" {
 		c.tokens = newTokenSource(cfg, &http.Client{Transport: rt, Timeout: cfg.Timeout})

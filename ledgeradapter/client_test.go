@@ -277,6 +277,24 @@ func TestTimeoutsAndCancellation(t *testing.T) {
 		require.Zero(t, requireLedgerError(t, err).StatusCode)
 	})
 
+	t.Run("a request's timeout grows with its elements", func(t *testing.T) {
+		t.Parallel()
+		s := setupStub(t, ledgeradapter.Config{Timeout: 50 * time.Millisecond, TimeoutPerElement: 25 * time.Millisecond}, block)
+		ctx := context.Background()
+		start := time.Now()
+		_, err := s.client.AddAccountMetadata(ctx, "l", "a", nil, "k")
+		require.ErrorIs(t, err, ledgeradapter.ErrTimeout)
+		require.ErrorContains(t, err, "after 50ms")
+		_, err = s.client.Bulk(ctx, "l", []ledgeradapter.BulkAddMetadata{{Address: "a:1"}, {Address: "a:2"}, {Address: "a:3"}})
+		require.ErrorIs(t, err, ledgeradapter.ErrTimeout)
+		require.ErrorContains(t, err, "after 100ms", "50ms and 2 × 25ms")
+		_, err = s.client.ListAccounts(ctx, "l", []string{"a:1", "a:2"})
+		require.ErrorContains(t, err, "after 75ms")
+		require.GreaterOrEqual(t, time.Since(start), 225*time.Millisecond, "each waited its own timeout")
+		require.Equal(t, 100*time.Millisecond, ledgeradapter.Config{Timeout: 50 * time.Millisecond, TimeoutPerElement: 25 * time.Millisecond}.TimeoutFor(3))
+		require.Equal(t, ledgeradapter.DefaultTimeout+99*ledgeradapter.DefaultTimeoutPerElement, ledgeradapter.Config{}.TimeoutFor(ledgeradapter.MaxBulkSize))
+	})
+
 	t.Run("the caller's cancellation surfaces as the context error, with its cause", func(t *testing.T) {
 		t.Parallel()
 		s := setupStub(t, ledgeradapter.Config{}, block)

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 )
 
 // ledgerMetrics counts and times the ledger requests of `run`.
@@ -32,4 +34,24 @@ func newLedgerMetrics(reg prometheus.Registerer) *ledgerMetrics {
 func (m *ledgerMetrics) observe(op string, status int, d time.Duration) {
 	m.requests.WithLabelValues(op, strconv.Itoa(status)).Inc()
 	m.seconds.WithLabelValues(op).Observe(d.Seconds())
+}
+
+// registerBatcherMetrics exposes the Batcher's adaptive limits as gauges,
+// read when scraped.
+func registerBatcherMetrics(reg prometheus.Registerer, b *ledgeradapter.Batcher) {
+	gauge := func(name, help string, v func(ledgeradapter.BatcherStats) int) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
+			return float64(v(b.Stats()))
+		})
+	}
+	reg.MustRegister(
+		gauge("wallets_worker_ledger_read_limit", "Ledger read requests the Batcher lets in flight now (adaptive).",
+			func(s ledgeradapter.BatcherStats) int { return s.ReadLimit }),
+		gauge("wallets_worker_ledger_write_limit", "Ledger write requests the Batcher lets in flight now (adaptive).",
+			func(s ledgeradapter.BatcherStats) int { return s.WriteLimit }),
+		gauge("wallets_worker_ledger_read_batch", "Most account reads one list-accounts request carries now (adaptive).",
+			func(s ledgeradapter.BatcherStats) int { return s.ReadBatch }),
+		gauge("wallets_worker_ledger_write_batch", "Most metadata writes one bulk request carries now (adaptive).",
+			func(s ledgeradapter.BatcherStats) int { return s.WriteBatch }),
+	)
 }

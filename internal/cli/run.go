@@ -40,7 +40,7 @@ type runFlags struct {
 	ledgerClientSecretFile, ledgerCA                   string
 	dataDir, embeddedNATSAddr, embeddedLedgerAddr      string
 	httpAddr, logFormat, logLevel                      string
-	ledgerTimeout                                      time.Duration
+	ledgerTimeout, ledgerTimeoutPerElement             time.Duration
 	noProvision, noClaim                               bool
 	w                                                  worker.Config
 	ledgerBatch                                        bool
@@ -63,10 +63,11 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.ledgerCA, "ledger-ca", "", "PEM file of the CA that signed the ledger's HTTPS certificate (default: the system's)")
 	fs.StringVar(&f.ledgerTokenURL, "ledger-token-url", "", "OAuth2 token URL, e.g. <stack>/api/auth/oauth/token")
 	fs.DurationVar(&f.ledgerTimeout, "ledger-timeout", ledgeradapter.DefaultTimeout, "timeout of one ledger request; below --handler-timeout")
-	fs.BoolVar(&f.ledgerBatch, "ledger-batch", false, "coalesce concurrent account reads and metadata writes into list-accounts and bulk requests (ledger v2.4.0+); pays off with --concurrency well above --ledger-concurrency")
+	fs.DurationVar(&f.ledgerTimeoutPerElement, "ledger-timeout-per-element", ledgeradapter.DefaultTimeoutPerElement, "added to --ledger-timeout for each element of a list-accounts or bulk request beyond the first")
+	fs.BoolVar(&f.ledgerBatch, "ledger-batch", ledgeradapter.DefaultBatching, "coalesce concurrent account reads and metadata writes into list-accounts and bulk requests (ledger v2.4.0+), with requests in flight and batch sizes that adapt to the ledger's latency and errors; false: one request per call, up to --concurrency in flight")
 	fs.DurationVar(&f.batch.Window, "ledger-batch-window", ledgeradapter.DefaultBatchWindow, "with --ledger-batch: how long a call waits for others while one of its kind is in flight (a lone command never waits)")
 	fs.IntVar(&f.batch.MaxBatch, "ledger-batch-max", ledgeradapter.DefaultBatchMax, "with --ledger-batch: most calls per request, at most the ledger's BULK_MAX_SIZE and page size (100)")
-	fs.IntVar(&f.batch.MaxInFlight, "ledger-concurrency", ledgeradapter.DefaultBatchInFlight, "with --ledger-batch: most ledger requests in flight")
+	fs.IntVar(&f.batch.MaxInFlight, "ledger-concurrency", ledgeradapter.DefaultBatchInFlight, "with --ledger-batch: most ledger requests in flight, reads and writes together; below it each kind's limit adapts")
 	fs.StringVar(&f.dataDir, "data-dir", "./data", "where the embedded NATS server and the embedded ledger keep their files")
 	fs.StringVar(&f.embeddedNATSAddr, "embedded-nats-addr", "127.0.0.1:4222", "listen address of the embedded NATS server")
 	fs.StringVar(&f.embeddedLedgerAddr, "embedded-ledger-addr", "127.0.0.1:3068", "listen address of the embedded ledger")
@@ -101,6 +102,9 @@ func (f *runFlags) validate() error {
 	}
 	if w := f.w.WithDefaults(); f.ledgerTimeout >= w.HandlerTimeout {
 		errs = append(errs, usageError("--ledger-timeout %s must be shorter than the handler timeout %s", f.ledgerTimeout, w.HandlerTimeout))
+	}
+	if f.ledgerTimeoutPerElement < 0 {
+		errs = append(errs, usageError("--ledger-timeout-per-element %s is negative", f.ledgerTimeoutPerElement))
 	}
 	if f.ledgerClientSecretFile != "" {
 		if f.ledgerClientSecret != "" {
@@ -234,7 +238,7 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f.w.Metrics = worker.NewMetrics(reg)
 	lcfg := ledgeradapter.Config{
-		BaseURL: ledgerURL, Timeout: f.ledgerTimeout,
+		BaseURL: ledgerURL, Timeout: f.ledgerTimeout, TimeoutPerElement: f.ledgerTimeoutPerElement,
 		ClientID: f.ledgerClientID, ClientSecret: f.ledgerClientSecret, TokenURL: f.ledgerTokenURL,
 		Observe:        newLedgerMetrics(reg).observe,
 		TracerProvider: tel.TracerProvider(),
@@ -261,6 +265,7 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		if err != nil {
 			return usageError("%v", err)
 		}
+		registerBatcherMetrics(reg, b)
 		ledger = b
 	}
 	// While the ledger is unavailable the worker holds its commands and
