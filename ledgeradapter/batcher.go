@@ -113,7 +113,9 @@ func (c BatcherConfig) Validate() error {
 // idempotency key that makes a retry safe). A call whose
 // context ends returns at once with that context's error (retryable); if
 // it was not sent yet it never is, and a request whose every call has
-// returned is cancelled. A request runs on the context of its first call
+// returned is cancelled; a call whose deadline is nearer than twice the
+// time its request is expected to take fails at once with ErrNoTimeLeft
+// instead of being sent. A request runs on the context of its first call
 // without its cancellation (its values, a trace for one, travel with it),
 // bounded by the client's timeout for its size.
 //
@@ -163,6 +165,16 @@ func NewBatcher(next BatchLedger, cfg BatcherConfig) (*Batcher, error) {
 	return b, nil
 }
 
+// ErrNoTimeLeft is what a call gets, wrapped in an *Error, when its
+// context's deadline would come before the answer to its request: it is
+// not sent. It matches context.DeadlineExceeded too, and is retryable: the
+// command comes back with a deadline of its own.
+var ErrNoTimeLeft = fmt.Errorf("ledgeradapter: not sent, too little time left: %w", context.DeadlineExceeded)
+
+// noTimeLeftFactor is how many times the expected time of its request a
+// call must have left to be sent.
+const noTimeLeftFactor = 2
+
 // Request kinds, each with its own Limiter.
 const (
 	kindRead = iota
@@ -190,6 +202,9 @@ type BatcherStats struct {
 	// Timeouts counts the requests that timed out (ErrTimeout); Overloads
 	// those that timed out, got no answer, a 5xx or a 429.
 	Timeouts, Overloads int64
+	// NoTimeLeft counts the calls not sent because their deadline came
+	// before their request's answer would (ErrNoTimeLeft).
+	NoTimeLeft int64
 	// ReadLimit and WriteLimit are the adaptive limits of requests in
 	// flight now; ReadBatch and WriteBatch the most calls a request of the
 	// kind carries now.
@@ -199,7 +214,7 @@ type BatcherStats struct {
 
 type batcherCounters struct {
 	reads, writes, readRequests, writeRequests atomic.Int64
-	timeouts, overloads                        atomic.Int64
+	timeouts, overloads, noTimeLeft            atomic.Int64
 	peak                                       int // under mu
 }
 
@@ -212,7 +227,7 @@ func (b *Batcher) Stats() BatcherStats {
 		Reads: b.stats.reads.Load(), Writes: b.stats.writes.Load(),
 		ReadRequests: b.stats.readRequests.Load(), WriteRequests: b.stats.writeRequests.Load(),
 		PeakInFlight: peak,
-		Timeouts:     b.stats.timeouts.Load(), Overloads: b.stats.overloads.Load(),
+		Timeouts:     b.stats.timeouts.Load(), Overloads: b.stats.overloads.Load(), NoTimeLeft: b.stats.noTimeLeft.Load(),
 		ReadLimit: b.limiters[kindRead].Limit(), WriteLimit: b.limiters[kindWrite].Limit(),
 		ReadBatch: b.batchLimit(kindRead), WriteBatch: b.batchLimit(kindWrite),
 	}
@@ -463,12 +478,31 @@ func (b *Batcher) dispatch() {
 			q.timer = nil
 		}
 
-		bt := &batch{calls: make([]*call, 0, n)}
+		// A call whose deadline comes before the request would be answered
+		// is not sent: its caller would leave mid-request, and a write whose
+		// answer is lost comes back as a replay of itself.
+		k := q.key.kind()
+		need := noTimeLeftFactor * b.limiters[k].Expected(n)
+		now := time.Now()
+		keep := taken[:0:0]
+		for _, c := range taken {
+			if dl, ok := c.ctx.Deadline(); ok && need > 0 && dl.Sub(now) < need {
+				b.refuse(q.key, c, fmt.Errorf("%w: %s left, a request of %d takes about %s", ErrNoTimeLeft,
+					dl.Sub(now).Round(time.Millisecond), n, (need/noTimeLeftFactor).Round(time.Millisecond)))
+				continue
+			}
+			keep = append(keep, c)
+		}
+		if len(keep) == 0 {
+			continue
+		}
+
+		bt := &batch{calls: make([]*call, 0, len(keep))}
 		// The request carries the first call's values, not its
 		// cancellation: it is cancelled once no caller waits for it, and
 		// the client bounds it with the timeout for its size.
-		bt.ctx, bt.cancel = context.WithCancel(context.WithoutCancel(taken[0].ctx))
-		for _, c := range taken {
+		bt.ctx, bt.cancel = context.WithCancel(context.WithoutCancel(keep[0].ctx))
+		for _, c := range keep {
 			// batch and live are set before the call is marked sent: a
 			// caller that then finds it sent uses both.
 			bt.live.Add(1)
@@ -486,12 +520,29 @@ func (b *Batcher) dispatch() {
 		}
 		b.inFlight++
 		q.inFlight++
-		k := q.key.kind()
 		b.kindInFlight[k]++
 		bt.inFlight = b.kindInFlight[k]
 		b.stats.peak = max(b.stats.peak, b.inFlight)
 		go b.send(q, bt)
 	}
+}
+
+// refuse answers c with err (wrapped in an *Error of its operation)
+// without sending it, unless its caller has left already. Called with mu
+// held.
+func (b *Batcher) refuse(key queueKey, c *call, err error) {
+	if c.state.CompareAndSwap(callPending, callSent) {
+		op := "AddAccountMetadata"
+		if key.read {
+			op = "GetAccount"
+		}
+		c.err = &Error{Op: op, Err: err}
+		b.stats.noTimeLeft.Add(1)
+		b.land(c, false)
+		close(c.done)
+		return
+	}
+	b.land(c, false)
 }
 
 // send makes the request of bt, hands every call its result and frees the

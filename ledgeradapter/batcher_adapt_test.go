@@ -223,3 +223,35 @@ func TestBatcherAdaptsToTheLedger(t *testing.T) {
 		})
 	})
 }
+
+// A call whose deadline would come before its request's answer is not sent:
+// its caller would leave mid-request, and a write whose answer is lost comes
+// back as a replay of itself.
+func TestBatcherSendsNothingItCannotFinish(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		f.cost = func(_, n int) time.Duration { return time.Duration(n) * time.Second }
+		b := newBatcher(t, f, ledgeradapter.BatcherConfig{})
+		_, err := b.AddAccountMetadata(context.Background(), "l", "a:0", nil, "k0")
+		require.NoError(t, err, "no deadline: sent; the ledger takes a second")
+
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err = b.AddAccountMetadata(ctx, "l", "a:1", nil, "k1")
+		require.ErrorIs(t, err, ledgeradapter.ErrNoTimeLeft)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.True(t, ledgeradapter.IsRetryable(err))
+		require.Equal(t, start, time.Now(), "at once")
+		require.Len(t, f.log(), 1, "not sent")
+		_, _, err = b.GetAccount(ctx, "l", "a:1")
+		require.NoError(t, err, "reads learn their own latency: none seen yet")
+
+		ctx, cancel = context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, err = b.AddAccountMetadata(ctx, "l", "a:2", nil, "k2")
+		require.NoError(t, err, "two seconds left is enough")
+		require.EqualValues(t, 1, b.Stats().NoTimeLeft)
+	})
+}

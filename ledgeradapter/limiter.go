@@ -167,6 +167,14 @@ func (l *Limiter) BatchLimit(most int) int {
 	return min(most, max(int(l.cfg.TargetLatency/recent), 1))
 }
 
+// Expected is about how long a request of n elements takes now: n times
+// the latency per element seen lately; 0 until something was seen.
+func (l *Limiter) Expected(n int) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.recent * time.Duration(max(n, 1))
+}
+
 const (
 	// numSizeClasses covers requests of up to 128 elements.
 	numSizeClasses = 15
