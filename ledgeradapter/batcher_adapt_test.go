@@ -34,18 +34,20 @@ func TestBatcherRequestContextIsTheFirstCallers(t *testing.T) {
 		synctest.Wait()
 		time.Sleep(ledgeradapter.DefaultBatchWindow)
 		synctest.Wait()
+		cancelFirst() // its only caller leaves: the request is cancelled, not its values
+		synctest.Wait()
+		close(f.hold)
+		require.Error(t, <-lone)
+		for _, ch := range []<-chan error{w1, w2, w3} {
+			require.NoError(t, <-ch)
+		}
 		log := f.log()
 		require.Len(t, log, 2)
 		require.Equal(t, "lone", log[0].value, "a lone call's request has its values")
+		require.True(t, log[0].ended, "cancelled once its only caller left")
 		require.Equal(t, "Bulk", log[1].op)
 		require.Equal(t, 3, log[1].n)
 		require.Equal(t, "w1", log[1].value, "a shared request has its first call's")
-
-		close(f.hold)
-		for _, ch := range []<-chan error{lone, w1, w2, w3} {
-			require.NoError(t, <-ch)
-		}
-		cancelFirst()
 	})
 }
 
