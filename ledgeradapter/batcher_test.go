@@ -491,7 +491,7 @@ func TestBatcherConfig(t *testing.T) {
 		Limiter: ledgeradapter.LimiterConfig{
 			Initial: ledgeradapter.DefaultLimiterInitial, Min: 1, Max: ledgeradapter.DefaultBatchInFlight,
 			Tolerance: ledgeradapter.DefaultLimiterTolerance, Backoff: ledgeradapter.DefaultLimiterBackoff,
-			TargetLatency: ledgeradapter.DefaultTargetLatency,
+			TargetLatency: ledgeradapter.DefaultTargetLatency, LatencyFloor: ledgeradapter.DefaultLatencyFloor,
 		},
 	}, b.Config())
 	require.Equal(t, 4, newBatcher(t, newFake(), ledgeradapter.BatcherConfig{MaxInFlight: 4}).Config().Limiter.Max, "the limit's ceiling is MaxInFlight")

@@ -18,6 +18,9 @@ const (
 	// DefaultLimiterBackoff is what the limit is multiplied by on an
 	// overload signal (a timeout, a 5xx, a 429, no answer).
 	DefaultLimiterBackoff = 0.5
+	// DefaultLatencyFloor is the latency per element under which a ledger
+	// is never deemed congested.
+	DefaultLatencyFloor = time.Millisecond
 	// DefaultTargetLatency is the time a request is sized for: a batch is
 	// cut so that, at the latency per element seen lately, it takes about
 	// this long.
@@ -41,6 +44,10 @@ type LimiterConfig struct {
 	// TargetLatency sizes batches (default DefaultTargetLatency): see
 	// Limiter.BatchLimit.
 	TargetLatency time.Duration
+	// LatencyFloor is the latency per element under which a ledger is
+	// never deemed congested (default DefaultLatencyFloor): at that scale
+	// the differences are the scheduler's, not the ledger's queue.
+	LatencyFloor time.Duration
 }
 
 func (c *LimiterConfig) setDefaults() {
@@ -61,6 +68,9 @@ func (c *LimiterConfig) setDefaults() {
 	}
 	if c.TargetLatency == 0 {
 		c.TargetLatency = DefaultTargetLatency
+	}
+	if c.LatencyFloor == 0 {
+		c.LatencyFloor = DefaultLatencyFloor
 	}
 }
 
@@ -83,6 +93,9 @@ func (c LimiterConfig) Validate() error {
 	if c.TargetLatency < 0 {
 		errs = append(errs, fmt.Errorf("ledgeradapter: target latency %s is negative", c.TargetLatency))
 	}
+	if c.LatencyFloor < 0 {
+		errs = append(errs, fmt.Errorf("ledgeradapter: latency floor %s is negative", c.LatencyFloor))
+	}
 	return errors.Join(errs...)
 }
 
@@ -102,7 +115,9 @@ func (c LimiterConfig) Validate() error {
 // not reached is not raised); beyond, it shrinks in proportion to the
 // excess, by a quarter at most per sample. A request that timed out, was
 // refused as overloaded (5xx, 429) or got no answer cuts the limit by
-// Backoff at once. A request that was alone in flight sets the best of its
+// Backoff at once. Latencies per element under LatencyFloor count as the
+// floor: a ledger that answers that fast is not congested, whatever the
+// scheduler's noise. A request that was alone in flight sets the best of its
 // size whatever it took: a ledger whose floor rose is throttled down to one
 // request, which then measures the new floor, and the limit grows again
 // from there.
@@ -224,7 +239,8 @@ func (l *Limiter) Observe(s Sample) {
 		}
 	}
 
-	gradient := math.Max(0.5, math.Min(1, l.cfg.Tolerance*float64(ref)/float64(per)))
+	floor := l.cfg.LatencyFloor
+	gradient := math.Max(0.5, math.Min(1, l.cfg.Tolerance*float64(max(ref, floor))/float64(max(per, floor))))
 	next := l.limit * gradient
 	if gradient == 1 {
 		if float64(s.InFlight) < l.limit/2 {

@@ -49,6 +49,21 @@ func TestLimiter(t *testing.T) {
 		require.IsNonDecreasing(t, seen)
 	})
 
+	t.Run("a fast ledger's noise is not congestion", func(t *testing.T) {
+		t.Parallel()
+		// Tens of microseconds, some ten times the best: the scheduler's
+		// noise, not a queue at the ledger.
+		l := newTestLimiter(t, LimiterConfig{Initial: 8, Max: 64})
+		for i := range 200 {
+			lat := 20 * time.Microsecond
+			if i%3 == 0 {
+				lat = 300 * time.Microsecond
+			}
+			l.Observe(Sample{Latency: lat, Elements: 1, InFlight: l.Limit()})
+		}
+		require.Equal(t, 64, l.Limit())
+	})
+
 	t.Run("a limit that is not used is not raised", func(t *testing.T) {
 		t.Parallel()
 		l := newTestLimiter(t, LimiterConfig{Initial: 8, Max: 64})
@@ -104,16 +119,16 @@ func TestLimiter(t *testing.T) {
 
 	t.Run("bulks and single requests are judged each against their own size", func(t *testing.T) {
 		t.Parallel()
-		// A fast ledger with a fixed cost per request: a single call takes
-		// 1ms, a bulk of 50 takes 3ms, 60µs per element. Mixed, neither is
+		// A ledger with a fixed cost per request: a single call takes 20ms,
+		// a bulk of 50 takes 100ms, 2ms per element. Mixed, neither is
 		// congestion.
 		l := newTestLimiter(t, LimiterConfig{Initial: 8, Max: 64})
 		for i := range 200 {
 			in := l.Limit()
 			if i%2 == 0 {
-				l.Observe(Sample{Latency: 3 * time.Millisecond, Elements: 50, InFlight: in})
+				l.Observe(Sample{Latency: 100 * time.Millisecond, Elements: 50, InFlight: in})
 			} else {
-				l.Observe(Sample{Latency: time.Millisecond, Elements: 1, InFlight: in})
+				l.Observe(Sample{Latency: 20 * time.Millisecond, Elements: 1, InFlight: in})
 			}
 		}
 		require.Equal(t, 64, l.Limit())
@@ -139,9 +154,9 @@ func TestLimiter(t *testing.T) {
 func TestLimiterConfigValidate(t *testing.T) {
 	t.Parallel()
 	require.NoError(t, LimiterConfig{}.Validate())
-	err := LimiterConfig{Min: 4, Max: 2, Tolerance: 0.5, Backoff: 1.5, TargetLatency: -time.Second}.Validate()
+	err := LimiterConfig{Min: 4, Max: 2, Tolerance: 0.5, Backoff: 1.5, TargetLatency: -time.Second, LatencyFloor: -1}.Validate()
 	require.Error(t, err)
-	for _, want := range []string{"bounds", "initial", "tolerance", "backoff", "target latency"} {
+	for _, want := range []string{"bounds", "initial", "tolerance", "backoff", "target latency", "latency floor"} {
 		require.ErrorContains(t, err, want)
 	}
 	_, err = NewLimiter(LimiterConfig{Initial: 100, Max: 10})
