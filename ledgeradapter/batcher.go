@@ -15,6 +15,13 @@ const (
 	// DefaultBatching says whether a Batcher stands between the worker
 	// and the ledger by default (wallets-worker run --ledger-batch).
 	DefaultBatching = true
+	// DefaultBatchingConcurrency is how many commands a worker should have
+	// in flight in front of a Batcher (run's --concurrency default with
+	// --ledger-batch): against a real ledger a command spends about a
+	// second in two requests under load, and a few hundred writes in
+	// flight are what its ceiling takes. Without a Batcher each command
+	// holds a request, and the worker's own default applies.
+	DefaultBatchingConcurrency = 512
 	// DefaultBatchWindow is how long a call may wait for others to share
 	// its request when a request of its kind is already in flight.
 	DefaultBatchWindow = 2 * time.Millisecond
@@ -482,13 +489,13 @@ func (b *Batcher) dispatch() {
 		// is not sent: its caller would leave mid-request, and a write whose
 		// answer is lost comes back as a replay of itself.
 		k := q.key.kind()
-		need := noTimeLeftFactor * b.limiters[k].Expected(n)
+		need := noTimeLeftFactor * b.limiters[k].Expected()
 		now := time.Now()
 		keep := taken[:0:0]
 		for _, c := range taken {
 			if dl, ok := c.ctx.Deadline(); ok && need > 0 && dl.Sub(now) < need {
-				b.refuse(q.key, c, fmt.Errorf("%w: %s left, a request of %d takes about %s", ErrNoTimeLeft,
-					dl.Sub(now).Round(time.Millisecond), n, (need/noTimeLeftFactor).Round(time.Millisecond)))
+				b.refuse(q.key, c, fmt.Errorf("%w: %s left, a request takes about %s", ErrNoTimeLeft,
+					dl.Sub(now).Round(time.Millisecond), (need/noTimeLeftFactor).Round(time.Millisecond)))
 				continue
 			}
 			keep = append(keep, c)

@@ -189,11 +189,12 @@ func TestBatcherAdaptsToTheLedger(t *testing.T) {
 	t.Run("saturated", func(t *testing.T) {
 		t.Parallel()
 		synctest.Test(t, func(t *testing.T) {
-			// A ledger that serves 400 elements a second whatever the load:
-			// each element costs 2.5ms of its single worker.
+			// A ledger that serves 100 elements a second whatever the load:
+			// a request waits for every element in flight, 10ms each. The
+			// 2.5s target holds 250 elements: at most 2 or 3 bulks of 100.
 			f := newFake()
 			f.cost = func(inFlight, n int) time.Duration {
-				return time.Duration(inFlight*n) * 2500 * time.Microsecond
+				return time.Duration(inFlight*n) * 10 * time.Millisecond
 			}
 			b := newBatcher(t, f, ledgeradapter.BatcherConfig{})
 			sizes := runLoad(t, b, f, 4000)
@@ -213,14 +214,16 @@ func TestBatcherAdaptsToTheLedger(t *testing.T) {
 	t.Run("slow per element", func(t *testing.T) {
 		t.Parallel()
 		synctest.Test(t, func(t *testing.T) {
-			// 100ms per element: a second holds 10.
+			// 100ms per element, one after another, one request at a time:
+			// the 2.5s target holds 25. Batches shrink to about that.
 			f := newFake()
 			f.cost = func(_, n int) time.Duration { return time.Duration(n) * 100 * time.Millisecond }
-			b := newBatcher(t, f, ledgeradapter.BatcherConfig{})
-			sizes := runLoad(t, b, f, 400)
-			require.Equal(t, 10, b.Stats().WriteBatch)
-			for _, n := range sizes[len(sizes)/2:] {
-				require.LessOrEqual(t, n, 10)
+			b := newBatcher(t, f, ledgeradapter.BatcherConfig{MaxInFlight: 1})
+			sizes := runLoad(t, b, f, 1000)
+			require.LessOrEqual(t, b.Stats().WriteBatch, 40)
+			tail := sizes[len(sizes)/2:]
+			for _, n := range tail {
+				require.LessOrEqual(t, n, 40, "sizes of the last requests: %v", tail)
 			}
 		})
 	})

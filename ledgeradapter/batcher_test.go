@@ -490,8 +490,8 @@ func TestBatcherConfig(t *testing.T) {
 		Window: ledgeradapter.DefaultBatchWindow, MaxBatch: ledgeradapter.DefaultBatchMax, MaxInFlight: ledgeradapter.DefaultBatchInFlight,
 		Limiter: ledgeradapter.LimiterConfig{
 			Initial: ledgeradapter.DefaultLimiterInitial, Min: 1, Max: ledgeradapter.DefaultBatchInFlight,
-			Tolerance: ledgeradapter.DefaultLimiterTolerance, Backoff: ledgeradapter.DefaultLimiterBackoff,
-			TargetLatency: ledgeradapter.DefaultTargetLatency, LatencyFloor: ledgeradapter.DefaultLatencyFloor,
+			TargetLatency: ledgeradapter.DefaultTargetLatency, Backoff: ledgeradapter.DefaultLimiterBackoff,
+			FirstBatch: ledgeradapter.DefaultFirstBatch,
 		},
 	}, b.Config())
 	require.Equal(t, 4, newBatcher(t, newFake(), ledgeradapter.BatcherConfig{MaxInFlight: 4}).Config().Limiter.Max, "the limit's ceiling is MaxInFlight")
@@ -499,9 +499,9 @@ func TestBatcherConfig(t *testing.T) {
 	require.ErrorContains(t, err, "window")
 	require.ErrorContains(t, err, "batch max 101")
 	require.ErrorContains(t, err, "in flight -1")
-	err = ledgeradapter.BatcherConfig{MaxInFlight: 4, Limiter: ledgeradapter.LimiterConfig{Max: 8, Tolerance: 0.5}}.Validate()
+	err = ledgeradapter.BatcherConfig{MaxInFlight: 4, Limiter: ledgeradapter.LimiterConfig{Max: 8, Backoff: 2}}.Validate()
 	require.ErrorContains(t, err, "limiter max 8 is above the requests in flight 4")
-	require.ErrorContains(t, err, "tolerance 0.5")
+	require.ErrorContains(t, err, "backoff 2")
 	_, err = ledgeradapter.NewBatcher(nil, ledgeradapter.BatcherConfig{})
 	require.Error(t, err)
 }

@@ -12,19 +12,17 @@ import (
 const (
 	// DefaultLimiterInitial is the limit a Limiter starts from.
 	DefaultLimiterInitial = 8
-	// DefaultLimiterTolerance is how many times its best latency per
-	// element the ledger may take before the limit shrinks.
-	DefaultLimiterTolerance = 2.0
+	// DefaultTargetLatency is the latency a request may reach before the
+	// limit shrinks: half the client's timeout of a single request
+	// (DefaultTimeout), less than a third of a bulk's.
+	DefaultTargetLatency = 2500 * time.Millisecond
 	// DefaultLimiterBackoff is what the limit is multiplied by on an
 	// overload signal (a timeout, a 5xx, a 429, no answer).
 	DefaultLimiterBackoff = 0.5
-	// DefaultLatencyFloor is the latency per element under which a ledger
-	// is never deemed congested.
-	DefaultLatencyFloor = time.Millisecond
-	// DefaultTargetLatency is the time a request is sized for: a batch is
-	// cut so that, at the latency per element seen lately, it takes about
-	// this long.
-	DefaultTargetLatency = time.Second
+	// DefaultFirstBatch caps the batches sent before any request came
+	// back, so that a burst at start does not send a ledger of unknown
+	// speed its largest requests.
+	DefaultFirstBatch = 10
 )
 
 // LimiterConfig configures a Limiter. Zero values take the defaults.
@@ -34,20 +32,16 @@ type LimiterConfig struct {
 	Initial int
 	// Min and Max bound the limit (defaults 1 and DefaultBatchInFlight).
 	Min, Max int
-	// Tolerance is how many times the best latency per element (the
-	// ledger's latency unloaded) a request may take before the limit
-	// shrinks (default DefaultLimiterTolerance, at least 1).
-	Tolerance float64
+	// TargetLatency is the latency a request may reach before the limit
+	// shrinks (default DefaultTargetLatency). Keep it well below the
+	// client's timeout: a request that times out has lost its answer.
+	TargetLatency time.Duration
 	// Backoff multiplies the limit on an overload signal (default
 	// DefaultLimiterBackoff, in (0, 1)).
 	Backoff float64
-	// TargetLatency sizes batches (default DefaultTargetLatency): see
-	// Limiter.BatchLimit.
-	TargetLatency time.Duration
-	// LatencyFloor is the latency per element under which a ledger is
-	// never deemed congested (default DefaultLatencyFloor): at that scale
-	// the differences are the scheduler's, not the ledger's queue.
-	LatencyFloor time.Duration
+	// FirstBatch caps batches until a request came back (default
+	// DefaultFirstBatch).
+	FirstBatch int
 }
 
 func (c *LimiterConfig) setDefaults() {
@@ -60,17 +54,14 @@ func (c *LimiterConfig) setDefaults() {
 	if c.Initial == 0 {
 		c.Initial = min(DefaultLimiterInitial, c.Max)
 	}
-	if c.Tolerance == 0 {
-		c.Tolerance = DefaultLimiterTolerance
+	if c.TargetLatency == 0 {
+		c.TargetLatency = DefaultTargetLatency
 	}
 	if c.Backoff == 0 {
 		c.Backoff = DefaultLimiterBackoff
 	}
-	if c.TargetLatency == 0 {
-		c.TargetLatency = DefaultTargetLatency
-	}
-	if c.LatencyFloor == 0 {
-		c.LatencyFloor = DefaultLatencyFloor
+	if c.FirstBatch == 0 {
+		c.FirstBatch = DefaultFirstBatch
 	}
 }
 
@@ -84,43 +75,35 @@ func (c LimiterConfig) Validate() error {
 	if c.Initial < c.Min || c.Initial > c.Max {
 		errs = append(errs, fmt.Errorf("ledgeradapter: limiter initial %d is outside %d to %d", c.Initial, c.Min, c.Max))
 	}
-	if c.Tolerance < 1 {
-		errs = append(errs, fmt.Errorf("ledgeradapter: limiter tolerance %g: want at least 1", c.Tolerance))
+	if c.TargetLatency < 0 {
+		errs = append(errs, fmt.Errorf("ledgeradapter: target latency %s is negative", c.TargetLatency))
 	}
 	if c.Backoff <= 0 || c.Backoff >= 1 {
 		errs = append(errs, fmt.Errorf("ledgeradapter: limiter backoff %g: want a factor in (0, 1)", c.Backoff))
 	}
-	if c.TargetLatency < 0 {
-		errs = append(errs, fmt.Errorf("ledgeradapter: target latency %s is negative", c.TargetLatency))
-	}
-	if c.LatencyFloor < 0 {
-		errs = append(errs, fmt.Errorf("ledgeradapter: latency floor %s is negative", c.LatencyFloor))
+	if c.FirstBatch < 0 {
+		errs = append(errs, fmt.Errorf("ledgeradapter: first batch %d is negative", c.FirstBatch))
 	}
 	return errors.Join(errs...)
 }
 
-// Limiter adapts how many requests may be in flight to one ledger, from the
-// latency and the failures of those that come back: a gradient limiter in
-// the manner of TCP Vegas and Netflix's concurrency-limits, with a
-// multiplicative cut on overload as in AIMD.
+// Limiter adapts how many requests may be in flight to one ledger, and how
+// many calls one request carries, to the latency and the failures of the
+// requests that come back: additive increase, multiplicative decrease, as
+// TCP and Netflix's concurrency-limits AIMD do, with a latency target as
+// the congestion signal.
 //
-// A request is judged by its latency per element (its time divided by the
-// calls it carried) against the best seen for requests of about its size
-// or smaller (sizes are grouped in classes that differ by at most 1.5×):
-// the best is the ledger's latency unloaded, and leaving larger requests
-// out keeps a lone write from looking slow beside a bulk of 50, whose fixed
-// cost is shared.
-// While samples stay within Tolerance of the best, the limit grows by about
-// half its square root per sample, as long as it is used (a limit that is
-// not reached is not raised); beyond, it shrinks in proportion to the
-// excess, by a quarter at most per sample. A request that timed out, was
-// refused as overloaded (5xx, 429) or got no answer cuts the limit by
-// Backoff at once. Latencies per element under LatencyFloor count as the
-// floor: a ledger that answers that fast is not congested, whatever the
-// scheduler's noise. A request that was alone in flight sets the best of its
-// size whatever it took: a ledger whose floor rose is throttled down to one
-// request, which then measures the new floor, and the limit grows again
-// from there.
+// The real ledger's throughput keeps growing with the work in flight well
+// after its latency has grown several times (its writes queue for a pool
+// of database connections), so the limit is not held where latency starts
+// to rise but where it reaches TargetLatency, comfortably under the
+// client's timeout. While requests come back within it, the limit grows by
+// one per request, as long as it is used (a limit that is not reached is
+// not raised); a request beyond it shrinks the limit in proportion to the
+// excess, by half at most; a request that timed out, was refused as
+// overloaded (5xx, 429) or got no answer halves it at once. When the limit
+// is at its minimum and requests are still too slow, the batch size shrinks
+// the same way, and grows back by a tenth per request within the target.
 //
 // A Limiter is safe for concurrent use; it does not count requests itself.
 type Limiter struct {
@@ -128,9 +111,11 @@ type Limiter struct {
 
 	mu    sync.Mutex
 	limit float64
-	// best is the lowest latency per element seen, by size class; recent
-	// an average of the last few, all sizes. 0 until seen.
-	best   [numSizeClasses]time.Duration
+	// batch caps the calls of a request, as a share of the most asked
+	// for: 1 is all of them.
+	batch float64
+	// recent is an average of the latency of the last requests, 0 until
+	// one came back.
 	recent time.Duration
 }
 
@@ -154,7 +139,7 @@ func NewLimiter(cfg LimiterConfig) (*Limiter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Limiter{cfg: cfg, limit: float64(cfg.Initial)}, nil
+	return &Limiter{cfg: cfg, limit: float64(cfg.Initial), batch: 1}, nil
 }
 
 // Config returns the configuration in force, defaults applied.
@@ -168,88 +153,66 @@ func (l *Limiter) Limit() int {
 }
 
 // BatchLimit is how many calls one request should carry at most, up to
-// most: as many as fit in TargetLatency at the latency per element seen
-// lately, and at most firstBatch until something was seen (a burst at start
-// must not send a ledger of unknown speed its largest requests). It is
-// never below 1.
+// most: FirstBatch until a request came back, then most unless requests at
+// the least limit were too slow. It is never below 1.
 func (l *Limiter) BatchLimit(most int) int {
 	l.mu.Lock()
-	recent := l.recent
-	l.mu.Unlock()
-	if recent <= 0 {
-		return min(most, firstBatch)
+	defer l.mu.Unlock()
+	if l.recent == 0 {
+		return max(1, min(most, l.cfg.FirstBatch))
 	}
-	return min(most, max(int(l.cfg.TargetLatency/recent), 1))
+	return max(1, int(math.Round(float64(most)*l.batch)))
 }
 
-// Expected is about how long a request of n elements takes now: n times
-// the latency per element seen lately; 0 until something was seen.
-func (l *Limiter) Expected(n int) time.Duration {
+// Expected is about how long a request takes now: the average of the last
+// few; 0 until one came back.
+func (l *Limiter) Expected() time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.recent * time.Duration(max(n, 1))
+	return l.recent
 }
 
 const (
-	// numSizeClasses covers requests of up to 128 elements.
-	numSizeClasses = 15
 	// recentWeight is the weight of a new sample in the recent average.
 	recentWeight = 0.3
-	// smoothing is the weight of the new limit against the old one.
-	smoothing = 0.5
-	// firstBatch caps the batches sent before any request came back.
-	firstBatch = 10
+	// minBatchShare is the least share of the largest batch a request
+	// carries: 1 of 100.
+	minBatchShare = 0.01
+	// batchGrowth is what the batch share grows by per request within
+	// the target.
+	batchGrowth = 0.1
 )
 
-// sizeClass groups request sizes by factors of √2: 1, 2, 3, 4-5, 6-7, 8-11,
-// 12-15, 16-22, ...
-func sizeClass(n int) int {
-	return min(int(2*math.Log2(float64(max(n, 1)))), numSizeClasses-1)
-}
-
-// Observe adapts the limit to one request's fate.
+// Observe adapts the limits to one request's fate.
 func (l *Limiter) Observe(s Sample) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if s.Overload {
-		l.limit = l.clamp(l.limit * l.cfg.Backoff)
+		l.shrink(l.cfg.Backoff)
 		return
 	}
-	per := s.Latency / time.Duration(max(s.Elements, 1))
-	per = max(per, time.Microsecond) // a clock that did not move is not infinitely fast
 	if l.recent == 0 {
-		l.recent = per
+		l.recent = s.Latency
 	} else {
-		l.recent += time.Duration(recentWeight * float64(per-l.recent))
+		l.recent += time.Duration(recentWeight * float64(s.Latency-l.recent))
 	}
-	class := sizeClass(s.Elements)
-	if best := &l.best[class]; *best == 0 || per < *best || s.InFlight <= 1 {
-		// Alone in flight, a request takes the ledger's unloaded time, be
-		// it more than before: the floor rose.
-		*best = per
+	if s.Latency > l.cfg.TargetLatency {
+		l.shrink(math.Max(l.cfg.Backoff, float64(l.cfg.TargetLatency)/float64(s.Latency)))
+		return
 	}
-	// A larger request shares its fixed cost among more elements: its
-	// unloaded time per element is at most a smaller one's. This keeps a
-	// size first seen under load (large batches form under load) from
-	// taking a loaded time for its floor.
-	ref := l.best[class]
-	for _, b := range l.best[:class] {
-		if b > 0 {
-			ref = min(ref, b)
-		}
+	l.batch = math.Min(1, l.batch+batchGrowth)
+	if float64(s.InFlight) >= l.limit/2 {
+		l.limit = l.clamp(l.limit + 1)
 	}
+}
 
-	floor := l.cfg.LatencyFloor
-	gradient := math.Max(0.5, math.Min(1, l.cfg.Tolerance*float64(max(ref, floor))/float64(max(per, floor))))
-	next := l.limit * gradient
-	if gradient == 1 {
-		if float64(s.InFlight) < l.limit/2 {
-			// The limit was not the bound: nothing says more would be fine.
-			return
-		}
-		next += math.Sqrt(l.limit)
+// shrink cuts the limit by factor, and the batch size too when the limit
+// cannot take the whole cut. Called with mu held.
+func (l *Limiter) shrink(factor float64) {
+	if l.limit*factor < float64(l.cfg.Min) {
+		l.batch = math.Max(minBatchShare, l.batch*factor)
 	}
-	l.limit = l.clamp(l.limit*(1-smoothing) + next*smoothing)
+	l.limit = l.clamp(l.limit * factor)
 }
 
 func (l *Limiter) clamp(v float64) float64 {

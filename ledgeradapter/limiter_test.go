@@ -28,11 +28,11 @@ func saturating(base time.Duration, knee int) func(inFlight int) time.Duration {
 
 // drive runs the limiter for n samples, each request sent with the limit
 // full, and returns the limits it went through.
-func drive(l *Limiter, n, elements int, latency func(inFlight int) time.Duration) []int {
+func drive(l *Limiter, n int, latency func(inFlight int) time.Duration) []int {
 	var seen []int
 	for range n {
 		in := l.Limit()
-		l.Observe(Sample{Latency: latency(in) * time.Duration(elements), Elements: elements, InFlight: in})
+		l.Observe(Sample{Latency: latency(in), Elements: 1, InFlight: in})
 		seen = append(seen, l.Limit())
 	}
 	return seen
@@ -44,24 +44,9 @@ func TestLimiter(t *testing.T) {
 	t.Run("grows to its ceiling while latency holds", func(t *testing.T) {
 		t.Parallel()
 		l := newTestLimiter(t, LimiterConfig{Initial: 4, Max: 64})
-		seen := drive(l, 200, 1, saturating(time.Millisecond, 1000))
+		seen := drive(l, 200, saturating(time.Millisecond, 1000))
 		require.Equal(t, 64, l.Limit())
 		require.IsNonDecreasing(t, seen)
-	})
-
-	t.Run("a fast ledger's noise is not congestion", func(t *testing.T) {
-		t.Parallel()
-		// Tens of microseconds, some ten times the best: the scheduler's
-		// noise, not a queue at the ledger.
-		l := newTestLimiter(t, LimiterConfig{Initial: 8, Max: 64})
-		for i := range 200 {
-			lat := 20 * time.Microsecond
-			if i%3 == 0 {
-				lat = 300 * time.Microsecond
-			}
-			l.Observe(Sample{Latency: lat, Elements: 1, InFlight: l.Limit()})
-		}
-		require.Equal(t, 64, l.Limit())
 	})
 
 	t.Run("a limit that is not used is not raised", func(t *testing.T) {
@@ -73,37 +58,30 @@ func TestLimiter(t *testing.T) {
 		require.Equal(t, 8, l.Limit())
 	})
 
-	t.Run("settles near the knee of a saturated ledger", func(t *testing.T) {
+	t.Run("holds a saturated ledger near its latency target", func(t *testing.T) {
 		t.Parallel()
-		// Throughput is flat past 16 in flight: more only queues. The limit
-		// must stop within Tolerance of the knee, not run to its ceiling.
-		l := newTestLimiter(t, LimiterConfig{Initial: 1, Max: 256})
-		seen := drive(l, 400, 1, saturating(25*time.Millisecond, 16))
-		tail := seen[300:]
+		// Throughput is flat past 16 in flight and latency grows with the
+		// queue: 250ms at 16, the 2.5s target at 160. The limit climbs past
+		// the knee, where latency only doubles, and stops near the target.
+		l := newTestLimiter(t, LimiterConfig{Initial: 1, Max: 1000})
+		seen := drive(l, 1000, saturating(250*time.Millisecond, 16))
+		tail := seen[800:]
 		for _, v := range tail {
-			require.GreaterOrEqual(t, v, 12, "limits of the last 100 samples: %v", tail)
-			require.LessOrEqual(t, v, 2*16+8, "limits of the last 100 samples: %v", tail)
+			require.GreaterOrEqual(t, v, 80, "limits of the last 200 samples: %v", tail)
+			require.LessOrEqual(t, v, 170, "limits of the last 200 samples: %v", tail)
 		}
 	})
 
 	t.Run("a slower ledger gets less load", func(t *testing.T) {
 		t.Parallel()
 		l := newTestLimiter(t, LimiterConfig{Initial: 32, Max: 64})
-		drive(l, 50, 1, saturating(time.Millisecond, 1000))
+		drive(l, 50, saturating(time.Millisecond, 1000))
 		before := l.Limit()
-		// The same ledger now takes four times as long under the same load.
-		drive(l, 10, 1, func(int) time.Duration { return 4 * time.Millisecond })
-		require.Less(t, l.Limit(), before/2)
-	})
-
-	t.Run("a floor that rose for good is measured again", func(t *testing.T) {
-		t.Parallel()
-		l := newTestLimiter(t, LimiterConfig{Initial: 1, Max: 64})
-		drive(l, 200, 1, saturating(time.Millisecond, 16))
-		// The ledger is now ten times slower at any load, its knee the same.
-		seen := drive(l, 400, 1, saturating(10*time.Millisecond, 16))
-		require.Contains(t, seen, 1, "throttled down to one request, which measures the new floor")
-		require.GreaterOrEqual(t, seen[len(seen)-1], 12, "then back near the knee: %v", seen[300:])
+		// The same ledger now answers in 5s, twice the target.
+		drive(l, 1, func(int) time.Duration { return 5 * time.Second })
+		require.Equal(t, before/2, l.Limit())
+		drive(l, 1, func(int) time.Duration { return 3 * time.Second })
+		require.Equal(t, int(float64(before/2)*2.5/3), l.Limit(), "in proportion to the excess")
 	})
 
 	t.Run("overload cuts by the backoff at once", func(t *testing.T) {
@@ -117,46 +95,55 @@ func TestLimiter(t *testing.T) {
 		require.Equal(t, 1, l.Limit(), "never below Min")
 	})
 
-	t.Run("bulks and single requests are judged each against their own size", func(t *testing.T) {
+	t.Run("batches shrink once the limit is at its least, and grow back", func(t *testing.T) {
 		t.Parallel()
-		// A ledger with a fixed cost per request: a single call takes 20ms,
-		// a bulk of 50 takes 100ms, 2ms per element. Mixed, neither is
-		// congestion.
-		l := newTestLimiter(t, LimiterConfig{Initial: 8, Max: 64})
-		for i := range 200 {
-			in := l.Limit()
-			if i%2 == 0 {
-				l.Observe(Sample{Latency: 100 * time.Millisecond, Elements: 50, InFlight: in})
-			} else {
-				l.Observe(Sample{Latency: 20 * time.Millisecond, Elements: 1, InFlight: in})
-			}
-		}
-		require.Equal(t, 64, l.Limit())
-	})
-
-	t.Run("batches are sized to the target latency", func(t *testing.T) {
-		t.Parallel()
-		l := newTestLimiter(t, LimiterConfig{TargetLatency: time.Second})
-		require.Equal(t, firstBatch, l.BatchLimit(MaxBulkSize), "nothing seen yet: a small batch")
+		l := newTestLimiter(t, LimiterConfig{Initial: 2, Max: 64})
+		require.Equal(t, DefaultFirstBatch, l.BatchLimit(MaxBulkSize), "nothing seen yet: a small batch")
 		require.Equal(t, 3, l.BatchLimit(3))
-		for range 20 {
-			l.Observe(Sample{Latency: 50 * 40 * time.Millisecond, Elements: 50, InFlight: 1})
+		l.Observe(Sample{Latency: time.Second, Elements: 10, InFlight: 2})
+		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize), "within the target: the most")
+
+		l.Observe(Sample{Latency: 5 * time.Second, Elements: 100, InFlight: 3})
+		require.Equal(t, 1, l.Limit())
+		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize), "the limit gave first")
+		l.Observe(Sample{Latency: 5 * time.Second, Elements: 100, InFlight: 1})
+		require.Equal(t, 50, l.BatchLimit(MaxBulkSize), "then the batch")
+		l.Observe(Sample{Overload: true})
+		require.Equal(t, 25, l.BatchLimit(MaxBulkSize))
+		for range 100 {
+			l.Observe(Sample{Overload: true})
 		}
-		require.Equal(t, 25, l.BatchLimit(MaxBulkSize), "40ms per element: 25 in a second")
+		require.Equal(t, 1, l.BatchLimit(MaxBulkSize), "never below one call")
+
+		l.Observe(Sample{Latency: time.Second, Elements: 1, InFlight: 1})
+		require.Equal(t, 11, l.BatchLimit(MaxBulkSize), "a tenth more per request within the target")
 		for range 20 {
-			l.Observe(Sample{Latency: 10 * time.Millisecond, Elements: 10, InFlight: 1})
+			l.Observe(Sample{Latency: time.Second, Elements: 1, InFlight: 1})
 		}
 		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize))
-		require.Equal(t, 1, l.BatchLimit(1))
+	})
+
+	t.Run("expected latency follows the recent ones", func(t *testing.T) {
+		t.Parallel()
+		l := newTestLimiter(t, LimiterConfig{})
+		require.Zero(t, l.Expected())
+		l.Observe(Sample{Latency: time.Second, Elements: 1, InFlight: 1})
+		require.Equal(t, time.Second, l.Expected())
+		for range 30 {
+			l.Observe(Sample{Latency: 100 * time.Millisecond, Elements: 1, InFlight: 1})
+		}
+		require.InDelta(t, 100*time.Millisecond, l.Expected(), float64(time.Millisecond))
+		l.Observe(Sample{Overload: true, Latency: time.Hour})
+		require.InDelta(t, 100*time.Millisecond, l.Expected(), float64(time.Millisecond), "an overload's latency is not one")
 	})
 }
 
 func TestLimiterConfigValidate(t *testing.T) {
 	t.Parallel()
 	require.NoError(t, LimiterConfig{}.Validate())
-	err := LimiterConfig{Min: 4, Max: 2, Tolerance: 0.5, Backoff: 1.5, TargetLatency: -time.Second, LatencyFloor: -1}.Validate()
+	err := LimiterConfig{Min: 4, Max: 2, Backoff: 1.5, TargetLatency: -time.Second, FirstBatch: -1}.Validate()
 	require.Error(t, err)
-	for _, want := range []string{"bounds", "initial", "tolerance", "backoff", "target latency", "latency floor"} {
+	for _, want := range []string{"bounds", "initial", "backoff", "target latency", "first batch"} {
 		require.ErrorContains(t, err, want)
 	}
 	_, err = NewLimiter(LimiterConfig{Initial: 100, Max: 10})

@@ -8,18 +8,10 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// DefaultConcurrency is Config.Concurrency's default: enough commands in
-// flight for the ledger adapter to fill its batches against a slow ledger
-// (a real one answers a request in a few hundred milliseconds under load,
-// and a command makes two), few enough that a command pulled but waiting
-// for a slot does not outlive its deadline while the worker runs at a few
-// hundred commands a second.
-const DefaultConcurrency = 512
-
 // Config configures a Worker. Zero values take the documented defaults.
 type Config struct {
 	// Concurrency is how many commands this process handles at once
-	// (default DefaultConcurrency).
+	// (default 32).
 	Concurrency int
 	// AckWait is how long JetStream waits for a settle before it redelivers
 	// a command to any worker (default 30s). InProgress renews it.
@@ -84,7 +76,7 @@ type Backoff struct {
 
 func (c *Config) setDefaults() {
 	if c.Concurrency <= 0 {
-		c.Concurrency = DefaultConcurrency
+		c.Concurrency = 32
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = 30 * time.Second
