@@ -584,7 +584,11 @@ func (b *Batcher) send(q *queue, bt *batch) {
 		if errors.Is(err, ErrTimeout) {
 			b.stats.timeouts.Add(1)
 		}
-		b.limiters[k].Observe(Sample{Latency: time.Since(start), Elements: len(bt.calls), InFlight: bt.inFlight, Overload: overload})
+		sample := Sample{Latency: time.Since(start), Elements: len(bt.calls), InFlight: bt.inFlight, Overload: overload}
+		if t, ok := b.next.(interface{ TimeoutFor(int) time.Duration }); ok {
+			sample.Timeout = t.TimeoutFor(len(bt.calls))
+		}
+		b.limiters[k].Observe(sample)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()

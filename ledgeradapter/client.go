@@ -110,6 +110,11 @@ func newTransport(cfg Config) http.RoundTripper {
 	return t
 }
 
+// TimeoutFor is the timeout of a request of n elements (Config.TimeoutFor).
+func (c *Client) TimeoutFor(n int) time.Duration {
+	return c.timeout + time.Duration(max(n-1, 0))*c.perElement
+}
+
 // CloseIdleConnections closes pooled connections, e.g. at shutdown.
 func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
 
@@ -380,7 +385,7 @@ func (c *Client) do(ctx context.Context, req request) (*response, *Error) {
 		return nil, fail(ctxError(ctx))
 	}
 
-	timeout := c.timeout + time.Duration(max(req.elements-1, 0))*c.perElement
+	timeout := c.TimeoutFor(req.elements)
 	rctx, cancel := context.WithTimeoutCause(ctx, timeout, ErrTimeout)
 	defer cancel()
 	// ended tells the caller's cancellation from our own timeouts (the

@@ -17,8 +17,9 @@ const (
 	DefaultTimeout = 5 * time.Second
 
 	// DefaultTimeoutPerElement is what a request gets on top of Timeout
-	// for each element beyond the first: a bulk of 100 has Timeout + 4.95s.
-	DefaultTimeoutPerElement = 50 * time.Millisecond
+	// for each element beyond the first: a bulk of 100 has Timeout + 9.9s,
+	// under the handler's deadline (20s by default).
+	DefaultTimeoutPerElement = 100 * time.Millisecond
 
 	// MaxIdleConnsPerHost is sized for a few hundred commands in flight
 	// against one ledger without reopening connections.

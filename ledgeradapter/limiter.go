@@ -12,10 +12,14 @@ import (
 const (
 	// DefaultLimiterInitial is the limit a Limiter starts from.
 	DefaultLimiterInitial = 8
-	// DefaultTargetLatency is the latency a request may reach before the
-	// limit shrinks: half the client's timeout of a single request
-	// (DefaultTimeout), less than a third of a bulk's.
+	// DefaultTargetLatency is the most latency a request may reach before
+	// the limit shrinks; a request whose timeout is known gets at most a
+	// quarter of it (TimeoutShare).
 	DefaultTargetLatency = 2500 * time.Millisecond
+	// TimeoutShare is the share of a request's timeout its latency may
+	// reach before the limit shrinks: under load the slowest requests take
+	// about three times the median, and none may time out.
+	TimeoutShare = 0.25
 	// DefaultLimiterBackoff is what the limit is multiplied by on an
 	// overload signal (a timeout, a 5xx, a 429, no answer).
 	DefaultLimiterBackoff = 0.5
@@ -32,9 +36,10 @@ type LimiterConfig struct {
 	Initial int
 	// Min and Max bound the limit (defaults 1 and DefaultBatchInFlight).
 	Min, Max int
-	// TargetLatency is the latency a request may reach before the limit
-	// shrinks (default DefaultTargetLatency). Keep it well below the
-	// client's timeout: a request that times out has lost its answer.
+	// TargetLatency is the most latency a request may reach before the
+	// limit shrinks (default DefaultTargetLatency); a Sample with a
+	// Timeout lowers it to TimeoutShare of that timeout. Keep it well below
+	// the client's timeout: a request that times out has lost its answer.
 	TargetLatency time.Duration
 	// Backoff multiplies the limit on an overload signal (default
 	// DefaultLimiterBackoff, in (0, 1)).
@@ -96,8 +101,8 @@ func (c LimiterConfig) Validate() error {
 // The real ledger's throughput keeps growing with the work in flight well
 // after its latency has grown several times (its writes queue for a pool
 // of database connections), so the limit is not held where latency starts
-// to rise but where it reaches TargetLatency, comfortably under the
-// client's timeout. While requests come back within it, the limit grows by
+// to rise but where it reaches its target: TargetLatency, or a quarter of
+// the request's timeout if that is less. While requests come back within it, the limit grows by
 // one per request, as long as it is used (a limit that is not reached is
 // not raised); a request beyond it shrinks the limit in proportion to the
 // excess, by half at most; a request that timed out, was refused as
@@ -131,6 +136,8 @@ type Sample struct {
 	// Overload says the ledger did not cope: a timeout, a 5xx, a 429 or no
 	// answer. Its latency is not used.
 	Overload bool
+	// Timeout is the request's timeout, 0 when unknown.
+	Timeout time.Duration
 }
 
 // NewLimiter returns a Limiter at cfg.Initial.
@@ -196,8 +203,12 @@ func (l *Limiter) Observe(s Sample) {
 	} else {
 		l.recent += time.Duration(recentWeight * float64(s.Latency-l.recent))
 	}
-	if s.Latency > l.cfg.TargetLatency {
-		l.shrink(math.Max(l.cfg.Backoff, float64(l.cfg.TargetLatency)/float64(s.Latency)))
+	target := l.cfg.TargetLatency
+	if s.Timeout > 0 {
+		target = min(target, time.Duration(TimeoutShare*float64(s.Timeout)))
+	}
+	if s.Latency > target {
+		l.shrink(math.Max(l.cfg.Backoff, float64(target)/float64(s.Latency)))
 		return
 	}
 	l.batch = math.Min(1, l.batch+batchGrowth)

@@ -84,6 +84,15 @@ func TestLimiter(t *testing.T) {
 		require.Equal(t, int(float64(before/2)*2.5/3), l.Limit(), "in proportion to the excess")
 	})
 
+	t.Run("the target is at most a quarter of the request's timeout", func(t *testing.T) {
+		t.Parallel()
+		l := newTestLimiter(t, LimiterConfig{Initial: 16, Max: 64})
+		l.Observe(Sample{Latency: 2 * time.Second, Elements: 10, InFlight: 16, Timeout: 20 * time.Second})
+		require.Equal(t, 17, l.Limit(), "2s is within 2.5s")
+		l.Observe(Sample{Latency: 2 * time.Second, Elements: 10, InFlight: 16, Timeout: 5 * time.Second})
+		require.Equal(t, 10, l.Limit(), "2s is beyond a quarter of 5s: 17 × 1.25 ÷ 2")
+	})
+
 	t.Run("overload cuts by the backoff at once", func(t *testing.T) {
 		t.Parallel()
 		l := newTestLimiter(t, LimiterConfig{Initial: 40, Max: 64, Backoff: 0.5})

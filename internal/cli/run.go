@@ -108,6 +108,9 @@ func (f *runFlags) validate() error {
 	}
 	if f.ledgerTimeoutPerElement < 0 {
 		errs = append(errs, usageError("--ledger-timeout-per-element %s is negative", f.ledgerTimeoutPerElement))
+	} else if w, most := f.w.WithDefaults(), (ledgeradapter.Config{Timeout: f.ledgerTimeout, TimeoutPerElement: f.ledgerTimeoutPerElement}).TimeoutFor(ledgeradapter.MaxBulkSize); f.ledgerBatch && most >= w.HandlerTimeout {
+		errs = append(errs, usageError("the timeout of a request of %d elements, %s (--ledger-timeout and --ledger-timeout-per-element), must be shorter than the handler timeout %s",
+			ledgeradapter.MaxBulkSize, most, w.HandlerTimeout))
 	}
 	if f.ledgerClientSecretFile != "" {
 		if f.ledgerClientSecret != "" {
