@@ -28,12 +28,16 @@
 //   - no error string carries a client secret or a bearer token.
 //
 // The client never retries by itself: the worker owns retries and their
-// backoff, and every attempt of a write sends the same Idempotency-Key.
+// backoff, and every attempt of a write sends the same Idempotency-Key. The
+// one exception is a parallel bulk whose answer says that some element
+// failed but not which (Client.Bulk): its elements of unknown fate are
+// asked again, in order, so that each gets its own outcome.
 //
 // Batcher has GetAccount and AddAccountMetadata too, and coalesces the
 // calls that run at the same time into ListAccounts and Bulk requests, with
-// a small window, a cap on the calls of one request and on the requests in
-// flight; each call keeps its own result and error. The only thing it loses
+// a small window; how many requests it keeps in flight and how many calls
+// one carries adapt to the ledger's latency and failures (Limiter). Each
+// call keeps its own result and error. The only thing it loses
 // is IdempotencyHit on a write that shared its request: the ledger's bulk
 // answer does not carry it.
 //

@@ -107,10 +107,10 @@ func (f *runFlags) validate() error {
 		errs = append(errs, usageError("--ledger-timeout %s must be shorter than the handler timeout %s", f.ledgerTimeout, w.HandlerTimeout))
 	}
 	if f.ledgerTimeoutPerElement < 0 {
+		// A bulk's timeout may pass the handler's deadline: its callers
+		// then leave first, and the Batcher does not send a call whose
+		// deadline is nearer than the time its request is expected to take.
 		errs = append(errs, usageError("--ledger-timeout-per-element %s is negative", f.ledgerTimeoutPerElement))
-	} else if w, most := f.w.WithDefaults(), (ledgeradapter.Config{Timeout: f.ledgerTimeout, TimeoutPerElement: f.ledgerTimeoutPerElement}).TimeoutFor(ledgeradapter.MaxBulkSize); f.ledgerBatch && most >= w.HandlerTimeout {
-		errs = append(errs, usageError("the timeout of a request of %d elements, %s (--ledger-timeout and --ledger-timeout-per-element), must be shorter than the handler timeout %s",
-			ledgeradapter.MaxBulkSize, most, w.HandlerTimeout))
 	}
 	if f.ledgerClientSecretFile != "" {
 		if f.ledgerClientSecret != "" {
