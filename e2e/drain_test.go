@@ -148,6 +148,9 @@ func testDrainSecondSignal(t *testing.T) {
 	args := []string{
 		"--nats-url", natsURL, "--ledger-url", ledger.URL, "--data-dir", t.TempDir(),
 		"--concurrency", fmt.Sprint(concurrency), "--ack-wait", "60s", "--ledger-timeout", "30s", "--drain-timeout", "60s",
+		// One single write per command, so that holding the writes holds
+		// every handler slot (a bulk would carry several).
+		"--ledger-batch=false",
 	}
 	first := startWorker(t, "first", args...)
 	_, js := connectNATS(t, natsURL)
