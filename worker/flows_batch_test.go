@@ -139,6 +139,12 @@ func eventsByKey(t *testing.T, evs []received) map[string]received {
 // the ledger holds one write per created balance, and batching carried
 // many commands per request. (Two keys racing for one new balance are the
 // claim's business, tested in claim_test.go; this setup has no claim.)
+//
+// The burst is held at the ledger while it is published, then reaches it at
+// once: on a loaded machine a request may wait longer than the tests' usual
+// 1s ledger timeout or 2s handler timeout, and a write that the client gave
+// up on but the ledger applied comes back as a replay. Both are made long
+// enough that each fresh command's one attempt gets its answer.
 func TestFlowsBurst(t *testing.T) {
 	t.Parallel()
 	for _, m := range modes {
@@ -146,7 +152,8 @@ func TestFlowsBurst(t *testing.T) {
 			t.Parallel()
 			wr := newWire()
 			b := setup(t, modeOptions(m.batched,
-				withConfig(func(c *Config) { c.Concurrency = 64 }),
+				withConfig(func(c *Config) { c.Concurrency, c.AckWait = 64, 45*time.Second }),
+				withLedgerTimeout(30*time.Second),
 				withLedgerMiddleware(wr.middleware(nil)))...)
 			_, err := b.ledger.AddAccountMetadata(context.Background(), testLedger, "wallets:svc:same", map[string]string{
 				"wallets/id": "svc", "wallets/balances": "true", "wallets/balances/name": "same",

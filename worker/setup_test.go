@@ -65,6 +65,9 @@ func withLedgerMiddleware(mw func(http.Handler) http.Handler) option {
 	return func(o *setupOptions) { o.middleware = mw }
 }
 
+// withLedgerTimeout sets the ledger client's timeout (1s by default).
+func withLedgerTimeout(d time.Duration) option { return func(o *setupOptions) { o.ledgerTimeout = d } }
+
 // withHandler wraps the handlers.CreateBalance the worker calls.
 func withHandler(wrap func(Handler) Handler) option { return func(o *setupOptions) { o.wrap = wrap } }
 

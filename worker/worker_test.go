@@ -352,7 +352,11 @@ func requirePrintableHeaders(t *testing.T, h nats.Header) {
 // stream must not deduplicate them by it.
 func TestDeadLettersOfOneKeyAreAllKept(t *testing.T) {
 	t.Parallel()
-	b := setup(t, withConfig(func(c *Config) { c.DuplicateWindow = time.Second }))
+	// The commands' window is longer than the dead letters' (1s): the
+	// republish comes a window after the first publish, and its dead letter
+	// must come after the first dead letter's window has passed, even when
+	// the first delivery was the slower one.
+	b := setup(t, withConfig(func(c *Config) { c.DuplicateWindow = 3 * time.Second }))
 	m := cmd("w1", "dlq-key", `{"walletID":"w1","name":"main"}`)
 	first := b.publish(t, m)
 	b.dlq.wait(t, 1)
