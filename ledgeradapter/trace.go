@@ -21,11 +21,17 @@ const (
 	attrBatchKind  = attribute.Key("wallets.ledger.batch.kind")
 )
 
-// tracedTransport makes every request a client span named after its
-// operation ("ledger GetAccount", …) and sends the W3C traceparent of the
-// request's context, recorded or not.
+// tracedTransport makes every request made within a trace a client span
+// named after its operation ("ledger GetAccount", …) and sends the W3C
+// traceparent of the request's context, recorded or not. A request outside
+// any trace (start-up, the /readyz probe, any request with tracing off and a
+// command without trace context) goes out untouched: no span, no header, no
+// cost, and no trace of its own for every health probe.
 func tracedTransport(rt http.RoundTripper, tp trace.TracerProvider) http.RoundTripper {
 	opts := []otelhttp.Option{
+		otelhttp.WithFilter(func(r *http.Request) bool {
+			return trace.SpanContextFromContext(r.Context()).IsValid()
+		}),
 		otelhttp.WithPropagators(telemetry.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
 			if op, ok := r.Context().Value(opKey{}).(string); ok {

@@ -96,7 +96,9 @@ func TestClientRequestsAreClientSpans(t *testing.T) {
 	require.Equal(t, trace.SpanKindClient, s.SpanKind())
 	require.Equal(t, cmd.SpanContext().SpanID(), s.Parent().SpanID())
 	require.Equal(t, traceparent(s.SpanContext()), tl.traceparents()[0])
-	require.Len(t, tl.ended("ledger EnsureLedger"), 2, "a GET and a POST")
+	require.Empty(t, tl.ended("ledger EnsureLedger"), "a request outside any trace makes no span")
+	require.Len(t, tl.traceparents(), 3, "a GET of the account, then the ledger's GET and POST")
+	require.Equal(t, []string{"", ""}, tl.traceparents()[1:], "and sends no traceparent")
 }
 
 // TestBatchCarriesTheFirstTraceAndLinksTheOthers: a lone call's request is
