@@ -80,7 +80,9 @@ type Config struct {
 	// BaselineTimeout bounds each request of the ledger baselines (default
 	// DefaultBaselineTimeout).
 	BaselineTimeout time.Duration
-	// Batch puts a ledgeradapter.Batcher between each worker's handler and
+	// Batch (false for a Config written by hand; the command's --batch
+	// defaults to ledgeradapter.DefaultBatching, as run's --ledger-batch)
+	// puts a ledgeradapter.Batcher between each worker's handler and
 	// the ledger, with BatchWindow, BatchMax and LedgerConcurrency (its
 	// Window, MaxBatch and MaxInFlight; zero takes the Batcher's default).
 	// Without it a worker has at most Concurrency ledger requests in
@@ -89,7 +91,8 @@ type Config struct {
 	BatchWindow       time.Duration
 	BatchMax          int
 	LedgerConcurrency int
-	// Concurrency of each worker (default the worker's); the baseline runs
+	// Concurrency of each worker (default as run's: the worker's without
+	// Batch, ledgeradapter.DefaultBatchingConcurrency with it); the baseline runs
 	// Workers × Concurrency, the pool's total.
 	Concurrency int
 	// Workers is how many worker.Worker instances consume in the process,
@@ -139,7 +142,12 @@ func (c *Config) setDefaults() {
 		c.Ledger = LedgerNull
 	}
 	if c.Concurrency <= 0 {
+		// As run: a Batcher needs commands waiting for batches to form;
+		// without one each command holds a ledger request.
 		c.Concurrency = worker.Config{}.WithDefaults().Concurrency
+		if c.Batch {
+			c.Concurrency = ledgeradapter.DefaultBatchingConcurrency
+		}
 	}
 	if c.Workers == 0 {
 		c.Workers = 1
@@ -305,6 +313,17 @@ type BatchReport struct {
 	ReadRequests, WriteRequests int64
 	ReadsPerRequest             float64 `json:"readsPerRequest"`
 	WritesPerRequest            float64 `json:"writesPerRequest"`
+	// Timeouts, Overloads and NoTimeLeft are the Batchers' counters
+	// (ledgeradapter.BatcherStats), summed; ReadLimit, WriteLimit,
+	// ReadBatch and WriteBatch their adaptive limits at the end of the
+	// worker phase, the largest over the workers.
+	Timeouts   int64 `json:"timeouts"`
+	Overloads  int64 `json:"overloads"`
+	NoTimeLeft int64 `json:"noTimeLeft"`
+	ReadLimit  int   `json:"readLimit"`
+	WriteLimit int   `json:"writeLimit"`
+	ReadBatch  int   `json:"readBatch"`
+	WriteBatch int   `json:"writeBatch"`
 }
 
 // runner holds what the phases share.
@@ -510,6 +529,11 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			br.Writes += st.Writes
 			br.ReadRequests += st.ReadRequests
 			br.WriteRequests += st.WriteRequests
+			br.Timeouts += st.Timeouts
+			br.Overloads += st.Overloads
+			br.NoTimeLeft += st.NoTimeLeft
+			br.ReadLimit, br.WriteLimit = max(br.ReadLimit, st.ReadLimit), max(br.WriteLimit, st.WriteLimit)
+			br.ReadBatch, br.WriteBatch = max(br.ReadBatch, st.ReadBatch), max(br.WriteBatch, st.WriteBatch)
 		}
 		br.ReadsPerRequest = ratio(float64(br.Reads), int(br.ReadRequests))
 		br.WritesPerRequest = ratio(float64(br.Writes), int(br.WriteRequests))

@@ -11,7 +11,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/worker"
 )
 
 // TestCountsAreHonest runs the bench end to end with a small workload and
@@ -229,4 +231,25 @@ func TestFlags(t *testing.T) {
 	}
 	require.ErrorIs(t, Command(ctx, []string{"--help"}, io.Discard, io.Discard), flag.ErrHelp)
 	require.False(t, errors.Is(flag.ErrHelp, ErrUsage))
+}
+
+// TestDefaultsFollowRun checks that a bench without ledger flags measures the
+// stack `run` builds without them: batched or not as run's --ledger-batch,
+// at run's --concurrency for that choice.
+func TestDefaultsFollowRun(t *testing.T) {
+	t.Parallel()
+
+	var out bytes.Buffer
+	require.NoError(t, Command(t.Context(), []string{"--json", "--commands", "40", "--baseline=false", "--timeout", "30s"}, &out, t.Output()))
+	var res Result
+	require.NoError(t, json.Unmarshal(out.Bytes(), &res), out.String())
+	require.Equal(t, ledgeradapter.DefaultBatching, res.Batch != nil, "batched as run is by default")
+	if ledgeradapter.DefaultBatching {
+		require.Equal(t, ledgeradapter.DefaultBatchingConcurrency, res.Concurrency)
+		require.Equal(t, ledgeradapter.DefaultBatchInFlight, res.Batch.LedgerConcurrency)
+		require.Positive(t, res.Batch.WriteLimit, "the adaptive limits are reported")
+		require.Positive(t, res.Batch.ReadLimit)
+	} else {
+		require.Equal(t, worker.Config{}.WithDefaults().Concurrency, res.Concurrency)
+	}
 }

@@ -47,11 +47,11 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.BoolVar(&cfg.LedgerBaselines, "ledger-baselines", true, "with --ledger-url: also write as many new balances straight to the ledger as single writes, as GET then write, and as parallel bulks")
 	fs.DurationVar(&cfg.BaselineTimeout, "baseline-timeout", DefaultBaselineTimeout, "with --ledger-url: timeout of each request of the ledger baselines (long: they measure the ledger, not a client's patience)")
 	fs.IntVar(&cfg.SingleInFlight, "single-in-flight", 0, "with --ledger-url: requests in flight of the single-write baseline (0: the most the worker had in flight)")
-	fs.IntVar(&cfg.Concurrency, "concurrency", def.Concurrency, "commands in flight in each worker; the baseline runs --workers × this. Without --batch, also the most ledger requests in flight")
-	fs.BoolVar(&cfg.Batch, "batch", false, "coalesce each worker's concurrent ledger reads and writes into list-accounts and bulk requests (ledgeradapter.Batcher)")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 0, fmt.Sprintf("commands in flight in each worker (default %d with --batch, %d without, as run); the baseline runs --workers × this. Without --batch, also the most ledger requests in flight", ledgeradapter.DefaultBatchingConcurrency, def.Concurrency))
+	fs.BoolVar(&cfg.Batch, "batch", ledgeradapter.DefaultBatching, "coalesce each worker's concurrent ledger reads and writes into list-accounts and bulk requests with adaptive limits (ledgeradapter.Batcher), as run's --ledger-batch (and its default)")
 	fs.DurationVar(&cfg.BatchWindow, "batch-window", ledgeradapter.DefaultBatchWindow, "with --batch: how long a call waits for others while one of its kind is in flight")
 	fs.IntVar(&cfg.BatchMax, "batch-max", ledgeradapter.DefaultBatchMax, "with --batch: most calls per request (1: no coalescing, only the --ledger-concurrency cap)")
-	fs.IntVar(&cfg.LedgerConcurrency, "ledger-concurrency", ledgeradapter.DefaultBatchInFlight, "with --batch: most ledger requests in flight per worker")
+	fs.IntVar(&cfg.LedgerConcurrency, "ledger-concurrency", ledgeradapter.DefaultBatchInFlight, "with --batch: most ledger requests in flight per worker, reads and writes together; below it each kind's limit adapts")
 	fs.IntVar(&cfg.Workers, "workers", 1, "worker instances in the process, each with its own NATS connection, sharing the durable consumer")
 	fs.BoolVar(&cfg.Baseline, "baseline", true, "also run the baseline (plain pull, publish, DoubleAck) and report worker ÷ baseline")
 	fs.Uint64Var(&cfg.Seed, "seed", 1, "seed of the workload's order")
@@ -214,8 +214,9 @@ func printTable(out io.Writer, r Result) error {
 	fmt.Fprintf(out, "requests that reached the ledger: %d, %.3f per command; at most %d in flight\n",
 		lr.Requests, lr.RequestsPerCommand, lr.PeakInFlight)
 	if b := r.Batch; b != nil {
-		fmt.Fprintf(out, "batched: %.1f reads per read request (%d/%d), %.1f writes per write request (%d/%d)\n",
-			b.ReadsPerRequest, b.Reads, b.ReadRequests, b.WritesPerRequest, b.Writes, b.WriteRequests)
+		fmt.Fprintf(out, "batched: %.1f reads per read request (%d/%d), %.1f writes per write request (%d/%d); at the end: limits %d reads / %d writes in flight, batches of at most %d reads / %d writes; %d timeouts, %d overloads, %d calls not sent for lack of time\n",
+			b.ReadsPerRequest, b.Reads, b.ReadRequests, b.WritesPerRequest, b.Writes, b.WriteRequests,
+			b.ReadLimit, b.WriteLimit, b.ReadBatch, b.WriteBatch, b.Timeouts, b.Overloads, b.NoTimeLeft)
 	}
 	if u := r.AtURL; u != nil {
 		if err := printURLReport(out, r, u); err != nil {
