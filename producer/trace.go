@@ -2,7 +2,6 @@ package producer
 
 import (
 	"context"
-	"strings"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"
@@ -31,7 +30,7 @@ func (p *Producer) startSend(ctx context.Context, msg *nats.Msg, key string) (co
 	if tracer == nil {
 		tracer = otel.GetTracerProvider().Tracer(tracerName)
 	}
-	ctx, span := tracer.Start(ctx, "send "+subjectTemplate(msg.Subject), trace.WithSpanKind(trace.SpanKindProducer))
+	ctx, span := tracer.Start(ctx, "send "+telemetry.SubjectTemplate(msg.Subject), trace.WithSpanKind(trace.SpanKindProducer))
 	if span.IsRecording() {
 		span.SetAttributes(
 			semconv.MessagingSystemKey.String("nats"),
@@ -60,13 +59,4 @@ func endSend(span trace.Span, ack Ack, err error) {
 		}
 	}
 	span.End()
-}
-
-// subjectTemplate drops the wallet token of a command subject: span names
-// stay few.
-func subjectTemplate(subject string) string {
-	if i := strings.LastIndexByte(subject, '.'); i > 0 {
-		return subject[:i]
-	}
-	return subject
 }

@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"
@@ -179,11 +178,7 @@ func (w *Worker) startPublish(ctx context.Context, m *nats.Msg) (context.Context
 	if !trace.SpanFromContext(ctx).IsRecording() {
 		return ctx, noop.Span{}
 	}
-	name := m.Subject
-	if i := strings.LastIndexByte(name, '.'); i > 0 {
-		name = name[:i]
-	}
-	return w.startClient(ctx, "send "+name,
+	return w.startClient(ctx, "send "+telemetry.SubjectTemplate(m.Subject),
 		semconv.MessagingOperationTypeSend, semconv.MessagingOperationName("send"),
 		semconv.MessagingDestinationName(m.Subject))
 }

@@ -61,3 +61,12 @@ func Extract(ctx context.Context, h nats.Header) context.Context {
 	}
 	return Propagator.Extract(ctx, HeaderCarrier(h))
 }
+
+// SubjectTemplate drops the last token (the wallet) of a subject, for span
+// names: names stay few, and the full subject is an attribute.
+func SubjectTemplate(subject string) string {
+	if i := strings.LastIndexByte(subject, '.'); i > 0 {
+		return subject[:i]
+	}
+	return subject
+}
