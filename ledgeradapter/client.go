@@ -46,6 +46,7 @@ type Client struct {
 	parallelBulk bool
 	tokens       *tokenSource // nil without OAuth2
 	observe      func(op string, status int, d time.Duration)
+	tx           *txGate
 	// listCap is the page size the server was seen to cap ListAccounts
 	// to, 0 until then.
 	listCap atomic.Int64
@@ -65,6 +66,7 @@ func NewClient(cfg Config) (*Client, error) {
 	c := &Client{
 		base: strings.TrimRight(cfg.BaseURL, "/"), hc: hc, timeout: cfg.Timeout,
 		perElement: max(cfg.TimeoutPerElement, 0), parallelBulk: !cfg.SequentialBulk, observe: cfg.Observe,
+		tx: newTxGate(cfg.TxConcurrency, cfg.Logger),
 	}
 	if cfg.ClientID != "" {
 		c.tokens = newTokenSource(cfg, &http.Client{Transport: rt, Timeout: cfg.Timeout})

@@ -3,6 +3,7 @@ package ledgeradapter
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"time"
@@ -73,6 +74,15 @@ type Config struct {
 	// metrics.
 	Observe func(op string, status int, d time.Duration)
 
+	// TxConcurrency caps the transaction requests (CreateTransaction) in
+	// flight at once from this client, whatever its callers' concurrency
+	// (default DefaultTxConcurrency, which says why).
+	TxConcurrency int
+
+	// Logger receives the client's rare reports (a ledger that stopped
+	// answering transactions). Default: discarded.
+	Logger *slog.Logger
+
 	// TracerProvider makes the client span of every request, which carries
 	// the W3C traceparent of the caller's context to the ledger (default:
 	// the global provider, a no-op unless the program installed an SDK;
@@ -86,6 +96,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.TimeoutPerElement == 0 {
 		c.TimeoutPerElement = DefaultTimeoutPerElement
+	}
+	if c.TxConcurrency == 0 {
+		c.TxConcurrency = DefaultTxConcurrency
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if len(c.Scopes) == 0 {
 		c.Scopes = append([]string(nil), DefaultScopes...)
@@ -108,6 +124,9 @@ func (c Config) Validate() error {
 	}
 	if c.Timeout < 0 {
 		errs = append(errs, fmt.Errorf("ledgeradapter: Timeout must be positive, got %s", c.Timeout))
+	}
+	if c.TxConcurrency < 0 {
+		errs = append(errs, fmt.Errorf("ledgeradapter: TxConcurrency must be positive, got %d", c.TxConcurrency))
 	}
 	if c.ClientID != "" || c.ClientSecret != "" || c.TokenURL != "" {
 		if c.ClientID == "" {

@@ -16,6 +16,14 @@ const (
 	CodeLedgerNotFound      = "LEDGER_NOT_FOUND"
 	CodeLedgerAlreadyExists = "LEDGER_ALREADY_EXISTS"
 	CodeInternal            = "INTERNAL"
+
+	CodeInsufficientFund   = "INSUFFICIENT_FUND"
+	CodeCompilationFailed  = "COMPILATION_FAILED"
+	CodeInterpreterParse   = "INTERPRETER_PARSE"
+	CodeInterpreterRuntime = "INTERPRETER_RUNTIME"
+	CodeMetadataOverride   = "METADATA_OVERRIDE"
+	CodeNoPostings         = "NO_POSTINGS"
+	CodeConflict           = "CONFLICT"
 )
 
 // idempotencyHashMessage starts the ledger's answer to an Idempotency-Key
@@ -49,6 +57,23 @@ var (
 	ErrLedgerNotFound = errors.New("ledgeradapter: ledger answered LEDGER_NOT_FOUND")
 	// ErrLedgerAlreadyExists matches a 400 LEDGER_ALREADY_EXISTS answer.
 	ErrLedgerAlreadyExists = errors.New("ledgeradapter: ledger answered LEDGER_ALREADY_EXISTS")
+	// ErrInsufficientFunds matches 400 INSUFFICIENT_FUND: a source lacks
+	// the funds (also for an asset it never held).
+	ErrInsufficientFunds = errors.New("ledgeradapter: ledger answered INSUFFICIENT_FUND")
+	// ErrCompilationFailed matches 400 COMPILATION_FAILED and
+	// INTERPRETER_PARSE: the script, or its vars, do not compile.
+	ErrCompilationFailed = errors.New("ledgeradapter: ledger could not compile the script")
+	// ErrInterpreterRuntime matches 400 INTERPRETER_RUNTIME: the script
+	// failed while running, for a reason other than missing funds.
+	ErrInterpreterRuntime = errors.New("ledgeradapter: the script failed at run time")
+	// ErrMetadataOverride matches 400 METADATA_OVERRIDE: the request's
+	// metadata sets a key the script sets too.
+	ErrMetadataOverride = errors.New("ledgeradapter: ledger answered METADATA_OVERRIDE")
+	// ErrNoPostings matches 400 NO_POSTINGS: nothing to move.
+	ErrNoPostings = errors.New("ledgeradapter: ledger answered NO_POSTINGS")
+	// ErrReferenceConflict matches 409 CONFLICT: another transaction has
+	// the reference.
+	ErrReferenceConflict = errors.New("ledgeradapter: transaction reference already used")
 	// ErrUnauthorized matches a 401 or 403 answer and a failure to obtain an
 	// OAuth2 token.
 	ErrUnauthorized = errors.New("ledgeradapter: not authorized by the ledger")
@@ -130,6 +155,18 @@ func (e *Error) Is(target error) bool {
 		return e.ErrorCode == CodeLedgerNotFound
 	case ErrLedgerAlreadyExists:
 		return e.ErrorCode == CodeLedgerAlreadyExists
+	case ErrInsufficientFunds:
+		return e.ErrorCode == CodeInsufficientFund
+	case ErrCompilationFailed:
+		return e.ErrorCode == CodeCompilationFailed || e.ErrorCode == CodeInterpreterParse
+	case ErrInterpreterRuntime:
+		return e.ErrorCode == CodeInterpreterRuntime
+	case ErrMetadataOverride:
+		return e.ErrorCode == CodeMetadataOverride
+	case ErrNoPostings:
+		return e.ErrorCode == CodeNoPostings
+	case ErrReferenceConflict:
+		return e.StatusCode == http.StatusConflict && e.ErrorCode == CodeConflict
 	case ErrUnauthorized:
 		return e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden
 	}

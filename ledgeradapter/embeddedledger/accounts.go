@@ -97,11 +97,16 @@ func (l *Ledger) listAccountsHandler(w http.ResponseWriter, r *http.Request, lg 
 		return l.internalError(err)
 	}
 	views := make([]accountView, 0, len(rows))
+	expand := qs["expand"]
 	for _, a := range rows {
-		views = append(views, accountView{
+		v := accountView{
 			Address: a.Address, Metadata: nonNil(a.Metadata),
 			FirstUsage: formatTime(a.FirstUsage), InsertionDate: formatTime(a.InsertionDate), UpdatedAt: formatTime(a.UpdatedAt),
-		})
+		}
+		if err := l.expandAccount(r.Context(), lg.ID, &v, expand); err != nil {
+			return l.internalError(err)
+		}
+		views = append(views, v)
 	}
 	cur := accountsCursor{PageSize: q.PageSize, HasMore: hasMore, Data: views}
 	if hasMore {

@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -38,6 +39,8 @@ type bulkElement struct {
 	metadata *metadataPayload
 	del      *deletePayload
 	revert   *revertPayload
+	tx       *txRequest
+	txErr    *httpError // a transaction request its endpoint would refuse
 }
 
 type metadataPayload struct {
@@ -69,8 +72,15 @@ func (e *bulkElement) decode() error {
 		e.revert = &revertPayload{}
 		into = e.revert
 	case actionCreateTransaction:
-		var v map[string]any
-		into = &v
+		// Decoded whole here, checked when the element runs: the real
+		// ledger refuses an invalid transaction element by itself.
+		var raw map[string]any
+		if err := json.Unmarshal(e.Data, &raw); err != nil {
+			return fmt.Errorf("error parsing element: %s", err)
+		}
+		req, herr := decodeTxRequest(e.Data)
+		e.tx, e.txErr = &req, herr
+		return nil
 	}
 	if into == nil {
 		return fmt.Errorf("error parsing element: unknown action %q", e.Action)
@@ -84,10 +94,12 @@ func (e *bulkElement) decode() error {
 // bulkResult is V2BulkElementResult: the action's name and its log on
 // success, ERROR with the code and description of the failure otherwise.
 type bulkResult struct {
-	ErrorCode        string `json:"errorCode,omitempty"`
-	ErrorDescription string `json:"errorDescription,omitempty"`
-	ResponseType     string `json:"responseType"`
-	LogID            int64  `json:"logID"`
+	// Data is the transaction a CREATE_TRANSACTION element created.
+	Data             *transactionView `json:"data,omitempty"`
+	ErrorCode        string           `json:"errorCode,omitempty"`
+	ErrorDescription string           `json:"errorDescription,omitempty"`
+	ResponseType     string           `json:"responseType"`
+	LogID            int64            `json:"logID"`
 }
 
 // elementError is the failure of one element: its error code and text.
@@ -218,14 +230,14 @@ func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, 
 				eerr = context.Canceled
 			default:
 				var logID int64
-				logID, eerr = l.bulkElement(g, ledgerID, el, opts, tip, arrival, origin(i))
+				var tx *transactionView
+				logID, tx, eerr = l.bulkElement(g, ledgerID, el, opts, tip, arrival, origin(i))
 				if eerr == nil {
-					results[i] = bulkResult{ResponseType: el.Action, LogID: logID}
+					results[i] = bulkResult{ResponseType: el.Action, LogID: logID, Data: tx}
 					continue
 				}
-				var mismatch *idempotencyMismatchError
 				var ee *elementError
-				if !errors.As(eerr, &mismatch) && !errors.As(eerr, &ee) {
+				if !isAnswer(eerr) && !errors.As(eerr, &ee) {
 					return eerr
 				}
 			}
@@ -236,7 +248,17 @@ func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, 
 		case !opts.atomic:
 			return nil
 		case failed:
-			return g.rollbackTo(m)
+			if err := g.rollbackTo(m); err != nil {
+				return err
+			}
+			// The ids the rolled back transactions took stay used, as the
+			// real ledger's sequence does not roll back.
+			if last := lastTxID(results); last > 0 {
+				if _, err := g.tx.ExecContext(g.ctx, qSetLastTxID, ledgerID, last); err != nil {
+					return fmt.Errorf("advance transaction sequence: %w", err)
+				}
+			}
+			return nil
 		default:
 			return g.release(m)
 		}
@@ -247,41 +269,82 @@ func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, 
 	return results, nil
 }
 
+// lastTxID is the highest id of a transaction the results report.
+func lastTxID(results []bulkResult) int64 {
+	var last int64
+	for _, r := range results {
+		if r.Data != nil {
+			last = max(last, r.Data.ID)
+		}
+	}
+	return last
+}
+
 // elementErrorCode is the real ledger's mapBulkElementError for the
 // failures an element can have here.
 func elementErrorCode(err error) string {
 	var mismatch *idempotencyMismatchError
 	var ee *elementError
+	var he *httpError
 	switch {
 	case errors.As(err, &mismatch):
 		return codeValidation
 	case errors.As(err, &ee):
 		return ee.code
+	case errors.As(err, &he):
+		return he.code
 	}
 	return codeInternal
 }
 
-// bulkElement applies one element in the group transaction.
-func (l *Ledger) bulkElement(g *groupTx, ledgerID int64, el bulkElement, opts bulkOptions, tip *logTip, arrival, origin uint64) (int64, error) {
+// bulkElement applies one element in the group transaction. It returns the
+// element's log and, for a transaction, the transaction created (or, on an
+// idempotency hit, first created).
+func (l *Ledger) bulkElement(g *groupTx, ledgerID int64, el bulkElement, opts bulkOptions, tip *logTip, arrival, origin uint64) (int64, *transactionView, error) {
 	if opts.schemaVersion != "" {
 		// No schema can be inserted here, so every version is unknown.
-		return 0, &elementError{code: codeNotFound, message: fmt.Sprintf("schema %s not found", opts.schemaVersion)}
+		return 0, nil, &elementError{code: codeNotFound, message: fmt.Sprintf("schema %s not found", opts.schemaVersion)}
 	}
-	wr, err := bulkWrite(ledgerID, el)
+	wr, err := l.bulkWrite(ledgerID, el)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	wr.arrival, wr.origin = arrival, origin
-	logID, _, err := l.forge(g.ctx, g.tx, wr, tip, &g.created)
-	if errors.Is(err, errRacingCreate) {
-		err = &elementError{code: codeInternal, message: err.Error()}
+	var created *newTransactionPayload
+	if el.tx != nil {
+		apply := wr.apply
+		wr.apply = func(ctx context.Context, tx querier, now time.Time) (string, any, bool, error) {
+			typ, payload, c, err := apply(ctx, tx, now)
+			if err == nil {
+				p := payload.(newTransactionPayload)
+				created = &p
+			}
+			return typ, payload, c, err
+		}
 	}
-	return logID, err
+	logID, hit, err := l.forge(g.ctx, g.tx, wr, tip, &g.created)
+	switch {
+	case errors.Is(err, errRacingCreate):
+		return 0, nil, &elementError{code: codeInternal, message: err.Error()}
+	case err != nil || el.tx == nil:
+		return logID, nil, err
+	case hit:
+		var raw string
+		if err := g.tx.QueryRowContext(g.ctx, qLogData, ledgerID, logID).Scan(&raw); err != nil {
+			return 0, nil, fmt.Errorf("read replayed log: %w", err)
+		}
+		var p newTransactionPayload
+		if err := json.Unmarshal([]byte(raw), &p); err != nil {
+			return 0, nil, fmt.Errorf("replayed log %d is not a transaction: %w", logID, err)
+		}
+		created = &p
+	}
+	return logID, &created.Transaction, nil
 }
 
 // bulkWrite is the write an element stands for: the same as its single
 // endpoint's, idempotency hash included.
-func bulkWrite(ledgerID int64, el bulkElement) (write, error) {
+func (l *Ledger) bulkWrite(ledgerID int64, el bulkElement) (write, error) {
 	wr := write{ledgerID: ledgerID, ikey: el.IK}
 	if utf8.RuneCountInString(el.IK) > maxIdempotencyKeyLen {
 		// The real ledger's varchar(255) fails the log insert (inferred).
@@ -322,7 +385,10 @@ func bulkWrite(ledgerID int64, el bulkElement) (write, error) {
 	case actionRevertTransaction:
 		return write{}, &elementError{code: codeNotFound, message: fmt.Sprintf("transaction %d not found", el.revert.ID)}
 	default: // CREATE_TRANSACTION
-		return write{}, &elementError{code: codeInternal, message: "transactions are not implemented by the embedded ledger"}
+		if el.txErr != nil {
+			return write{}, &elementError{code: el.txErr.code, message: el.txErr.message}
+		}
+		return l.txWrite(ledgerID, *el.tx, el.IK), nil
 	}
 	if wr.ikey == "" {
 		wr.ihash = ""

@@ -151,7 +151,7 @@ func TestBulkElements(t *testing.T) {
 	require.Equal(t, "INTERNAL", result(4)["errorCode"])
 	require.Equal(t, "INTERNAL", result(5)["errorCode"])
 	require.Equal(t, "NOT_FOUND", result(6)["errorCode"])
-	require.Equal(t, "INTERNAL", result(7)["errorCode"])
+	require.Equal(t, "NO_POSTINGS", result(7)["errorCode"], "as the single endpoint answers it")
 	for i := 2; i < len(data); i++ {
 		require.Equal(t, "ERROR", result(i)["responseType"])
 		require.Zero(t, result(i)["logID"])

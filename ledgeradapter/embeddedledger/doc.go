@@ -18,7 +18,10 @@
 //	POST   /v2/{ledger}/accounts/{address}/metadata   additive shallow merge, creates the account
 //	DELETE /v2/{ledger}/accounts/{address}/metadata/{key}
 //	GET    /v2/{ledger}/logs                          newest first, cursor-paginated
-//	POST   /v2/{ledger}/_bulk                         JSON bulks of metadata writes, in order
+//	POST   /v2/{ledger}/transactions                  a script or postings, atomic
+//	GET    /v2/{ledger}/transactions                  filtered by the query, newest first
+//	GET    /v2/{ledger}/transactions/{id}             404 NOT_FOUND when missing
+//	POST   /v2/{ledger}/_bulk                         JSON bulks of metadata writes and transactions, in order
 //
 // Ledger-scoped routes answer 404 LEDGER_NOT_FOUND for an unknown ledger.
 // Writes honour the Idempotency-Key header like the real ledger: one key space
@@ -31,7 +34,17 @@
 // idempotency hit (neither does the real one), and keeps its elements in one
 // SQLite transaction with a savepoint each, committed before the answer.
 // The account list understands $and, $or, $not, $match and $in on address,
-// $match on metadata[key] and $exists on metadata; other filters answer 400.
+// $match on metadata[key] and $exists on metadata; the transaction list
+// $match on account, source, destination, reference, id and metadata[key],
+// and $exists on metadata; other filters answer 400.
+//
+// Transactions move amounts of any size between accounts, with volumes per
+// account and asset; only @world may go below zero unless a script allows
+// an overdraft or plain postings are forced. Scripts run on Formance's
+// Numscript interpreter (github.com/formancehq/numscript) against the write
+// transaction they are applied in, so concurrent debits never overdraw.
+// Where that interpreter answers otherwise than the machine inside the real
+// ledger, FIDELITY.md says which answer this ledger gives.
 //
 // Writes that race to create one account answer like the real ledger's
 // PostgreSQL transactions do (CONTRACT §3): when a write arrives while
@@ -46,7 +59,9 @@
 // # Fidelity
 //
 // testdata/ledger-v2-probes.jsonl holds what a real Formance Ledger v2.4.12
-// answered to 46 probes; TestFidelity replays them and compares status,
+// answered to 46 probes, testdata/ledger-v2-tx-probes.jsonl to 93 more on
+// transactions; TestFidelity and TestFidelityTransactions replay them and
+// compare status,
 // error code, Idempotency-Hit and body shape. FIDELITY.md lists the result
 // for each probe and what is not compared.
 //
@@ -70,12 +85,13 @@
 //
 // # Not implemented
 //
-// Transactions, volumes and balances (no postings, so accounts never carry
-// volumes), schemas (any schemaVersion answers 404 NOT_FOUND), ledger listing
-// and ledger metadata updates, counting accounts (HEAD), streamed bulks,
-// CREATE_TRANSACTION in a bulk (answered INTERNAL), logs import/export, pit
-// (parsed, then ignored), sort orders other than id:desc for logs and address
-// for accounts, filters on balances and dates, authentication and the
+// Reverting transactions, transaction metadata updates, the volumes
+// endpoint, templates and schemas (any schemaVersion answers 404 NOT_FOUND),
+// effective volumes ordered by timestamp (they are the post-commit ones
+// here), ledger listing and ledger metadata updates, counting accounts
+// (HEAD), streamed bulks, logs import/export, pit (parsed, then ignored),
+// sort orders other than id:desc for logs and transactions and address for
+// accounts, filters on balances and dates, authentication and the
 // Formance-Bigint-As-String header. Paths that are no route here answer the
 // real router's plain-text 404, real routes of the ledger among them.
 package embeddedledger

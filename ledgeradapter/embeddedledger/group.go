@@ -288,6 +288,13 @@ func (p *preparedTx) QueryRowContext(ctx context.Context, query string, args ...
 	return p.tx.QueryRowContext(ctx, query, args...)
 }
 
+func (p *preparedTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if s := p.stmt(ctx, query); s != nil {
+		return s.QueryContext(ctx, args...)
+	}
+	return p.tx.QueryContext(ctx, query, args...)
+}
+
 func (p *preparedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	if s := p.stmt(ctx, query); s != nil {
 		return s.ExecContext(ctx, args...)

@@ -134,6 +134,15 @@ func (l *Ledger) route(w http.ResponseWriter, r *http.Request) error {
 	case len(rest) == 1 && rest[0] == "accounts":
 		method = http.MethodGet
 		handle = func(lg ledgerRow) error { return l.listAccountsHandler(w, r, lg) }
+	case len(rest) == 1 && rest[0] == "transactions" && r.Method == http.MethodPost:
+		method = http.MethodPost
+		handle = func(lg ledgerRow) error { return l.createTransactionHandler(w, r, lg) }
+	case len(rest) == 1 && rest[0] == "transactions":
+		method = http.MethodGet
+		handle = func(lg ledgerRow) error { return l.listTransactionsHandler(w, r, lg) }
+	case len(rest) == 2 && rest[0] == "transactions":
+		method = http.MethodGet
+		handle = func(lg ledgerRow) error { return l.getTransactionHandler(w, r, lg, rest[1]) }
 	case len(rest) == 2 && rest[0] == "accounts":
 		method = http.MethodGet
 		handle = func(lg ledgerRow) error { return l.getAccountHandler(w, r, lg, rest[1]) }
@@ -282,9 +291,6 @@ func (l *Ledger) getAccountHandler(w http.ResponseWriter, r *http.Request, lg le
 			return validationError("invalid 'pit' query param: %s", err)
 		}
 	}
-	// expand=volumes and expand=effectiveVolumes are accepted; accounts never
-	// have movements here, so "volumes" is always omitted like the real one
-	// does for an account without movements.
 	a, ok, err := l.getAccount(r.Context(), lg.ID, address)
 	if err != nil {
 		return l.internalError(err)
@@ -292,10 +298,14 @@ func (l *Ledger) getAccountHandler(w http.ResponseWriter, r *http.Request, lg le
 	if !ok {
 		return &httpError{status: http.StatusNotFound, code: codeNotFound, message: "not found"}
 	}
-	writeJSON(w, http.StatusOK, dataResponse{Data: accountView{
+	view := accountView{
 		Address: a.Address, Metadata: nonNil(a.Metadata),
 		FirstUsage: formatTime(a.FirstUsage), InsertionDate: formatTime(a.InsertionDate), UpdatedAt: formatTime(a.UpdatedAt),
-	}})
+	}
+	if err := l.expandAccount(r.Context(), lg.ID, &view, r.URL.Query()["expand"]); err != nil {
+		return l.internalError(err)
+	}
+	writeJSON(w, http.StatusOK, dataResponse{Data: view})
 	return nil
 }
 
@@ -359,19 +369,28 @@ func (l *Ledger) commitWrite(w http.ResponseWriter, r *http.Request, wr write) e
 	if wr.ikey == "" {
 		wr.ihash = ""
 	}
-	hit, err := l.write(r.Context(), wr)
-	var mismatch *idempotencyMismatchError
-	switch {
-	case errors.As(err, &mismatch):
-		return validationError("%s", mismatch)
-	case err != nil:
-		return l.internalError(err)
+	_, hit, err := l.write(r.Context(), wr)
+	if err != nil {
+		return l.writeError(err)
 	}
 	if hit {
 		w.Header().Set(headerIdempotencyHit, "true")
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// writeError is the answer to a write that did not apply.
+func (l *Ledger) writeError(err error) error {
+	var mismatch *idempotencyMismatchError
+	var he *httpError
+	switch {
+	case errors.As(err, &mismatch):
+		return validationError("%s", mismatch)
+	case errors.As(err, &he):
+		return he
+	}
+	return l.internalError(err)
 }
 
 // queryValue is r.URL.Query().Get(key) without parsing a query that cannot

@@ -22,7 +22,7 @@ const FileName = "ledger.db"
 
 // schemaVersion is stored in PRAGMA user_version; Open refuses a file written
 // by a newer layout rather than guessing.
-const schemaVersion = 1
+const schemaVersion = 2
 
 const (
 	// DefaultPageSize and MaxPageSize mirror the real server's
@@ -87,6 +87,8 @@ type Ledger struct {
 	committerDone chan struct{}
 	tips          map[int64]logTip
 	commits       atomic.Int64 // group transactions committed
+
+	scripts scriptCache
 
 	// stmts is filled by Open and only read afterwards.
 	stmts map[stmtKey]*sql.Stmt
@@ -196,7 +198,10 @@ func (l *Ledger) Close() error {
 	return l.closeErr
 }
 
-const ddl = `
+// migrations[i] takes the schema from version i to i+1.
+var migrations = []string{ddlAccountsAndLogs, ddlTransactions}
+
+const ddlAccountsAndLogs = `
 CREATE TABLE ledgers (
 	id        INTEGER PRIMARY KEY AUTOINCREMENT,
 	name      TEXT    NOT NULL UNIQUE,
@@ -229,6 +234,36 @@ CREATE UNIQUE INDEX logs_idempotency_key ON logs (ledger_id, idempotency_key)
 	WHERE idempotency_key IS NOT NULL;
 `
 
+// ddlTransactions adds transactions (their JSON as rendered, with the
+// reference and timestamp as columns to look up and order by), volumes per
+// account and asset (decimal strings: amounts are arbitrary-precision), and
+// the last transaction id given per ledger, which a refused write may use
+// up as the real ledger's sequence does.
+const ddlTransactions = `
+CREATE TABLE transactions (
+	ledger_id INTEGER NOT NULL REFERENCES ledgers (id),
+	id        INTEGER NOT NULL,
+	data      TEXT    NOT NULL,
+	reference TEXT,
+	timestamp INTEGER NOT NULL,
+	PRIMARY KEY (ledger_id, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX transactions_reference ON transactions (ledger_id, reference)
+	WHERE reference IS NOT NULL;
+CREATE TABLE volumes (
+	ledger_id INTEGER NOT NULL REFERENCES ledgers (id),
+	address   TEXT    NOT NULL,
+	asset     TEXT    NOT NULL,
+	input     TEXT    NOT NULL,
+	output    TEXT    NOT NULL,
+	PRIMARY KEY (ledger_id, address, asset)
+) WITHOUT ROWID;
+CREATE TABLE transaction_ids (
+	ledger_id INTEGER PRIMARY KEY REFERENCES ledgers (id),
+	last      INTEGER NOT NULL
+);
+`
+
 func (l *Ledger) migrate(ctx context.Context) error {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
@@ -249,8 +284,10 @@ func (l *Ledger) migrate(ctx context.Context) error {
 	case version > schemaVersion:
 		return fmt.Errorf("embeddedledger: database schema version %d is newer than this build (%d)", version, schemaVersion)
 	}
-	if _, err := tx.ExecContext(ctx, ddl); err != nil {
-		return fmt.Errorf("embeddedledger: create schema: %w", err)
+	for v := version; v < schemaVersion; v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+			return fmt.Errorf("embeddedledger: migrate schema to version %d: %w", v+1, err)
+		}
 	}
 	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", schemaVersion)); err != nil {
 		return fmt.Errorf("embeddedledger: set schema version: %w", err)
@@ -321,5 +358,6 @@ func (u unprepared) QueryContext(ctx context.Context, args ...any) (*sql.Rows, e
 // querier is what a write transaction's steps use.
 type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }

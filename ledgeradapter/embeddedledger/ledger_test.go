@@ -281,7 +281,7 @@ func TestRoutes(t *testing.T) {
 	b.createLedger(t, "l")
 	b.do(t, http.MethodGet, "/nope", "").requireRouteNotFound(t)
 	b.do(t, http.MethodGet, "/v2/l/nope", "").requireRouteNotFound(t)
-	b.do(t, http.MethodGet, "/v2/l/transactions", "").requireRouteNotFound(t)
+	b.do(t, http.MethodGet, "/v2/l/volumes", "").requireRouteNotFound(t)
 	b.do(t, http.MethodGet, "/v2/l/accounts//metadata", "").requireRouteNotFound(t)
 
 	a := b.do(t, http.MethodPut, "/v2/l/accounts/a/metadata", "{}")

@@ -69,8 +69,9 @@ const (
 )
 
 var (
-	writeQueries = []string{qIdempotencyHash, qLastLog, qInsertLog, qAccountMetadata, qInsertAccount, qUpdateAccount}
-	readQueries  = []string{qLedgerByName, qAccount, qLogsFrom, qLogsUpTo, qOlderLogExists, qNewerLogExists}
+	writeQueries = []string{qIdempotencyHash, qLastLog, qInsertLog, qAccountMetadata, qInsertAccount, qUpdateAccount,
+		qVolume, qVolumesOf, qUpsertVolume, qLastTxID, qSetLastTxID, qReferenceTaken, qInsertTx, qTouchAccount}
+	readQueries = []string{qLedgerByName, qAccount, qLogsFrom, qLogsUpTo, qOlderLogExists, qNewerLogExists, qTransaction, qLogData, qVolumesRead}
 )
 
 // idempotencyMismatchError is the real ledger's ErrInvalidIdempotencyInput.
@@ -220,7 +221,11 @@ type write struct {
 	origin  uint64
 }
 
-func (l *Ledger) write(ctx context.Context, w write) (hit bool, err error) {
+// write runs w through the committer and returns the id of its log (the
+// stored one on an idempotency hit). err is the write's answer when it is
+// an *httpError, an *idempotencyMismatchError or errRacingCreate; anything
+// else is a storage failure.
+func (l *Ledger) write(ctx context.Context, w write) (logID int64, hit bool, err error) {
 	w.arrival = l.races.arrive()
 	defer l.races.depart(w.arrival)
 	w.origin = l.origins.Add(1)
@@ -234,23 +239,28 @@ func (l *Ledger) write(ctx context.Context, w write) (hit bool, err error) {
 				return err
 			}
 		}
-		_, h, err := l.forge(g.ctx, g.tx, w, g.tip(w.ledgerID), &g.created)
-		var mismatch *idempotencyMismatchError
-		switch {
-		case err == nil, errors.As(err, &mismatch), errors.Is(err, errRacingCreate):
-			hit, answer = h, err
-		default:
+		id, h, err := l.forge(g.ctx, g.tx, w, g.tip(w.ledgerID), &g.created)
+		if err != nil && !isAnswer(err) {
 			return err
 		}
+		logID, hit, answer = id, h, err
 		if w.dryRun {
 			return g.rollbackTo(m)
 		}
 		return nil
 	}}
 	if err := l.submit(j); err != nil {
-		return false, err
+		return 0, false, err
 	}
-	return hit, answer
+	return logID, hit, answer
+}
+
+// isAnswer tells a write's refusal, answered to its client, from a storage
+// failure.
+func isAnswer(err error) bool {
+	var mismatch *idempotencyMismatchError
+	var he *httpError
+	return errors.As(err, &mismatch) || errors.As(err, &he) || errors.Is(err, errRacingCreate)
 }
 
 // logTip is the newest log of a ledger as the current transaction sees it.

@@ -29,14 +29,16 @@ type ledgerView struct {
 	AddedAt  string            `json:"addedAt"`
 }
 
-// accountView is V2Account without volumes: accounts never move funds here,
-// and the real ledger omits volumes for an account without movements.
+// accountView is V2Account. Volumes are shown when asked for and the
+// account has moved funds, as the real ledger omits them otherwise.
 type accountView struct {
-	Address       string            `json:"address"`
-	Metadata      map[string]string `json:"metadata"`
-	FirstUsage    string            `json:"firstUsage"`
-	InsertionDate string            `json:"insertionDate"`
-	UpdatedAt     string            `json:"updatedAt"`
+	Address          string                `json:"address"`
+	Metadata         map[string]string     `json:"metadata"`
+	FirstUsage       string                `json:"firstUsage"`
+	InsertionDate    string                `json:"insertionDate"`
+	UpdatedAt        string                `json:"updatedAt"`
+	Volumes          map[string]volumeView `json:"volumes,omitempty"`
+	EffectiveVolumes map[string]volumeView `json:"effectiveVolumes,omitempty"`
 }
 
 // logView is V2Log plus the idempotency fields the real ledger also renders.

@@ -1,0 +1,241 @@
+package embeddedledger
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// txQuery is one page of GET /v2/{ledger}/transactions and the content of
+// its cursors: transactions newest first, from ids up to MaxID (0: from
+// the newest).
+type txQuery struct {
+	PageSize int             `json:"pageSize"`
+	MaxID    int64           `json:"maxID,omitempty"`
+	Filter   json.RawMessage `json:"filter,omitempty"`
+	Expand   []string        `json:"expand,omitempty"`
+}
+
+type txCursorResponse struct {
+	Cursor txCursor `json:"cursor"`
+}
+
+type txCursor struct {
+	PageSize int               `json:"pageSize"`
+	HasMore  bool              `json:"hasMore"`
+	Previous string            `json:"previous,omitempty"`
+	Next     string            `json:"next,omitempty"`
+	Data     []transactionView `json:"data"`
+}
+
+const qTransactionsUpTo = `SELECT data FROM transactions WHERE ledger_id = ? AND id <= ? ORDER BY id DESC`
+
+// listTransactionsHandler is GET /v2/{ledger}/transactions: the
+// transactions the filter selects (in the "query" parameter, which the real
+// ledger reads first, or the body), newest first. It reads the ledger's
+// transactions from the newest down until the page is full, so it suits
+// the embedded ledger's sizes, not large ledgers.
+func (l *Ledger) listTransactionsHandler(w http.ResponseWriter, r *http.Request, lg ledgerRow) error {
+	qs := r.URL.Query()
+	var q txQuery
+	if c := qs.Get("cursor"); c != "" {
+		b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(c, "="))
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err != nil || dec.Decode(&q) != nil || q.PageSize < 1 || q.PageSize > MaxPageSize {
+			return validationError("invalid 'cursor' query param")
+		}
+	} else {
+		q.PageSize = DefaultPageSize
+		q.Expand = qs["expand"]
+		if s := qs.Get("sort"); s != "" && s != "id" && s != "id:desc" {
+			return validationError("unsupported sort %q: only id:desc is implemented", s)
+		}
+		raw := []byte(qs.Get("query"))
+		if len(raw) == 0 {
+			var err error
+			if raw, err = readBody(r); err != nil {
+				return err
+			}
+		}
+		if len(bytes.TrimSpace(raw)) > 0 {
+			q.Filter = json.RawMessage(raw)
+		}
+	}
+	if v := qs.Get("pageSize"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return validationError("invalid 'pageSize' query param")
+		}
+		if n > 0 {
+			q.PageSize = int(min(n, MaxPageSize))
+		}
+	}
+	match, err := compileTxFilter(q.Filter)
+	if err != nil {
+		return validationError("%s", err)
+	}
+	page, hasMore, err := l.listTransactions(r.Context(), lg.ID, q, match)
+	if err != nil {
+		return l.internalError(err)
+	}
+	cur := txCursor{PageSize: q.PageSize, HasMore: hasMore, Data: page}
+	if hasMore {
+		next := q
+		next.MaxID = page[len(page)-1].ID - 1
+		b, _ := json.Marshal(next)
+		cur.Next = base64.RawURLEncoding.EncodeToString(b)
+	}
+	writeJSON(w, http.StatusOK, txCursorResponse{Cursor: cur})
+	return nil
+}
+
+func (l *Ledger) listTransactions(ctx context.Context, ledgerID int64, q txQuery, match func(*transactionView) bool) ([]transactionView, bool, error) {
+	maxID := q.MaxID
+	if maxID == 0 {
+		maxID = 1<<63 - 1
+	}
+	rows, err := l.r.QueryContext(ctx, qTransactionsUpTo, ledgerID, maxID)
+	if err != nil {
+		return nil, false, fmt.Errorf("list transactions: %w", err)
+	}
+	defer rows.Close()
+	page := []transactionView{}
+	for rows.Next() {
+		var raw string
+		if err := rows.Scan(&raw); err != nil {
+			return nil, false, err
+		}
+		var tx transactionView
+		if err := json.Unmarshal([]byte(raw), &tx); err != nil {
+			return nil, false, fmt.Errorf("decode transaction: %w", err)
+		}
+		if !match(&tx) {
+			continue
+		}
+		if len(page) == q.PageSize {
+			return page, true, nil
+		}
+		expandTransaction(&tx, q.Expand)
+		page = append(page, tx)
+	}
+	return page, false, rows.Err()
+}
+
+// compileTxFilter compiles the filters on transactions this server
+// implements: $and, $or and $not; $match on account (either side of a
+// posting), source and destination (full addresses or patterns, as for
+// accounts), reference and id, and on metadata[key]; $exists on metadata.
+// Others are refused with 400 VALIDATION.
+func compileTxFilter(raw json.RawMessage) (func(*transactionView) bool, error) {
+	if len(raw) == 0 {
+		return func(*transactionView) bool { return true }, nil
+	}
+	var node map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &node); err != nil {
+		return nil, fmt.Errorf("invalid query: %s", err)
+	}
+	return compileTxNode(node)
+}
+
+func compileTxNode(node map[string]json.RawMessage) (func(*transactionView) bool, error) {
+	if len(node) != 1 {
+		return nil, fmt.Errorf("invalid query: want one operator per object, got %d", len(node))
+	}
+	for op, raw := range node {
+		switch op {
+		case "$and", "$or":
+			var items []map[string]json.RawMessage
+			if err := json.Unmarshal(raw, &items); err != nil {
+				return nil, fmt.Errorf("invalid query: %s expects an array of filters", op)
+			}
+			subs := make([]func(*transactionView) bool, len(items))
+			for i, it := range items {
+				f, err := compileTxNode(it)
+				if err != nil {
+					return nil, err
+				}
+				subs[i] = f
+			}
+			and := op == "$and"
+			return func(tx *transactionView) bool {
+				for _, f := range subs {
+					if f(tx) != and {
+						return !and
+					}
+				}
+				return and
+			}, nil
+		case "$not":
+			var item map[string]json.RawMessage
+			if err := json.Unmarshal(raw, &item); err != nil {
+				return nil, errors.New("invalid query: $not expects a filter")
+			}
+			inner, err := compileTxNode(item)
+			if err != nil {
+				return nil, err
+			}
+			return func(tx *transactionView) bool { return !inner(tx) }, nil
+		default:
+			var leaf map[string]json.RawMessage
+			if err := json.Unmarshal(raw, &leaf); err != nil || len(leaf) != 1 {
+				return nil, fmt.Errorf("invalid query: %s expects one field", op)
+			}
+			for field, value := range leaf {
+				return compileTxLeaf(op, field, value)
+			}
+		}
+	}
+	panic("unreachable")
+}
+
+func compileTxLeaf(op, field string, value json.RawMessage) (func(*transactionView) bool, error) {
+	var want string
+	switch {
+	case op == "$exists" && field == "metadata":
+		if err := json.Unmarshal(value, &want); err != nil {
+			return nil, errors.New("invalid query: $exists on metadata expects a key")
+		}
+		return func(tx *transactionView) bool { _, ok := tx.Metadata[want]; return ok }, nil
+	case op != "$match":
+	case field == "id":
+		var id int64
+		if err := json.Unmarshal(value, &id); err != nil {
+			return nil, errors.New("invalid query: $match on id expects a number")
+		}
+		return func(tx *transactionView) bool { return tx.ID == id }, nil
+	default:
+		if err := json.Unmarshal(value, &want); err != nil {
+			return nil, fmt.Errorf("invalid query: $match on %s expects a string", field)
+		}
+		address := func(a string) bool {
+			if isPartialAddress(want) {
+				return matchesPattern(a, want)
+			}
+			return a == want
+		}
+		switch {
+		case field == "account", field == "source", field == "destination":
+			return func(tx *transactionView) bool {
+				for _, p := range tx.Postings {
+					if field != "destination" && address(p.Source) || field != "source" && address(p.Destination) {
+						return true
+					}
+				}
+				return false
+			}, nil
+		case field == "reference":
+			return func(tx *transactionView) bool { return tx.Reference == want }, nil
+		case metadataFieldRe.MatchString(field):
+			key := metadataFieldRe.FindStringSubmatch(field)[1]
+			return func(tx *transactionView) bool { v, ok := tx.Metadata[key]; return ok && v == want }, nil
+		}
+	}
+	return nil, fmt.Errorf("filter %s on %s is not implemented by the embedded ledger", op, field)
+}

@@ -1,0 +1,312 @@
+package ledgeradapter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultTxConcurrency is how many transaction requests a Client has in
+// flight to its ledger at most. The real ledger v2.4.12 stalls outright when
+// 20 or more transactions touching one account (every credit touches @world)
+// wait on it at once with its default pool of 20 PostgreSQL connections
+// (POSTGRES_MAX_OPEN_CONNS): each waiter holds a connection, and the holder
+// of the account's lock cannot get the one it needs to finish. 16 leaves
+// the ledger connections for reads and metadata writes. Raise it only with
+// the ledger's pool: keep it below POSTGRES_MAX_OPEN_CONNS.
+const DefaultTxConcurrency = 16
+
+// Posting is V2Posting: Amount of Asset moved from Source to Destination.
+type Posting struct {
+	Source      string   `json:"source"`
+	Destination string   `json:"destination"`
+	Amount      *big.Int `json:"amount"`
+	Asset       string   `json:"asset"`
+}
+
+// Script is a Numscript program and its variables, as the ledger takes them
+// (monetaries as "ASSET AMOUNT", accounts without "@").
+type Script struct {
+	Plain string            `json:"plain"`
+	Vars  map[string]string `json:"vars,omitempty"`
+}
+
+// TransactionRequest is V2PostTransaction: either a Script or Postings.
+type TransactionRequest struct {
+	Script   *Script
+	Postings []Posting
+	// Metadata of the transaction; a key the script also sets is refused
+	// (METADATA_OVERRIDE).
+	Metadata map[string]string
+	// Reference, when set, is unique in the ledger (409 CONFLICT on reuse).
+	Reference string
+	// Timestamp, when set, is the transaction's date instead of now.
+	Timestamp time.Time
+	// Force lets the sources of plain postings overdraw.
+	Force bool
+}
+
+// Volumes are one account's volumes per asset.
+type Volumes map[string]Volume
+
+// Transaction is V2Transaction.
+type Transaction struct {
+	ID         uint64
+	Postings   []Posting
+	Metadata   map[string]string
+	Reference  string
+	Timestamp  time.Time
+	InsertedAt time.Time
+	Reverted   bool
+	// PostCommitVolumes are the volumes of the accounts the transaction
+	// moved, as it left them (set when the ledger sent them: on creation,
+	// and on reads with expand=volumes).
+	PostCommitVolumes map[string]Volumes
+}
+
+// TransactionResult is the outcome of CreateTransaction.
+type TransactionResult struct {
+	Transaction Transaction
+	// IdempotencyHit: the ledger answered with the transaction it had
+	// already created for this Idempotency-Key; nothing was applied now.
+	IdempotencyHit bool
+}
+
+type transactionWire struct {
+	ID                json.Number                   `json:"id"`
+	Postings          []postingWire                 `json:"postings"`
+	Metadata          map[string]string             `json:"metadata"`
+	Reference         string                        `json:"reference"`
+	Timestamp         time.Time                     `json:"timestamp"`
+	InsertedAt        time.Time                     `json:"insertedAt"`
+	Reverted          bool                          `json:"reverted"`
+	PostCommitVolumes map[string]map[string]*Volume `json:"postCommitVolumes"`
+}
+
+type postingWire struct {
+	Source      string          `json:"source"`
+	Destination string          `json:"destination"`
+	Amount      json.RawMessage `json:"amount"`
+	Asset       string          `json:"asset"`
+}
+
+func (w transactionWire) transaction() (Transaction, error) {
+	id, err := strconv.ParseUint(w.ID.String(), 10, 64)
+	if err != nil {
+		return Transaction{}, fmt.Errorf("transaction id %q: %w", w.ID, err)
+	}
+	tx := Transaction{
+		ID: id, Metadata: w.Metadata, Reference: w.Reference, Timestamp: w.Timestamp,
+		InsertedAt: w.InsertedAt, Reverted: w.Reverted,
+	}
+	if tx.Metadata == nil {
+		tx.Metadata = map[string]string{}
+	}
+	for _, p := range w.Postings {
+		amount, err := parseBigInt(p.Amount)
+		if err != nil {
+			return Transaction{}, fmt.Errorf("posting amount: %w", err)
+		}
+		tx.Postings = append(tx.Postings, Posting{Source: p.Source, Destination: p.Destination, Amount: amount, Asset: p.Asset})
+	}
+	if len(w.PostCommitVolumes) > 0 {
+		tx.PostCommitVolumes = map[string]Volumes{}
+		for account, byAsset := range w.PostCommitVolumes {
+			vs := Volumes{}
+			for asset, v := range byAsset {
+				if v != nil {
+					vs[asset] = *v
+				}
+			}
+			tx.PostCommitVolumes[account] = vs
+		}
+	}
+	return tx, nil
+}
+
+// transactionBody is the JSON the ledger takes for a TransactionRequest.
+func (r TransactionRequest) body() ([]byte, error) {
+	switch {
+	case r.Script != nil && len(r.Postings) > 0:
+		return nil, errors.New("a transaction request has a script or postings, not both")
+	case r.Script == nil && len(r.Postings) == 0:
+		return nil, errors.New("a transaction request needs a script or postings")
+	}
+	w := struct {
+		Postings  []Posting         `json:"postings,omitempty"`
+		Script    *Script           `json:"script,omitempty"`
+		Metadata  map[string]string `json:"metadata,omitempty"`
+		Reference string            `json:"reference,omitempty"`
+		Timestamp string            `json:"timestamp,omitempty"`
+		Force     bool              `json:"force,omitempty"`
+	}{Postings: r.Postings, Script: r.Script, Metadata: r.Metadata, Reference: r.Reference, Force: r.Force}
+	for i, p := range r.Postings {
+		if p.Amount == nil {
+			return nil, fmt.Errorf("posting %d has no amount", i)
+		}
+	}
+	if !r.Timestamp.IsZero() {
+		w.Timestamp = r.Timestamp.UTC().Format(time.RFC3339Nano)
+	}
+	return json.Marshal(w)
+}
+
+// txGate caps the transaction requests in flight to one ledger and reports
+// a stall once.
+type txGate struct {
+	slots   chan struct{}
+	log     *slog.Logger
+	stalled atomic.Bool
+	waiting atomic.Int64
+	once    sync.Once
+}
+
+func newTxGate(n int, log *slog.Logger) *txGate {
+	return &txGate{slots: make(chan struct{}, n), log: log}
+}
+
+// acquire waits for a slot or the end of ctx.
+func (g *txGate) acquire(ctx context.Context) error {
+	select {
+	case g.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	g.waiting.Add(1)
+	defer g.waiting.Add(-1)
+	select {
+	case g.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctxError(ctx)
+	}
+}
+
+func (g *txGate) release() { <-g.slots }
+
+// InFlight is how many transaction requests hold a slot now.
+func (g *txGate) inFlight() int { return len(g.slots) }
+
+// outcome records how a transaction request ended: a timeout starts a
+// stall, reported once until a transaction is answered again.
+func (g *txGate) outcome(e *Error, timeout time.Duration) {
+	if e != nil && errors.Is(e.Err, ErrTimeout) {
+		if g.stalled.CompareAndSwap(false, true) {
+			g.log.Warn("ledger stalled: a transaction got no answer within its timeout; "+
+				"the real Formance ledger stalls when as many transactions touching one account wait as it has PostgreSQL connections. "+
+				"Keep --ledger-tx-concurrency below the ledger's POSTGRES_MAX_OPEN_CONNS (default 20)",
+				"timeout", timeout, "tx_in_flight", g.inFlight(), "tx_cap", cap(g.slots))
+		}
+		return
+	}
+	if e == nil || e.StatusCode != 0 {
+		if g.stalled.CompareAndSwap(true, false) {
+			g.log.Info("ledger answers transactions again")
+		}
+	}
+}
+
+// TxInFlight is how many transaction requests this client has in flight.
+func (c *Client) TxInFlight() int { return c.tx.inFlight() }
+
+// TxConcurrency is the cap on them (Config.TxConcurrency).
+func (c *Client) TxConcurrency() int { return cap(c.tx.slots) }
+
+// CreateTransaction posts a transaction: POST /v2/{ledger}/transactions.
+// A non-empty idempotencyKey is sent as Idempotency-Key: a retry with the
+// same key and request answers the transaction first created, with
+// IdempotencyHit; the same key with another request is an error matching
+// ErrIdempotencyConflict. At most Config.TxConcurrency calls are in flight
+// per Client; the others wait for a slot (their context bounds the wait).
+//
+// Refusals match ErrInsufficientFunds, ErrCompilationFailed,
+// ErrInterpreterRuntime, ErrMetadataOverride, ErrNoPostings,
+// ErrReferenceConflict, ErrValidation or ErrLedgerNotFound, none of them
+// retryable; 5xx, 429, timeouts and network errors are (Error.Retryable).
+func (c *Client) CreateTransaction(ctx context.Context, ledger string, req TransactionRequest, idempotencyKey string) (TransactionResult, error) {
+	const op = "CreateTransaction"
+	if err := errors.Join(ValidateLedgerName(ledger), validateIdempotencyKey(idempotencyKey)); err != nil {
+		return TransactionResult{}, notSent(op, err)
+	}
+	for _, p := range req.Postings {
+		if err := errors.Join(ValidateAddress(p.Source), ValidateAddress(p.Destination)); err != nil {
+			return TransactionResult{}, notSent(op, err)
+		}
+	}
+	body, err := req.body()
+	if err != nil {
+		return TransactionResult{}, notSent(op, err)
+	}
+	if err := c.tx.acquire(ctx); err != nil {
+		return TransactionResult{}, &Error{Op: op, Err: err}
+	}
+	resp, e := c.do(ctx, request{
+		op: op, method: http.MethodPost, path: "/v2/" + url.PathEscape(ledger) + "/transactions",
+		body: body, idempotencyKey: idempotencyKey,
+	})
+	c.tx.release()
+	c.tx.outcome(e, c.timeout)
+	if e != nil {
+		return TransactionResult{}, e
+	}
+	if resp.status != http.StatusOK {
+		return TransactionResult{}, resp.fail()
+	}
+	tx, err := decodeTransaction(resp.body)
+	if err != nil {
+		return TransactionResult{}, resp.unexpected(err)
+	}
+	return TransactionResult{Transaction: tx, IdempotencyHit: strings.EqualFold(resp.header.Get(headerIdempotencyHit), "true")}, nil
+}
+
+func decodeTransaction(b []byte) (Transaction, error) {
+	var body struct {
+		Data *transactionWire `json:"data"`
+	}
+	if err := json.Unmarshal(b, &body); err != nil || body.Data == nil {
+		return Transaction{}, fmt.Errorf("%w: not a transaction: %v", ErrUnexpectedResponse, err)
+	}
+	tx, err := body.Data.transaction()
+	if err != nil {
+		return Transaction{}, fmt.Errorf("%w: %v", ErrUnexpectedResponse, err)
+	}
+	return tx, nil
+}
+
+// GetTransaction reads a transaction with its post-commit volumes; a
+// missing one is (Transaction{}, false, nil).
+func (c *Client) GetTransaction(ctx context.Context, ledger string, id uint64) (Transaction, bool, error) {
+	const op = "GetTransaction"
+	if err := ValidateLedgerName(ledger); err != nil {
+		return Transaction{}, false, notSent(op, err)
+	}
+	resp, e := c.do(ctx, request{
+		op: op, method: http.MethodGet,
+		path:  "/v2/" + url.PathEscape(ledger) + "/transactions/" + strconv.FormatUint(id, 10),
+		query: url.Values{"expand": {"volumes"}},
+	})
+	if e != nil {
+		return Transaction{}, false, e
+	}
+	switch {
+	case resp.status == http.StatusOK:
+		tx, err := decodeTransaction(resp.body)
+		if err != nil {
+			return Transaction{}, false, resp.unexpected(err)
+		}
+		return tx, true, nil
+	case resp.status == http.StatusNotFound && resp.errorCode() == CodeNotFound:
+		return Transaction{}, false, nil
+	}
+	return Transaction{}, false, resp.fail()
+}

@@ -1,0 +1,257 @@
+package ledgeradapter_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/big"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
+)
+
+// creditScript moves $amount from @world to $dest.
+const creditScript = "vars {\n\tmonetary $amount\n\taccount $dest\n}\nsend $amount (\n\tsource = @world\n\tdestination = $dest\n)\n"
+
+// debitScript moves $amount from $src to @world.
+const debitScript = "vars {\n\tmonetary $amount\n\taccount $src\n}\nsend $amount (\n\tsource = $src\n\tdestination = @world\n)\n"
+
+func credit(account, amount string) ledgeradapter.TransactionRequest {
+	return ledgeradapter.TransactionRequest{Script: &ledgeradapter.Script{Plain: creditScript, Vars: map[string]string{"amount": "USD/2 " + amount, "dest": account}}}
+}
+
+func debit(account, amount string) ledgeradapter.TransactionRequest {
+	return ledgeradapter.TransactionRequest{Script: &ledgeradapter.Script{Plain: debitScript, Vars: map[string]string{"amount": "USD/2 " + amount, "src": account}}}
+}
+
+func balance(t *testing.T, c *ledgeradapter.Client, ledger, account, asset string) *big.Int {
+	t.Helper()
+	a, ok, err := c.GetAccount(context.Background(), ledger, account)
+	require.NoError(t, err)
+	if !ok {
+		return new(big.Int)
+	}
+	v, ok := a.Volumes[asset]
+	if !ok {
+		return new(big.Int)
+	}
+	return v.Balance
+}
+
+func TestCreateTransactionOutcomes(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	c, ctx := l.Client, context.Background()
+	const ledger = "tx"
+	require.NoError(t, c.EnsureLedger(ctx, ledger))
+
+	res, err := c.CreateTransaction(ctx, ledger, credit("wallets:w1:main", "100"), "k1")
+	require.NoError(t, err)
+	require.False(t, res.IdempotencyHit)
+	first := res.Transaction
+	require.Equal(t, []ledgeradapter.Posting{{Source: "world", Destination: "wallets:w1:main", Amount: big.NewInt(100), Asset: "USD/2"}}, first.Postings)
+	require.Equal(t, "100", first.PostCommitVolumes["wallets:w1:main"]["USD/2"].Balance.String())
+
+	res, err = c.CreateTransaction(ctx, ledger, credit("wallets:w1:main", "100"), "k1")
+	require.NoError(t, err)
+	require.True(t, res.IdempotencyHit, "same key, same request")
+	require.Equal(t, first.ID, res.Transaction.ID)
+	require.Equal(t, "100", balance(t, c, ledger, "wallets:w1:main", "USD/2").String(), "a replay applies nothing")
+
+	_, err = c.CreateTransaction(ctx, ledger, credit("wallets:w1:main", "101"), "k1")
+	require.ErrorIs(t, err, ledgeradapter.ErrIdempotencyConflict)
+	require.False(t, ledgeradapter.IsRetryable(err))
+
+	_, err = c.CreateTransaction(ctx, ledger, debit("wallets:w1:main", "101"), "")
+	require.ErrorIs(t, err, ledgeradapter.ErrInsufficientFunds, "one unit short")
+	require.False(t, ledgeradapter.IsRetryable(err))
+	_, err = c.CreateTransaction(ctx, ledger, debit("wallets:w1:main", "100"), "")
+	require.NoError(t, err, "exactly enough")
+	require.Equal(t, "0", balance(t, c, ledger, "wallets:w1:main", "USD/2").String())
+
+	huge := credit("wallets:w2:main", "100000000000000000000000")
+	res, err = c.CreateTransaction(ctx, ledger, huge, "")
+	require.NoError(t, err, "an amount beyond 2^64")
+	require.Equal(t, "100000000000000000000000", res.Transaction.Postings[0].Amount.String())
+
+	withRef := credit("wallets:w3:main", "5")
+	withRef.Reference = "ref-1"
+	_, err = c.CreateTransaction(ctx, ledger, withRef, "")
+	require.NoError(t, err)
+	_, err = c.CreateTransaction(ctx, ledger, withRef, "")
+	require.ErrorIs(t, err, ledgeradapter.ErrReferenceConflict)
+	require.False(t, ledgeradapter.IsRetryable(err))
+
+	_, err = c.CreateTransaction(ctx, ledger, ledgeradapter.TransactionRequest{Script: &ledgeradapter.Script{Plain: "send ("}}, "")
+	require.ErrorIs(t, err, ledgeradapter.ErrCompilationFailed)
+	_, err = c.CreateTransaction(ctx, ledger, ledgeradapter.TransactionRequest{Script: &ledgeradapter.Script{Plain: creditScript}}, "")
+	require.ErrorIs(t, err, ledgeradapter.ErrCompilationFailed, "a missing var")
+
+	override := credit("wallets:w3:main", "5")
+	override.Script.Plain += "set_tx_meta(\"k\", \"script\")\n"
+	override.Metadata = map[string]string{"k": "request"}
+	_, err = c.CreateTransaction(ctx, ledger, override, "")
+	require.ErrorIs(t, err, ledgeradapter.ErrMetadataOverride)
+
+	postings := ledgeradapter.TransactionRequest{Postings: []ledgeradapter.Posting{{Source: "nobody", Destination: "a", Amount: big1(), Asset: "USD"}}}
+	_, err = c.CreateTransaction(ctx, ledger, postings, "")
+	require.ErrorIs(t, err, ledgeradapter.ErrInsufficientFunds, "postings from an account without funds")
+	postings.Force = true
+	_, err = c.CreateTransaction(ctx, ledger, postings, "")
+	require.NoError(t, err, "forced")
+
+	_, err = c.CreateTransaction(ctx, "missing", credit("a", "1"), "")
+	require.ErrorIs(t, err, ledgeradapter.ErrLedgerNotFound)
+
+	got, ok, err := c.GetTransaction(ctx, ledger, first.ID)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, first.Postings, got.Postings)
+	_, ok, err = c.GetTransaction(ctx, ledger, 999999)
+	require.NoError(t, err)
+	require.False(t, ok)
+
+	_, err = c.CreateTransaction(ctx, ledger, ledgeradapter.TransactionRequest{}, "")
+	require.Error(t, err, "neither script nor postings")
+	require.False(t, ledgeradapter.IsRetryable(err))
+}
+
+func big1() *big.Int { return big.NewInt(1) }
+
+// TestConcurrentDebitsNeverOverdraw: 64 debits of one account in flight at
+// once, together worth more than it holds, spend exactly what it holds.
+func TestConcurrentDebitsNeverOverdraw(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{Client: ledgeradapter.Config{TxConcurrency: 64}})
+	c, ctx := l.Client, context.Background()
+	const ledger, account = "debits", "wallets:w1:main"
+	require.NoError(t, c.EnsureLedger(ctx, ledger))
+	_, err := c.CreateTransaction(ctx, ledger, credit(account, "1000"), "")
+	require.NoError(t, err)
+
+	const n = 64
+	start := make(chan struct{})
+	var ok, short atomic.Int32
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			_, err := c.CreateTransaction(ctx, ledger, debit(account, "30"), "")
+			switch {
+			case err == nil:
+				ok.Add(1)
+			case errors.Is(err, ledgeradapter.ErrInsufficientFunds):
+				short.Add(1)
+			default:
+				errs[i] = err
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	require.NoError(t, errors.Join(errs...))
+	require.EqualValues(t, 33, ok.Load(), "1000 holds 33 debits of 30")
+	require.EqualValues(t, n-33, short.Load())
+	require.Equal(t, "10", balance(t, c, ledger, account, "USD/2").String())
+}
+
+// TestTxConcurrencyCap: however many callers, no more transaction requests
+// reach the ledger at once than the cap.
+func TestTxConcurrencyCap(t *testing.T) {
+	t.Parallel()
+	var inFlight, peak atomic.Int32
+	slow := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && r.URL.Path == "/v2/cap/transactions" {
+				n := inFlight.Add(1)
+				defer inFlight.Add(-1)
+				for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	l := testutil.StartLedger(t, testutil.LedgerOptions{Wrap: slow})
+	c, ctx := l.Client, context.Background()
+	require.Equal(t, ledgeradapter.DefaultTxConcurrency, c.TxConcurrency())
+	require.NoError(t, c.EnsureLedger(ctx, "cap"))
+
+	const callers = 200
+	var wg sync.WaitGroup
+	errs := make([]error, callers)
+	for i := range callers {
+		wg.Go(func() {
+			_, errs[i] = c.CreateTransaction(ctx, "cap", credit("wallets:w1:main", "1"), "")
+		})
+	}
+	wg.Wait()
+	require.NoError(t, errors.Join(errs...))
+	require.EqualValues(t, ledgeradapter.DefaultTxConcurrency, peak.Load(), "the cap is reached and never passed")
+	require.Equal(t, "200", balance(t, c, "cap", "wallets:w1:main", "USD/2").String())
+}
+
+// TestTxStallReportedOnce: transactions that get no answer are reported
+// once, with the advice, not once per request; an answer ends the stall.
+func TestTxStallReportedOnce(t *testing.T) {
+	t.Parallel()
+	var stall atomic.Bool
+	stall.Store(true)
+	release := make(chan struct{})
+	hold := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/v2/stall/transactions" && stall.Load() {
+				select {
+				case <-release:
+				case <-r.Context().Done():
+					return
+				}
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	logs := &testutil.SyncBuffer{}
+	l := testutil.StartLedger(t, testutil.LedgerOptions{Wrap: hold, Client: ledgeradapter.Config{
+		Timeout: 300 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil)),
+	}})
+	defer close(release)
+	c, ctx := l.Client, context.Background()
+	require.NoError(t, c.EnsureLedger(ctx, "stall"))
+
+	var wg sync.WaitGroup
+	for range 40 {
+		wg.Go(func() {
+			_, err := c.CreateTransaction(ctx, "stall", credit("a", "1"), "")
+			if !errors.Is(err, ledgeradapter.ErrTimeout) {
+				t.Errorf("want a timeout, got %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	require.Equal(t, 1, countLines(logs.String(), "ledger stalled"), logs.String())
+	require.Contains(t, logs.String(), "POSTGRES_MAX_OPEN_CONNS")
+
+	stall.Store(false)
+	_, err := c.CreateTransaction(ctx, "stall", credit("a", "1"), "")
+	require.NoError(t, err)
+	require.Equal(t, 1, countLines(logs.String(), "ledger answers transactions again"), logs.String())
+}
+
+func countLines(s, sub string) int {
+	n := 0
+	for line := range strings.Lines(s) {
+		if strings.Contains(line, sub) {
+			n++
+		}
+	}
+	return n
+}
