@@ -256,7 +256,43 @@ func TestConformance(t *testing.T) {
 	_, err = c.AddAccountMetadata(ctx, "nope", addr, md, "")
 	require.ErrorIs(t, err, ledgeradapter.ErrLedgerNotFound)
 
-	for _, op := range []string{"healthcheck", "v2GetLedger", "v2CreateLedger", "v2GetAccount", "v2AddMetadataToAccount", "v2ListLogs"} {
+	// Transactions: created, replayed, refused, read and listed.
+	credit := ledgeradapter.TransactionRequest{
+		Script:   &ledgeradapter.Script{Plain: creditScript, Vars: map[string]string{"amount": "USD/2 100", "dest": "wallets:w1:main"}},
+		Metadata: map[string]string{"wallets/transaction": "true"},
+	}
+	created, err := c.CreateTransaction(ctx, "wallets-002", credit, "tx-1")
+	require.NoError(t, err)
+	replayed, err := c.CreateTransaction(ctx, "wallets-002", credit, "tx-1")
+	require.NoError(t, err)
+	require.True(t, replayed.IdempotencyHit)
+	require.Equal(t, created.Transaction.ID, replayed.Transaction.ID)
+	_, err = c.CreateTransaction(ctx, "wallets-002", debit("wallets:w1:main", "101"), "")
+	require.ErrorIs(t, err, ledgeradapter.ErrInsufficientFunds)
+	withRef := ledgeradapter.TransactionRequest{Postings: []ledgeradapter.Posting{{Source: "world", Destination: "a", Amount: big1(), Asset: "USD"}}, Reference: "r"}
+	_, err = c.CreateTransaction(ctx, "wallets-002", withRef, "")
+	require.NoError(t, err)
+	_, err = c.CreateTransaction(ctx, "wallets-002", withRef, "")
+	require.ErrorIs(t, err, ledgeradapter.ErrReferenceConflict)
+	_, err = c.CreateTransaction(ctx, "nope", credit, "")
+	require.ErrorIs(t, err, ledgeradapter.ErrLedgerNotFound)
+	got, found, err := c.GetTransaction(ctx, "wallets-002", created.Transaction.ID)
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Equal(t, created.Transaction.Postings, got.Postings)
+	_, found, err = c.GetTransaction(ctx, "wallets-002", 999)
+	require.NoError(t, err)
+	require.False(t, found)
+	page, err := c.ListTransactions(ctx, "wallets-002", map[string]any{"$match": map[string]any{"account": "wallets:w1:main"}}, 0, "")
+	require.NoError(t, err)
+	require.Len(t, page.Data, 1)
+	require.Equal(t, created.Transaction.ID, page.Data[0].ID)
+	all, err = c.AllLogs(ctx, "wallets-002")
+	require.NoError(t, err)
+	require.Equal(t, ledgeradapter.LogTypeNewTransaction, all[0].Type)
+
+	for _, op := range []string{"healthcheck", "v2GetLedger", "v2CreateLedger", "v2GetAccount", "v2AddMetadataToAccount", "v2ListLogs",
+		"v2CreateTransaction", "v2GetTransaction", "v2ListTransactions"} {
 		require.Positive(t, s.validator.Operations()[op], "operation %s was not exercised", op)
 	}
 }
@@ -310,11 +346,11 @@ func TestValidatorCatchesMismatches(t *testing.T) {
 	require.Contains(t, m, "response header Content-Type has unexpected value")
 
 	// And a request outside the subset is reported too.
-	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v2/l/transactions", nil)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v2/l/volumes", nil)
 	resp, err := (&http.Client{Transport: v}).Do(req)
 	require.NoError(t, err)
 	_ = resp.Body.Close()
-	require.Contains(t, strings.Join(v.Mismatches(), "\n"), "GET /v2/l/transactions: no such operation")
+	require.Contains(t, strings.Join(v.Mismatches(), "\n"), "GET /v2/l/volumes: no such operation")
 }
 
 func logIDs(logs []ledgeradapter.Log) []uint64 {

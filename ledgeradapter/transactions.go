@@ -145,11 +145,14 @@ func (r TransactionRequest) body() ([]byte, error) {
 	w := struct {
 		Postings  []Posting         `json:"postings,omitempty"`
 		Script    *Script           `json:"script,omitempty"`
-		Metadata  map[string]string `json:"metadata,omitempty"`
+		Metadata  map[string]string `json:"metadata"` // required by the API
 		Reference string            `json:"reference,omitempty"`
 		Timestamp string            `json:"timestamp,omitempty"`
 		Force     bool              `json:"force,omitempty"`
 	}{Postings: r.Postings, Script: r.Script, Metadata: r.Metadata, Reference: r.Reference, Force: r.Force}
+	if w.Metadata == nil {
+		w.Metadata = map[string]string{}
+	}
 	for i, p := range r.Postings {
 		if p.Amount == nil {
 			return nil, fmt.Errorf("posting %d has no amount", i)
@@ -309,4 +312,73 @@ func (c *Client) GetTransaction(ctx context.Context, ledger string, id uint64) (
 		return Transaction{}, false, nil
 	}
 	return Transaction{}, false, resp.fail()
+}
+
+// TransactionsPage is one page of ListTransactions, newest first.
+type TransactionsPage struct {
+	Data    []Transaction
+	HasMore bool
+	// Next is the cursor of the next page, "" on the last one.
+	Next string
+}
+
+// ListTransactions reads one page of the transactions the filter selects
+// (the ledger's query language, e.g. {"$match": {"destination": "a:b"}};
+// nil selects all), newest first, with their post-commit volumes. pageSize
+// 0 lets the ledger choose (15 by default). With a cursor from a previous
+// page, filter and pageSize are not sent: the cursor carries them.
+func (c *Client) ListTransactions(ctx context.Context, ledger string, filter map[string]any, pageSize int, cursor string) (TransactionsPage, error) {
+	const op = "ListTransactions"
+	if err := ValidateLedgerName(ledger); err != nil {
+		return TransactionsPage{}, notSent(op, err)
+	}
+	if pageSize < 0 {
+		return TransactionsPage{}, notSent(op, fmt.Errorf("pageSize must not be negative, got %d", pageSize))
+	}
+	q := url.Values{}
+	body := []byte("{}")
+	switch {
+	case cursor != "":
+		q.Set("cursor", cursor)
+	default:
+		q.Set("expand", "volumes")
+		if pageSize > 0 {
+			q.Set("pageSize", strconv.Itoa(pageSize))
+		}
+		if filter != nil {
+			var err error
+			if body, err = json.Marshal(filter); err != nil {
+				return TransactionsPage{}, notSent(op, err)
+			}
+		}
+	}
+	resp, e := c.do(ctx, request{
+		op: op, method: http.MethodGet, path: "/v2/" + url.PathEscape(ledger) + "/transactions",
+		query: q, body: body, limit: maxLogsResponseBytes,
+	})
+	if e != nil {
+		return TransactionsPage{}, e
+	}
+	if resp.status != http.StatusOK {
+		return TransactionsPage{}, resp.fail()
+	}
+	var w struct {
+		Cursor *struct {
+			HasMore bool              `json:"hasMore"`
+			Next    string            `json:"next"`
+			Data    []transactionWire `json:"data"`
+		} `json:"cursor"`
+	}
+	if err := json.Unmarshal(resp.body, &w); err != nil || w.Cursor == nil {
+		return TransactionsPage{}, resp.unexpected(fmt.Errorf("%w: not a transactions cursor: %v", ErrUnexpectedResponse, err))
+	}
+	page := TransactionsPage{HasMore: w.Cursor.HasMore, Next: w.Cursor.Next, Data: make([]Transaction, 0, len(w.Cursor.Data))}
+	for _, tw := range w.Cursor.Data {
+		tx, err := tw.transaction()
+		if err != nil {
+			return TransactionsPage{}, resp.unexpected(fmt.Errorf("%w: %v", ErrUnexpectedResponse, err))
+		}
+		page.Data = append(page.Data, tx)
+	}
+	return page, nil
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -254,4 +255,33 @@ func countLines(s, sub string) int {
 		}
 	}
 	return n
+}
+
+func TestListTransactionsPages(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	c, ctx := l.Client, context.Background()
+	require.NoError(t, c.EnsureLedger(ctx, "pages"))
+	for i := range 5 {
+		_, err := c.CreateTransaction(ctx, "pages", credit("wallets:w1:main", strconv.Itoa(i+1)), "")
+		require.NoError(t, err)
+	}
+	_, err := c.CreateTransaction(ctx, "pages", credit("wallets:w2:main", "9"), "")
+	require.NoError(t, err)
+
+	filter := map[string]any{"$match": map[string]any{"destination": "wallets:w1:main"}}
+	var ids []uint64
+	page, err := c.ListTransactions(ctx, "pages", filter, 2, "")
+	for {
+		require.NoError(t, err)
+		for _, tx := range page.Data {
+			ids = append(ids, tx.ID)
+			require.NotEmpty(t, tx.PostCommitVolumes, "listed with expand=volumes")
+		}
+		if !page.HasMore {
+			break
+		}
+		page, err = c.ListTransactions(ctx, "pages", nil, 0, page.Next)
+	}
+	require.Equal(t, []uint64{5, 4, 3, 2, 1}, ids, "newest first, the filter kept across pages")
 }

@@ -45,6 +45,7 @@ type runFlags struct {
 	w                                                  worker.Config
 	ledgerBatch                                        bool
 	batch                                              ledgeradapter.BatcherConfig
+	ledgerTxConcurrency                                int
 }
 
 func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
@@ -68,6 +69,7 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.DurationVar(&f.batch.Window, "ledger-batch-window", ledgeradapter.DefaultBatchWindow, "with --ledger-batch: how long a call waits for others while one of its kind is in flight (a lone command never waits)")
 	fs.IntVar(&f.batch.MaxBatch, "ledger-batch-max", ledgeradapter.DefaultBatchMax, "with --ledger-batch: most calls per request, at most the ledger's BULK_MAX_SIZE and page size (100)")
 	fs.IntVar(&f.batch.MaxInFlight, "ledger-concurrency", ledgeradapter.DefaultBatchInFlight, "with --ledger-batch: most ledger requests in flight, reads and writes together; below it each kind's limit adapts")
+	fs.IntVar(&f.ledgerTxConcurrency, "ledger-tx-concurrency", ledgeradapter.DefaultTxConcurrency, "most ledger transactions in flight from this process, whatever --concurrency: a Formance ledger stalls when as many transactions touching one account wait as it has PostgreSQL connections (its POSTGRES_MAX_OPEN_CONNS, default 20); keep it below that")
 	fs.StringVar(&f.dataDir, "data-dir", "./data", "where the embedded NATS server and the embedded ledger keep their files")
 	fs.StringVar(&f.embeddedNATSAddr, "embedded-nats-addr", "127.0.0.1:4222", "listen address of the embedded NATS server")
 	fs.StringVar(&f.embeddedLedgerAddr, "embedded-ledger-addr", "127.0.0.1:3068", "listen address of the embedded ledger")
@@ -105,6 +107,9 @@ func (f *runFlags) validate() error {
 	}
 	if w := f.w.WithDefaults(); f.ledgerTimeout >= w.HandlerTimeout {
 		errs = append(errs, usageError("--ledger-timeout %s must be shorter than the handler timeout %s", f.ledgerTimeout, w.HandlerTimeout))
+	}
+	if f.ledgerTxConcurrency < 1 {
+		errs = append(errs, usageError("--ledger-tx-concurrency must be at least 1, got %d", f.ledgerTxConcurrency))
 	}
 	if f.ledgerTimeoutPerElement < 0 {
 		// A bulk's timeout may pass the handler's deadline: its callers
@@ -248,6 +253,8 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		ClientID: f.ledgerClientID, ClientSecret: f.ledgerClientSecret, TokenURL: f.ledgerTokenURL,
 		Observe:        newLedgerMetrics(reg).observe,
 		TracerProvider: tel.TracerProvider(),
+		TxConcurrency:  f.ledgerTxConcurrency,
+		Logger:         log,
 	}
 	if f.ledgerCA != "" {
 		pool, _ := loadCertPool(f.ledgerCA) // checked by validate
