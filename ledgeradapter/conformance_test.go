@@ -287,12 +287,19 @@ func TestConformance(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, page.Data, 1)
 	require.Equal(t, created.Transaction.ID, page.Data[0].ID)
+	bulk, err := c.BulkTransactions(ctx, "wallets-002", []ledgeradapter.BulkTransaction{
+		{Request: credit, IdempotencyKey: "tx-1"}, {Request: debit("wallets:w1:main", "1000")}, {Request: debit("wallets:w1:main", "1")},
+	})
+	require.NoError(t, err)
+	require.Equal(t, created.Transaction.ID, bulk[0].Transaction.ID)
+	require.ErrorIs(t, bulk[1].Err, ledgeradapter.ErrInsufficientFunds)
+	require.NoError(t, bulk[2].Err)
 	all, err = c.AllLogs(ctx, "wallets-002")
 	require.NoError(t, err)
 	require.Equal(t, ledgeradapter.LogTypeNewTransaction, all[0].Type)
 
 	for _, op := range []string{"healthcheck", "v2GetLedger", "v2CreateLedger", "v2GetAccount", "v2AddMetadataToAccount", "v2ListLogs",
-		"v2CreateTransaction", "v2GetTransaction", "v2ListTransactions"} {
+		"v2CreateTransaction", "v2GetTransaction", "v2ListTransactions", "v2CreateBulk"} {
 		require.Positive(t, s.validator.Operations()[op], "operation %s was not exercised", op)
 	}
 }

@@ -382,3 +382,107 @@ func (c *Client) ListTransactions(ctx context.Context, ledger string, filter map
 	}
 	return page, nil
 }
+
+// BulkTransaction is one CREATE_TRANSACTION element of a bulk: the same
+// write as CreateTransaction(ledger, Request, IdempotencyKey).
+type BulkTransaction struct {
+	Request        TransactionRequest
+	IdempotencyKey string
+}
+
+// BulkTransactionResult is what became of one element: its transaction
+// (created now or, on a replayed key, first), or Err, an *Error classified
+// like the same CreateTransaction call's (Error.Element is its position).
+type BulkTransactionResult struct {
+	Transaction Transaction
+	Err         error
+}
+
+// BulkTransactions sends transactions as CREATE_TRANSACTION elements of one
+// POST /v2/{ledger}/_bulk?continueOnFailure=true, without parallel: the
+// ledger runs them one after another, in order, each atomic, and a refused
+// one (insufficient funds, say) does not stop those after it. One request
+// holds one of the Config.TxConcurrency slots, since it runs one
+// transaction at a time. At most MaxBulkSize elements. The error returned
+// is for the request as a whole; nil means each element's fate is in its
+// result. The ledger does not say which elements were idempotency hits.
+func (c *Client) BulkTransactions(ctx context.Context, ledger string, elems []BulkTransaction) ([]BulkTransactionResult, error) {
+	const op = "BulkTransactions"
+	if err := ValidateLedgerName(ledger); err != nil {
+		return nil, notSent(op, err)
+	}
+	if len(elems) == 0 || len(elems) > MaxBulkSize {
+		return nil, notSent(op, fmt.Errorf("a bulk holds 1 to %d transactions, got %d", MaxBulkSize, len(elems)))
+	}
+	type element struct {
+		Action string          `json:"action"`
+		IK     string          `json:"ik,omitempty"`
+		Data   json.RawMessage `json:"data"`
+	}
+	wire := make([]element, len(elems))
+	for i, el := range elems {
+		if err := validateIdempotencyKey(el.IdempotencyKey); err != nil {
+			return nil, notSent(op, fmt.Errorf("element %d: %w", i+1, err))
+		}
+		for _, p := range el.Request.Postings {
+			if err := errors.Join(ValidateAddress(p.Source), ValidateAddress(p.Destination)); err != nil {
+				return nil, notSent(op, fmt.Errorf("element %d: %w", i+1, err))
+			}
+		}
+		data, err := el.Request.body()
+		if err != nil {
+			return nil, notSent(op, fmt.Errorf("element %d: %w", i+1, err))
+		}
+		wire[i] = element{Action: "CREATE_TRANSACTION", IK: el.IdempotencyKey, Data: data}
+	}
+	body, err := json.Marshal(wire)
+	if err != nil {
+		return nil, notSent(op, err)
+	}
+	if err := c.tx.acquire(ctx); err != nil {
+		return nil, &Error{Op: op, Err: err}
+	}
+	resp, e := c.do(ctx, request{
+		op: op, method: http.MethodPost, path: "/v2/" + url.PathEscape(ledger) + "/_bulk",
+		query: url.Values{"continueOnFailure": {"true"}}, body: body, elements: len(elems),
+	})
+	c.tx.release()
+	c.tx.outcome(e, c.TimeoutFor(len(elems)))
+	if e != nil {
+		return nil, e
+	}
+	if resp.status != http.StatusOK && resp.status != http.StatusBadRequest {
+		return nil, resp.fail()
+	}
+	var out struct {
+		Data *[]struct {
+			bulkResultWire
+			Data *transactionWire `json:"data"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(resp.body, &out); err != nil || out.Data == nil {
+		if resp.status == http.StatusBadRequest {
+			return nil, resp.fail()
+		}
+		return nil, resp.unexpected(fmt.Errorf("%w: not a bulk response: %v", ErrUnexpectedResponse, err))
+	}
+	if len(*out.Data) != len(elems) {
+		return nil, resp.unexpected(fmt.Errorf("%w: %d results for %d elements", ErrUnexpectedResponse, len(*out.Data), len(elems)))
+	}
+	results := make([]BulkTransactionResult, len(elems))
+	for i, w := range *out.Data {
+		switch {
+		case w.ResponseType == bulkResultError:
+			results[i].Err = resp.elementError(i, w.bulkResultWire)
+		case w.Data == nil:
+			return nil, resp.unexpected(fmt.Errorf("%w: element %d has no transaction", ErrUnexpectedResponse, i+1))
+		default:
+			tx, err := w.Data.transaction()
+			if err != nil {
+				return nil, resp.unexpected(fmt.Errorf("%w: element %d: %v", ErrUnexpectedResponse, i+1, err))
+			}
+			results[i].Transaction = tx
+		}
+	}
+	return results, nil
+}

@@ -285,3 +285,39 @@ func TestListTransactionsPages(t *testing.T) {
 	}
 	require.Equal(t, []uint64{5, 4, 3, 2, 1}, ids, "newest first, the filter kept across pages")
 }
+
+// TestBulkTransactionsInOrder: the elements of a bulk run in order, a
+// refused one does not stop the ones after it, and a replayed key answers
+// the transaction first created.
+func TestBulkTransactionsInOrder(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	c, ctx := l.Client, context.Background()
+	require.NoError(t, c.EnsureLedger(ctx, "bulk"))
+	const w = "wallets:w1:main"
+	res, err := c.BulkTransactions(ctx, "bulk", []ledgeradapter.BulkTransaction{
+		{Request: credit(w, "100"), IdempotencyKey: "c1"},
+		{Request: debit(w, "80"), IdempotencyKey: "d1"},
+		{Request: debit(w, "30"), IdempotencyKey: "d2"}, // 20 left: refused
+		{Request: debit(w, "20"), IdempotencyKey: "d3"},
+	})
+	require.NoError(t, err)
+	require.Len(t, res, 4)
+	require.NoError(t, res[0].Err)
+	require.NoError(t, res[1].Err, "the debit sees the credit before it")
+	require.ErrorIs(t, res[2].Err, ledgeradapter.ErrInsufficientFunds)
+	require.False(t, ledgeradapter.IsRetryable(res[2].Err))
+	var le *ledgeradapter.Error
+	require.ErrorAs(t, res[2].Err, &le)
+	require.Equal(t, 3, le.Element)
+	require.NoError(t, res[3].Err, "a refused element does not stop the ones after it")
+	require.Less(t, res[0].Transaction.ID, res[1].Transaction.ID)
+	require.Less(t, res[1].Transaction.ID, res[3].Transaction.ID)
+	require.Equal(t, "0", balance(t, c, "bulk", w, "USD/2").String())
+
+	again, err := c.BulkTransactions(ctx, "bulk", []ledgeradapter.BulkTransaction{{Request: credit(w, "100"), IdempotencyKey: "c1"}})
+	require.NoError(t, err)
+	require.NoError(t, again[0].Err)
+	require.Equal(t, res[0].Transaction.ID, again[0].Transaction.ID, "a replayed key answers the first transaction")
+	require.Equal(t, "0", balance(t, c, "bulk", w, "USD/2").String())
+}
