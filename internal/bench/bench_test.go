@@ -253,3 +253,20 @@ func TestDefaultsFollowRun(t *testing.T) {
 		require.Equal(t, worker.Config{}.WithDefaults().Concurrency, res.Concurrency)
 	}
 }
+
+func TestTransactionsWorkload(t *testing.T) {
+	t.Parallel()
+	var out, log bytes.Buffer
+	err := Command(context.Background(), []string{"--workload", "transactions", "--commands", "60", "--bulk-size", "20", "--concurrency", "32", "--json"}, &out, &log)
+	require.NoError(t, err, log.String())
+	var res TxResult
+	require.NoError(t, json.Unmarshal(out.Bytes(), &res))
+	require.Len(t, res.Phases, 4)
+	for _, p := range res.Phases {
+		require.EqualValues(t, 60, p.OK, "%s: %s", p.Name, p.FirstError)
+		require.Zero(t, p.Failed, p.Name)
+		require.Positive(t, p.PerSec, p.Name)
+	}
+	require.Error(t, Command(context.Background(), []string{"--workload=transactions", "--ledger", "null"}, &out, &log), "the null ledger has no transactions")
+	require.Error(t, Command(context.Background(), []string{"--workload", "nope"}, &out, &log))
+}

@@ -28,6 +28,16 @@ const envPrefix = "WALLETS_WORKER_"
 // Command is `wallets-worker bench [flags]`. It prints the report to stdout,
 // progress and the worker's warnings to stderr.
 func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	switch w := workloadOf(args); w {
+	case WorkloadCreates:
+	case WorkloadTransactions:
+		fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		return txCommand(ctx, fs, withoutWorkload(args), stdout, stderr)
+	default:
+		return fmt.Errorf("%w: --workload must be %s or %s, not %q", ErrUsage, WorkloadCreates, WorkloadTransactions, w)
+	}
+	args = withoutWorkload(args)
 	cfg := Config{Log: stderr}
 	var asJSON bool
 	def := worker.Config{}.WithDefaults()
