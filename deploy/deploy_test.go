@@ -29,6 +29,7 @@ import (
 
 	composecli "github.com/compose-spec/compose-go/v2/cli"
 	composetypes "github.com/compose-spec/compose-go/v2/types"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -554,6 +555,51 @@ func TestCompose(t *testing.T) {
 			require.Contains(t, cmd, want)
 		}
 	})
+}
+
+// TestComposeNATSIsAuthorized: the compose stack's NATS runs
+// deploy/nats/auth.conf (the secure set-up is the default one): its
+// configuration, mounted from the repository, loads in a real nats-server
+// with the passwords compose gives it, and the workers and the sample
+// publisher connect as the users auth.conf defines, with those passwords.
+func TestComposeNATSIsAuthorized(t *testing.T) {
+	p := loadCompose(t)
+	natsSvc, err := p.GetService("nats")
+	require.NoError(t, err)
+	cmd := []string(natsSvc.Command)
+	require.Len(t, cmd, 2)
+	require.Equal(t, "-c", cmd[0])
+	conf := ""
+	for _, v := range natsSvc.Volumes {
+		if rel, err := filepath.Rel(v.Target, cmd[1]); err == nil && !strings.HasPrefix(rel, "..") && v.Type == "bind" {
+			conf = filepath.Join(v.Source, rel)
+		}
+	}
+	require.NotEmpty(t, conf, "%s is mounted from the repository", cmd[1])
+	raw, err := os.ReadFile(conf)
+	require.NoError(t, err)
+	require.Regexp(t, `(?m)^include \./auth\.conf$`, string(raw))
+
+	natsEnv := environment(t, natsSvc)
+	for k, v := range natsEnv {
+		t.Setenv(k, v)
+	}
+	opts, err := server.ProcessConfigFile(conf)
+	require.NoError(t, err, "the compose NATS configuration loads")
+	require.True(t, opts.JetStream)
+	require.Empty(t, opts.NoAuthUser, "no connection without credentials")
+	passwords := map[string]string{}
+	for _, u := range opts.Users {
+		passwords[u.Username] = u.Password
+	}
+	for name, user := range map[string]string{"worker": "wallets-worker", "publish-sample": "wallets-producer"} {
+		svc, err := p.GetService(name)
+		require.NoError(t, err)
+		env := environment(t, svc)
+		require.Equal(t, user, env["WALLETS_WORKER_NATS_USER"], "service %s", name)
+		require.NotEmpty(t, passwords[user], "auth.conf defines %s", user)
+		require.Equal(t, passwords[user], env["WALLETS_WORKER_NATS_PASSWORD"], "service %s connects with the password NATS has for %s", name, user)
+	}
 }
 
 // requireServiceURL checks that raw points at service's port inside the

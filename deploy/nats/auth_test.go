@@ -45,6 +45,7 @@ const (
 	userProducer = "wallets-producer"
 	userOperator = "wallets-operator"
 
+	inboxWorker   = "_INBOX_wallets_worker"
 	inboxProducer = "_INBOX_wallets_producer"
 	inboxOperator = "_INBOX_wallets_operator"
 )
@@ -471,7 +472,7 @@ func TestWorkerProducerOperator(t *testing.T) {
 
 	// The claims bucket, as the worker uses it: a claim, a second key
 	// refused (which reads the first claim), the claimant again.
-	wc := connect(t, s, userWorker, "")
+	wc := connect(t, s, userWorker, inboxWorker)
 	claims, err := worker.NewClaims(ctx, wc.js, worker.Config{})
 	require.NoError(t, err)
 	require.NoError(t, claims.Claim(ctx, "claims-test", "acct", "key-1"))
@@ -516,7 +517,7 @@ func provisioned(t *testing.T) *natsServer {
 	pc := connect(t, s, userProducer, inboxProducer)
 	_, err := producer.New(pc.js).Publish(ctx, messages.CreateBalance{WalletID: "w1", Name: "savings"}, "k-1")
 	require.NoError(t, err)
-	wc := connect(t, s, userWorker, "")
+	wc := connect(t, s, userWorker, inboxWorker)
 	dl := &nats.Msg{Subject: messages.DLQSubject("w1"), Data: []byte(`{"walletID":"w1","name":"secret"}`), Header: nats.Header{}}
 	dl.Header.Set(messages.HeaderMsgID, "k-dead")
 	_, err = wc.js.PublishMsg(ctx, dl)
@@ -604,7 +605,7 @@ func TestProducerIsRefused(t *testing.T) {
 func TestWorkerIsRefused(t *testing.T) {
 	t.Parallel()
 	s := provisioned(t)
-	wc := connect(t, s, userWorker, "")
+	wc := connect(t, s, userWorker, inboxWorker)
 
 	t.Run("no publish outside its subjects", func(t *testing.T) {
 		for _, subject := range []string{
@@ -637,10 +638,45 @@ func TestWorkerIsRefused(t *testing.T) {
 		wc.requireSubscribeDenied(t, "wallets.>")
 	})
 	t.Run("no other user's replies", func(t *testing.T) {
+		wc.requireSubscribeDenied(t, "_INBOX.>")
 		wc.requireSubscribeDenied(t, inboxProducer+".>")
 		wc.requireSubscribeDenied(t, inboxOperator+".>") // dead letters, as `dlq list` reads them
 	})
 	s.requireIntact(t)
+}
+
+// TestEachUserDefaultsToItsOwnInbox: given only their user names, the
+// worker, a producer and an operator read their replies under the prefixes
+// auth.conf grants them, with no --nats-inbox-prefix; a prefix the user may
+// not read is refused at once, not by a timeout.
+func TestEachUserDefaultsToItsOwnInbox(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, authConf(t))
+	provision(t, s)
+	wlogs := runWorker(t, s)
+	defer func() {
+		if t.Failed() {
+			t.Log("worker logs:\n" + wlogs.String())
+		}
+	}()
+
+	code, out, errOut := command(t, userProducer, "publish", "create-balance", "--nats-url", s.ClientURL(),
+		"--wallet", "w1", "--name", "gift", "--key", "k-default-inbox", "--wait", "--timeout", "30s")
+	require.Equal(t, cli.ExitOK, code, errOut)
+	lines := decodeLines(t, out)
+	require.Len(t, lines, 2)
+	require.Equal(t, "balance-created", lines[1]["type"])
+
+	code, _, errOut = command(t, userOperator, "dlq", "list", "--nats-url", s.ClientURL())
+	require.Equal(t, cli.ExitOK, code, errOut)
+	s.requireNoViolations(t)
+
+	start := time.Now()
+	code, _, errOut = command(t, userProducer, "publish", "create-balance", "--nats-url", s.ClientURL(), "--nats-inbox-prefix", "_INBOX",
+		"--wallet", "w1", "--name", "other", "--wait", "--timeout", "30s")
+	require.NotEqual(t, cli.ExitOK, code)
+	require.Less(t, time.Since(start), 10*time.Second, "refused at once, not after --timeout")
+	require.Contains(t, errOut, "_INBOX (--nats-inbox-prefix) is not one it may subscribe to", errOut)
 }
 
 // TestOperatorIsRefused: the operator provisions and handles dead letters; it
@@ -666,7 +702,7 @@ func TestOperatorIsRefused(t *testing.T) {
 func TestWorkerWithoutProvisioningRights(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, withoutProvisioning(t))
-	wc := connect(t, s, userWorker, "")
+	wc := connect(t, s, userWorker, inboxWorker)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	require.Error(t, worker.Provision(ctx, wc.js, worker.Config{}))
 	cancel()
@@ -850,7 +886,7 @@ func TestAwaiterSurvivesAReset(t *testing.T) {
 	require.Eventually(t, pc.IsConnected, 20*time.Second, 20*time.Millisecond)
 
 	// An outcome stored after the restart, as the worker would store it.
-	wc := connect(t, s, userWorker, "")
+	wc := connect(t, s, userWorker, inboxWorker)
 	ev := &nats.Msg{Subject: messages.BalanceCreatedSubject("w1"), Header: nats.Header{},
 		Data: []byte(`{"key":"k-1","walletID":"w1","balance":{"name":"savings","priority":0,"expiresAt":null},"ledger":"l","account":"a","replayed":false}`)}
 	ev.Header.Set(messages.HeaderCommandKey, "k-1")

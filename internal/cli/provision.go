@@ -22,7 +22,6 @@ import (
 // or change streams (docs/nats-authorization.md).
 func provisionCommand(ctx context.Context, args []string, env Env) error {
 	fs, f := runFlagSet(env)
-	natsconn.RegisterInboxPrefix(fs, &f.nats)
 	timeout := 30 * time.Second
 	fs.DurationVar(&timeout, "timeout", timeout, "overall timeout")
 	fs.Usage = usage(fs, "wallets-worker provision --nats-url URL [run's flags]")

@@ -55,6 +55,7 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.SetOutput(env.Stderr)
 	fs.StringVar(&f.nats.URL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded NATS server with JetStream")
 	natsconn.Register(fs, &f.nats)
+	natsconn.RegisterInboxPrefix(fs, &f.nats)
 	fs.StringVar(&f.ledgerURL, "ledger-url", "", "base URL of a Formance Ledger (\"/v2/...\" is appended); empty starts an embedded ledger")
 	fs.StringVar(&f.ledgerName, "ledger-name", "wallets-002", "ledger to write to (created at start if missing)")
 	fs.StringVar(&f.accountPrefix, "account-prefix", "", "account prefix, as the wallets service's ACCOUNT_PREFIX")

@@ -18,10 +18,9 @@ func Register(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.KeyFile, "nats-key", "", "PEM private key of --nats-cert")
 }
 
-// RegisterInboxPrefix adds --nats-inbox-prefix to fs. Only the commands that
-// a producer or an operator runs have it (publish, dlq, provision): under
-// deploy/nats/auth.conf each of those users may read replies under its own
-// prefix only.
+// RegisterInboxPrefix adds --nats-inbox-prefix to fs: under
+// deploy/nats/auth.conf each user may read replies under its own prefix
+// only.
 func RegisterInboxPrefix(fs *flag.FlagSet, c *Config) {
-	fs.StringVar(&c.InboxPrefix, "nats-inbox-prefix", "", "first token of the subjects NATS replies come back on (empty: _INBOX);\ndeploy/nats/auth.conf wants _INBOX_wallets_producer for publish and _INBOX_wallets_operator for dlq and provision")
+	fs.StringVar(&c.InboxPrefix, "nats-inbox-prefix", "", "first token of the subjects NATS replies come back on (empty: _INBOX_<user> with --nats-user, which is what deploy/nats/auth.conf gives each user, else _INBOX);\nchecked at connection: a prefix the user may not read is an error at once")
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -50,8 +51,29 @@ type Config struct {
 	// InboxPrefix replaces _INBOX as the first token of the subjects that
 	// replies (JetStream API answers, pulled messages, publish acks) come
 	// back on. A user whose subscribe permission is limited to its own
-	// prefix reads no other user's replies (deploy/nats/auth.conf).
+	// prefix reads no other user's replies (deploy/nats/auth.conf). Empty:
+	// see Inbox.
 	InboxPrefix string
+}
+
+// Inbox is the inbox prefix a connection of c uses: InboxPrefix when set;
+// otherwise, for a user given by name (User), _INBOX_ followed by the name
+// with every character but letters, digits and '_' made '_', which is the
+// prefix deploy/nats/auth.conf gives each of its users
+// (_INBOX_wallets_worker, _INBOX_wallets_producer, ...); otherwise "",
+// nats.go's _INBOX. Connect checks at once that the server lets the user
+// read under it.
+func (c Config) Inbox() string {
+	if c.InboxPrefix != "" || c.User == "" {
+		return c.InboxPrefix
+	}
+	b := []byte("_INBOX_" + c.User)
+	for i, ch := range b {
+		if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '_') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
 }
 
 // Authentication methods, as AuthMethod names them.
@@ -221,8 +243,8 @@ func (c Config) Options() ([]nats.Option, error) {
 	if c.CertFile != "" {
 		opts = append(opts, nats.ClientCert(c.CertFile, c.KeyFile))
 	}
-	if c.InboxPrefix != "" {
-		opts = append(opts, nats.CustomInboxPrefix(c.InboxPrefix))
+	if p := c.Inbox(); p != "" {
+		opts = append(opts, nats.CustomInboxPrefix(p))
 	}
 	return opts, nil
 }
@@ -245,7 +267,45 @@ func Connect(c Config, extra ...nats.Option) (*nats.Conn, error) {
 	if err != nil {
 		return nil, c.ConnectError(u, err)
 	}
+	if nc.IsConnected() {
+		if err := c.checkInbox(nc); err != nil {
+			nc.Close()
+			return nil, err
+		}
+	}
 	return nc, nil
+}
+
+// ErrInboxDenied: the server does not let the user read the replies that
+// come back under its inbox prefix, so every request would time out.
+var ErrInboxDenied = errors.New("the NATS server refuses this user the replies under its inbox prefix")
+
+// checkInbox subscribes to a subject under the connection's inbox prefix
+// and waits for the server to have seen the subscription: a server that
+// refuses it (a user whose permissions do not cover the prefix) makes it an
+// error that says so at once, where every request would otherwise wait for
+// a reply that cannot come.
+func (c Config) checkInbox(nc *nats.Conn) error {
+	subject := nc.NewInbox()
+	sub, err := nc.SubscribeSync(subject)
+	if err != nil {
+		return fmt.Errorf("subscribe to the inbox %s: %w", subject, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.FlushTimeout(10 * time.Second); err != nil {
+		return fmt.Errorf("check the inbox %s: %w", subject, err)
+	}
+	if err := nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), subject) {
+		prefix, from := c.Inbox(), "--nats-inbox-prefix"
+		switch {
+		case prefix == "":
+			prefix, from = nats.InboxPrefix[:len(nats.InboxPrefix)-1], "the default"
+		case c.InboxPrefix == "":
+			from = "the default for --nats-user " + c.User
+		}
+		return fmt.Errorf("%w: %s (%s) is not one it may subscribe to; set --nats-inbox-prefix to the prefix its permissions allow (deploy/nats/auth.conf gives each user _INBOX_<user>)", ErrInboxDenied, prefix, from)
+	}
+	return nil
 }
 
 // ConnectError describes err, returned by nats.Connect(url, …) with c's

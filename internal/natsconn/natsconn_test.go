@@ -408,3 +408,21 @@ func (i issued) pair(t *testing.T) tls.Certificate {
 func pemOf(typ string, der []byte) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}))
 }
+
+func TestInboxFollowsTheUser(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		cfg  natsconn.Config
+		want string
+	}{
+		{natsconn.Config{}, ""},
+		{natsconn.Config{User: "wallets-worker"}, "_INBOX_wallets_worker"},
+		{natsconn.Config{User: "team.a-1"}, "_INBOX_team_a_1"},
+		{natsconn.Config{User: "wallets-producer", InboxPrefix: "_INBOX"}, "_INBOX"},
+		{natsconn.Config{CredsFile: "x.creds"}, ""},
+	} {
+		if got := c.cfg.Inbox(); got != c.want {
+			t.Errorf("%+v: Inbox() = %q, want %q", c.cfg, got, c.want)
+		}
+	}
+}
