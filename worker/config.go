@@ -26,7 +26,10 @@ type Config struct {
 	// (default 20, about 15 minutes of backoff, see RetryBudget).
 	MaxDeliver int
 	// MaxAckPending caps the commands handed out and not yet settled across
-	// every worker of the consumer (default 1000).
+	// every worker of the consumer. 0 (the default) sets no cap for the
+	// fleet: each worker holds at most its own Concurrency, so every worker
+	// added adds its capacity, with no sum for the operator to keep up to
+	// date. A positive value caps the fleet (at least Concurrency).
 	MaxAckPending int
 	// DuplicateWindow is the deduplication window of the three streams
 	// (default 10m). A command republished with the same key within it is
@@ -87,8 +90,8 @@ func (c *Config) setDefaults() {
 	if c.MaxDeliver <= 0 {
 		c.MaxDeliver = 20
 	}
-	if c.MaxAckPending <= 0 {
-		c.MaxAckPending = 1000
+	if c.MaxAckPending < 0 {
+		c.MaxAckPending = 0
 	}
 	if c.DuplicateWindow <= 0 {
 		c.DuplicateWindow = 10 * time.Minute
@@ -154,7 +157,7 @@ func (c Config) Validate() error {
 	if c.AckWait < time.Second {
 		errs = append(errs, fmt.Errorf("ack wait %s is under 1s", c.AckWait))
 	}
-	if c.MaxAckPending < c.Concurrency {
+	if c.MaxAckPending > 0 && c.MaxAckPending < c.Concurrency {
 		errs = append(errs, fmt.Errorf("max ack pending %d is below concurrency %d", c.MaxAckPending, c.Concurrency))
 	}
 	if c.DuplicateWindow < time.Second {

@@ -81,7 +81,7 @@ func (c Config) ConsumerConfig() jetstream.ConsumerConfig {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       c.AckWait,
 		MaxDeliver:    c.MaxDeliver + serverMaxDeliverMargin,
-		MaxAckPending: c.MaxAckPending,
+		MaxAckPending: c.consumerMaxAckPending(),
 		Replicas:      c.StreamReplicas,
 	}
 }
@@ -101,4 +101,13 @@ func Provision(ctx context.Context, js jetstream.JetStream, c Config) error {
 		return fmt.Errorf("provision claims bucket %s (per-key TTLs need nats-server 2.11 or later): %w", messages.BucketClaims, err)
 	}
 	return nil
+}
+
+// consumerMaxAckPending is the consumer's limit: -1, JetStream's "none", when
+// MaxAckPending leaves the fleet uncapped.
+func (c Config) consumerMaxAckPending() int {
+	if c.MaxAckPending <= 0 {
+		return -1
+	}
+	return c.MaxAckPending
 }

@@ -390,7 +390,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	}
 	r := &runner{cfg: cfg, workload: w, admin: admin, pub: pub}
 	r.wcfg = worker.Config{Concurrency: cfg.Concurrency}
-	if def := r.wcfg.WithDefaults(); def.MaxAckPending < cfg.inFlight() {
+	if def := r.wcfg.WithDefaults(); def.MaxAckPending > 0 && def.MaxAckPending < cfg.inFlight() {
 		// The consumer's cap is across every worker: below the pool's
 		// total it, not the workers, would bound throughput.
 		r.wcfg.MaxAckPending = cfg.inFlight()
