@@ -167,6 +167,9 @@ func (h *CreateBalance) created(key string, cmd messages.CreateBalance, address 
 }
 
 func (h *CreateBalance) ledgerFailure(key string, cmd messages.CreateBalance, op string, err error) (Outcome, error) {
+	if errors.Is(err, ledgeradapter.ErrNoTimeLeft) {
+		return Outcome{}, &RetryError{Err: fmt.Errorf("%s: %w", op, err), NoTimeLeft: true}
+	}
 	if ledgeradapter.IsRetryable(err) || isLedgerUnavailable(err) {
 		return Outcome{}, transient("%s: %w", op, err)
 	}

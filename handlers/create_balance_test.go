@@ -933,3 +933,26 @@ func TestOutcomeAndRetryError(t *testing.T) {
 	_, ok = handlers.AsRetry(cause)
 	require.False(t, ok)
 }
+
+// notSentLedger refuses every call as the Batcher refuses one whose deadline
+// is too near.
+type notSentLedger struct{}
+
+func (notSentLedger) GetAccount(context.Context, string, string) (ledgeradapter.Account, bool, error) {
+	return ledgeradapter.Account{}, false, &ledgeradapter.Error{Op: "GetAccount", Err: ledgeradapter.ErrNoTimeLeft}
+}
+
+func (notSentLedger) AddAccountMetadata(context.Context, string, string, map[string]string, string) (ledgeradapter.WriteResult, error) {
+	return ledgeradapter.WriteResult{}, &ledgeradapter.Error{Op: "AddAccountMetadata", Err: ledgeradapter.ErrNoTimeLeft}
+}
+
+func TestCallNotSentIsNoAttempt(t *testing.T) {
+	t.Parallel()
+	h := &handlers.CreateBalance{Ledger: notSentLedger{}, LedgerName: "l"}
+	_, err := h.Handle(context.Background(), "k", messages.CreateBalance{WalletID: "w1", Name: "savings"})
+	retry, ok := handlers.AsRetry(err)
+	require.True(t, ok, "%v", err)
+	require.True(t, retry.NoTimeLeft)
+	require.False(t, retry.Deferred)
+	require.ErrorIs(t, err, ledgeradapter.ErrNoTimeLeft)
+}

@@ -40,9 +40,17 @@ type RetryError struct {
 	// Deferred marks a wait for another command (a live claim on the same
 	// balance) rather than a failure: it should not use up the retry budget.
 	Deferred bool
+	// NoTimeLeft marks a ledger call that was not sent because the attempt's
+	// deadline came before its request could be answered (a batched call
+	// that waited for its turn): nothing was tried, so it is no attempt, and
+	// a new attempt window is all it needs.
+	NoTimeLeft bool
 }
 
 func (e *RetryError) Error() string {
+	if e.NoTimeLeft {
+		return "not sent: " + e.Err.Error()
+	}
 	if e.Deferred {
 		return "deferred: " + e.Err.Error()
 	}

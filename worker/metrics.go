@@ -30,6 +30,7 @@ type Metrics struct {
 	handling     prometheus.Histogram
 	age          prometheus.Histogram
 	claimWaits   prometheus.Counter
+	noTimeLefts  prometheus.Counter
 
 	breaker     prometheus.Gauge
 	transitions *prometheus.CounterVec
@@ -70,6 +71,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from the command's publish (its JetStream timestamp) to its outcome.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 3, 14),
 		}),
+		noTimeLefts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wallets_worker_ledger_not_sent_total",
+			Help: "Ledger calls not sent because their attempt's deadline was too near; each got a new attempt window, not a retry.",
+		}),
 		claimWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wallets_worker_claim_waits_total",
 			Help: "Times a command waited because another command held the claim on its balance.",
@@ -91,7 +96,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Commands waiting for the ledger while the breaker is open or half-open, their leases renewed.",
 		}),
 	}
-	reg.MustRegister(m.commands, m.redeliveries, m.retries, m.deadLetters, m.inFlight, m.handling, m.age, m.claimWaits,
+	reg.MustRegister(m.commands, m.redeliveries, m.retries, m.deadLetters, m.inFlight, m.handling, m.age, m.claimWaits, m.noTimeLefts,
 		m.breaker, m.transitions, m.probes, m.held)
 	for _, s := range breakerStateNames {
 		m.transitions.WithLabelValues(s)
@@ -170,6 +175,13 @@ func (m *Metrics) retried(reason string) {
 		return
 	}
 	m.retries.WithLabelValues(reason).Inc()
+}
+
+func (m *Metrics) noTimeLeft() {
+	if m == nil {
+		return
+	}
+	m.noTimeLefts.Inc()
 }
 
 func (m *Metrics) claimWait() {

@@ -192,13 +192,14 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 	// delivery gets a slot, and again from the moment it leaves a hold (its
 	// lease covered the wait). Claim deferrals wait within the window.
 	var hctx context.Context
+	var opened time.Time
 	cancel := context.CancelFunc(func() {})
 	defer func() { cancel() }()
 	window := func() {
 		cancel()
-		now := time.Now()
-		hctx, cancel = context.WithDeadline(ctx, now.Add(w.cfg.HandlerTimeout))
-		d.lease.holdUntil(now.Add(w.cfg.HandlerTimeout + w.cfg.SettleTimeout))
+		opened = time.Now()
+		hctx, cancel = context.WithDeadline(ctx, opened.Add(w.cfg.HandlerTimeout))
+		d.lease.holdUntil(opened.Add(w.cfg.HandlerTimeout + w.cfg.SettleTimeout))
 	}
 	window()
 
@@ -239,6 +240,18 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 			continue
 		}
 		retry, _ := handlers.AsRetry(err)
+		if retry != nil && retry.NoTimeLeft && time.Since(opened) >= w.cfg.HandlerTimeout/2 {
+			// A ledger call was not sent: the window ran short while it
+			// waited for its turn (after an outage, a burst). No attempt
+			// was made, so none is counted and no backoff applies: a new
+			// window, at once. One refused with half its window still
+			// left fails as usual, so that a ledger slower than any window
+			// cannot keep a command turning here.
+			w.log.Debug("ledger call not sent for lack of time; new attempt window", w.logAttrs(d, key, "error", err)...)
+			w.cfg.Metrics.noTimeLeft()
+			window()
+			continue
+		}
 		if retry != nil && retry.Deferred {
 			wait := jitter(retry.Delay, w.cfg.Backoff.Jitter)
 			if dl, _ := hctx.Deadline(); time.Until(dl) > wait {
