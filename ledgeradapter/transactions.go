@@ -171,7 +171,9 @@ type txGate struct {
 	log     *slog.Logger
 	stalled atomic.Bool
 	waiting atomic.Int64
-	once    sync.Once
+	// lastTimeout is when a transaction last went unanswered (UnixNano).
+	lastTimeout atomic.Int64
+	mu          sync.Mutex // orders the stall's two reports
 }
 
 func newTxGate(n int, log *slog.Logger) *txGate {
@@ -200,22 +202,34 @@ func (g *txGate) release() { <-g.slots }
 // InFlight is how many transaction requests hold a slot now.
 func (g *txGate) inFlight() int { return len(g.slots) }
 
-// outcome records how a transaction request ended: a timeout starts a
-// stall, reported once until a transaction is answered again.
+// outcome records how a transaction request ended. A timeout starts a
+// stall, reported once. The stall ends when a transaction is answered (a
+// success or a refusal, not a 5xx, which a stalled ledger sends to the
+// requests it gave up on) and none has gone unanswered for twice the
+// timeout: during a stall a few transactions still get through, and each
+// must not start a new report.
 func (g *txGate) outcome(e *Error, timeout time.Duration) {
+	now := time.Now()
 	if e != nil && errors.Is(e.Err, ErrTimeout) {
+		g.lastTimeout.Store(now.UnixNano())
+		g.mu.Lock()
+		defer g.mu.Unlock()
 		if g.stalled.CompareAndSwap(false, true) {
 			g.log.Warn("ledger stalled: a transaction got no answer within its timeout; "+
 				"the real Formance ledger stalls when as many transactions touching one account wait as it has PostgreSQL connections. "+
-				"Keep --ledger-tx-concurrency below the ledger's POSTGRES_MAX_OPEN_CONNS (default 20)",
+				"Keep --ledger-tx-concurrency below the ledger's POSTGRES_MAX_OPEN_CONNS (default 20), summed over the workers",
 				"timeout", timeout, "tx_in_flight", g.inFlight(), "tx_cap", cap(g.slots))
 		}
 		return
 	}
-	if e == nil || e.StatusCode != 0 {
-		if g.stalled.CompareAndSwap(true, false) {
-			g.log.Info("ledger answers transactions again")
-		}
+	answered := e == nil || (e.StatusCode >= 200 && e.StatusCode < 500)
+	if !answered || !g.stalled.Load() || now.Sub(time.Unix(0, g.lastTimeout.Load())) < 2*timeout {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stalled.CompareAndSwap(true, false) {
+		g.log.Info("ledger answers transactions again")
 	}
 }
 

@@ -241,10 +241,24 @@ func TestTxStallReportedOnce(t *testing.T) {
 	require.Equal(t, 1, countLines(logs.String(), "ledger stalled"), logs.String())
 	require.Contains(t, logs.String(), "POSTGRES_MAX_OPEN_CONNS")
 
+	// A transaction that gets through during the stall starts no new
+	// report, and does not end it either.
 	stall.Store(false)
 	_, err := c.CreateTransaction(ctx, "stall", credit("a", "1"), "")
 	require.NoError(t, err)
+	stall.Store(true)
+	_, err = c.CreateTransaction(ctx, "stall", credit("a", "1"), "")
+	require.ErrorIs(t, err, ledgeradapter.ErrTimeout)
+	require.Equal(t, 1, countLines(logs.String(), "ledger stalled"), logs.String())
+	require.Zero(t, countLines(logs.String(), "ledger answers transactions again"), logs.String())
+
+	// Answers, and no timeout for twice the timeout: the stall is over.
+	stall.Store(false)
+	time.Sleep(700 * time.Millisecond)
+	_, err = c.CreateTransaction(ctx, "stall", credit("a", "1"), "")
+	require.NoError(t, err)
 	require.Equal(t, 1, countLines(logs.String(), "ledger answers transactions again"), logs.String())
+	require.Equal(t, 1, countLines(logs.String(), "ledger stalled"), logs.String())
 }
 
 func countLines(s, sub string) int {
