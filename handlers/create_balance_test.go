@@ -429,7 +429,7 @@ func TestHandle_KeyReused(t *testing.T) {
 			first: savings(),
 			second: func() messages.CreateBalance {
 				c := savings()
-				c.ExpiresAt = expiry("2027-01-01T00:00:00.000000001Z")
+				c.ExpiresAt = expiry("2027-01-01T00:00:00.000001Z") // a microsecond: expiries are stored to the microsecond
 				return c
 			}(),
 		},

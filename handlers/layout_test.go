@@ -126,3 +126,20 @@ func TestBalanceMetadata(t *testing.T) {
 		require.Equal(t, "2027-01-01T00:00:00.5Z", md[handlers.MetadataBalanceExpiresAt])
 	})
 }
+
+// TestExpiryRoundedAsTheWalletsService: an expiry with nanoseconds is
+// written rounded to the microsecond, in UTC, as the wallets service writes
+// it (wallets a0e80ed stores 2030-01-02T03:04:05.123456789+02:00 as
+// 2030-01-02T01:04:05.123457Z), in the balance keys and the marker alike.
+func TestExpiryRoundedAsTheWalletsService(t *testing.T) {
+	t.Parallel()
+	at, err := time.Parse(time.RFC3339Nano, "2030-01-02T03:04:05.123456789+02:00")
+	require.NoError(t, err)
+	md := handlers.BalanceMetadata("k", messages.CreateBalance{WalletID: "w1", Name: "b", ExpiresAt: &at})
+	require.Equal(t, "2030-01-02T01:04:05.123457Z", md[handlers.MetadataBalanceExpiresAt])
+	require.Contains(t, md[handlers.MarkerKey("k")], `"expiresAt":"2030-01-02T01:04:05.123457Z"`)
+
+	// A marker written with nanoseconds by an earlier version still replays.
+	ns := at.UTC()
+	require.True(t, messages.Balance{Name: "b", ExpiresAt: &ns}.Equal(messages.CreateBalance{WalletID: "w1", Name: "b", ExpiresAt: &at}.Balance()))
+}

@@ -125,10 +125,14 @@ func (c CreateBalance) Encode() ([]byte, error) {
 
 // Balance returns the balance the command creates, as events and replay
 // markers describe it.
+//
+// The expiry is in UTC and rounded to the microsecond, as the wallets service
+// stores it (its times have microsecond precision): an expiry given with
+// nanoseconds is written as the wallets service would write it.
 func (c CreateBalance) Balance() Balance {
 	b := Balance{Name: c.Name, Priority: c.Priority}
 	if c.ExpiresAt != nil {
-		t := c.ExpiresAt.UTC()
+		t := c.ExpiresAt.UTC().Round(time.Microsecond)
 		b.ExpiresAt = &t
 	}
 	return b
@@ -150,7 +154,9 @@ func (b Balance) Equal(o Balance) bool {
 	if b.ExpiresAt == nil || o.ExpiresAt == nil {
 		return b.ExpiresAt == nil && o.ExpiresAt == nil
 	}
-	return b.ExpiresAt.Equal(*o.ExpiresAt)
+	// To the microsecond: a marker written before expiries were rounded
+	// holds nanoseconds.
+	return b.ExpiresAt.Round(time.Microsecond).Equal(o.ExpiresAt.Round(time.Microsecond))
 }
 
 // ParseKey returns the idempotency key from the values of the Nats-Msg-Id

@@ -390,6 +390,7 @@ func TestBalance_Equal(t *testing.T) {
 	at := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
 	sameInstant := at.In(time.FixedZone("X", -5*3600))
 	later := at.Add(time.Nanosecond)
+	microLater := at.Add(time.Microsecond)
 	base := messages.Balance{Name: "n", Priority: 1, ExpiresAt: &at}
 
 	tests := []struct {
@@ -401,7 +402,8 @@ func TestBalance_Equal(t *testing.T) {
 		{"same instant in another zone", messages.Balance{Name: "n", Priority: 1, ExpiresAt: &sameInstant}, true},
 		{"other name", messages.Balance{Name: "m", Priority: 1, ExpiresAt: &at}, false},
 		{"other priority", messages.Balance{Name: "n", Priority: 2, ExpiresAt: &at}, false},
-		{"one nanosecond later", messages.Balance{Name: "n", Priority: 1, ExpiresAt: &later}, false},
+		{"one nanosecond later: the same to the microsecond, as the wallets service stores it", messages.Balance{Name: "n", Priority: 1, ExpiresAt: &later}, true},
+		{"one microsecond later", messages.Balance{Name: "n", Priority: 1, ExpiresAt: &microLater}, false},
 		{"never expires", messages.Balance{Name: "n", Priority: 1}, false},
 	}
 	for _, tt := range tests {
