@@ -569,7 +569,7 @@ func TestProducerIsRefused(t *testing.T) {
 	})
 	t.Run("no commands consumed", func(t *testing.T) {
 		pc.requireAPIDenied(t, "$JS.API.CONSUMER.CREATE.WALLETS_COMMANDS.thief.wallets.commands.create-balance.>", func(ctx context.Context) error {
-			_, err := pc.js.CreateConsumer(ctx, messages.StreamCommands, jetstream.ConsumerConfig{Durable: "thief", FilterSubject: messages.SubjectCreateBalanceFilter})
+			_, err := pc.js.CreateConsumer(ctx, messages.StreamCommands, jetstream.ConsumerConfig{Durable: "thief", FilterSubject: messages.SubjectConsumerFilter})
 			return err
 		})
 		pc.requireAPIDenied(t, "$JS.API.CONSUMER.CREATE.WALLETS_COMMANDS.thief", func(ctx context.Context) error {
@@ -961,7 +961,7 @@ func TestNKeys(t *testing.T) {
 	require.NoError(t, err)
 	pc.requirePublishDenied(t, messages.BalanceCreatedSubject("w1"))
 
-	wc := connectWith(t, s, nkey(userWorker), "")
+	wc := connectWith(t, s, nkey(userWorker), inboxWorker)
 	_, err = worker.NewClaims(ctx, wc.js, worker.Config{})
 	require.NoError(t, err)
 	wc.requirePublishDenied(t, messages.CreateBalanceSubject("w1"))
