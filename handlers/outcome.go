@@ -23,6 +23,39 @@ func (o Outcome) Code() messages.Code {
 	return ""
 }
 
+// Event is the balance-created or balance-create-rejected event (Result).
+func (o Outcome) Event() (string, string, any) {
+	switch {
+	case o.Created != nil:
+		return messages.EventBalanceCreated, o.Created.WalletID, o.Created
+	case o.Rejected != nil:
+		return messages.EventBalanceCreateRejected, o.Rejected.WalletID, o.Rejected
+	}
+	return "", "", nil
+}
+
+// Reason is the rejection's message (Result).
+func (o Outcome) Reason() string {
+	if o.Rejected != nil {
+		return o.Rejected.Message
+	}
+	return ""
+}
+
+// Replayed tells a replayed balance (Result).
+func (o Outcome) Replayed() bool { return o.Created != nil && o.Created.Replayed }
+
+// Label is "created", "replayed" or the code in lower case (Result).
+func (o Outcome) Label() string {
+	switch {
+	case o.Replayed():
+		return "replayed"
+	case o.Created != nil:
+		return "created"
+	}
+	return labelOf(o.Code())
+}
+
 // Reject builds a rejected outcome.
 func Reject(key string, cmd messages.CreateBalance, code messages.Code, message string) Outcome {
 	return Outcome{Rejected: &messages.BalanceCreateRejected{

@@ -27,6 +27,50 @@ type BalanceCreateRejected struct {
 	Message  string `json:"message"`
 }
 
+// CommandRejected is the body of a command-rejected event: a command of a
+// kind no worker knows.
+type CommandRejected struct {
+	Key      string `json:"key"`
+	WalletID string `json:"walletID"`
+	Code     Code   `json:"code"`
+	Message  string `json:"message"`
+}
+
+// EventSubject is the subject of walletID's events named event (an
+// unusable walletID becomes UnknownWallet).
+func EventSubject(event, walletID string) string {
+	return "wallets.events." + event + "." + subjectToken(walletID)
+}
+
+// KindDLQSubject is the dead-letter subject of walletID's commands of kind.
+func KindDLQSubject(kind, walletID string) string {
+	return "wallets.dlq." + kind + "." + subjectToken(walletID)
+}
+
+// SafeHeaderValue makes s fit in a NATS header value: printable ASCII only
+// (others become '?'), at most max bytes.
+func SafeHeaderValue(s string, max int) string {
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			clean = false
+			break
+		}
+	}
+	if clean && len(s) <= max {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s) && b.Len() < max; i++ {
+		if c := s[i]; c >= 0x20 && c <= 0x7e {
+			b.WriteByte(c)
+		} else {
+			b.WriteByte('?')
+		}
+	}
+	return b.String()
+}
+
 // CreateBalanceSubject is the subject a command for walletID is published on.
 func CreateBalanceSubject(walletID string) string {
 	return subjectCreateBalancePrefix + walletID
@@ -50,11 +94,17 @@ func DLQSubject(walletID string) string {
 
 // WalletFromSubject returns the wallet token of a command, event or dead-letter
 // subject, or UnknownWallet when it has none that is valid.
+//
+// Those subjects are wallets.<commands|events|dlq>.<kind or event>.<wallet>,
+// of any kind or event.
 func WalletFromSubject(subject string) string {
-	for _, prefix := range []string{subjectCreateBalancePrefix, subjectBalanceCreatedPrefix, subjectBalanceRejectedPrefix, subjectDLQCreateBalance} {
-		if rest, ok := strings.CutPrefix(subject, prefix); ok {
-			return subjectToken(rest)
-		}
+	tokens := strings.Split(subject, ".")
+	if len(tokens) != 4 || tokens[0] != "wallets" || tokens[2] == "" {
+		return UnknownWallet
+	}
+	switch tokens[1] {
+	case "commands", "events", "dlq":
+		return subjectToken(tokens[3])
 	}
 	return UnknownWallet
 }

@@ -24,8 +24,25 @@ const (
 	// SubjectDLQ is the subject filter of StreamDLQ.
 	SubjectDLQ = "wallets.dlq.>"
 
-	// SubjectCreateBalanceFilter is the consumer's filter subject.
-	SubjectCreateBalanceFilter = "wallets.commands.create-balance.>"
+	// SubjectConsumerFilter is the consumer's filter subject: the commands
+	// of every kind the worker has. With create-balance its only kind, that
+	// is create-balance's; it becomes wallets.commands.> (SubjectCommands)
+	// when a second kind lands (SPEC §7), and deploy/nats/auth.conf with it.
+	SubjectConsumerFilter = "wallets.commands.create-balance.>"
+
+	// KindCreateBalance is the create-balance kind's subject token.
+	KindCreateBalance = "create-balance"
+
+	// Event names, the subject token after wallets.events.
+	EventBalanceCreated        = "balance-created"
+	EventBalanceCreateRejected = "balance-create-rejected"
+	// EventCommandRejected is the rejection of a command of a kind no
+	// worker knows (INVALID_COMMAND).
+	EventCommandRejected = "command-rejected"
+
+	// SubjectCommandsPrefix starts every command's subject:
+	// wallets.commands.<kind>.<wallet>.
+	SubjectCommandsPrefix = "wallets.commands."
 
 	subjectCreateBalancePrefix   = "wallets.commands.create-balance."
 	subjectBalanceCreatedPrefix  = "wallets.events.balance-created."

@@ -240,7 +240,7 @@ func (s *stack) startWorker() {
 	claims, err := worker.NewClaims(context.Background(), js, workerConfig())
 	require.NoError(t, err)
 	h := &handlers.CreateBalance{Ledger: s.ledger, LedgerName: exampleLedger, Claim: claims}
-	w, err := worker.New(js, h, workerConfig(), slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	w, err := worker.New(js, handlers.NewKinds(handlers.CreateBalanceKind(h)), workerConfig(), slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	require.NoError(t, err)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)

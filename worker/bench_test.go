@@ -24,7 +24,7 @@ func BenchmarkSettle(b *testing.B) {
 	if err := Provision(ctx, js, cfg); err != nil {
 		b.Fatal(err)
 	}
-	w, err := New(js, handlerFunc(nil), cfg, nil)
+	w, err := New(js, handlers.NewKinds(handlers.CreateBalanceKind(handlerFunc(nil))), cfg, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

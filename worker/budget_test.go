@@ -35,7 +35,7 @@ func TestPastTheBudgetSettlesAgainWithoutTheLedger(t *testing.T) {
 				next.ServeHTTP(w, r)
 			})
 		}),
-		withHandler(func(h Handler) Handler {
+		withHandler(func(h handlers.CreateBalanceHandler) handlers.CreateBalanceHandler {
 			return handlerFunc(func(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error) {
 				calls.Add(1)
 				return h.Handle(ctx, key, cmd)

@@ -130,7 +130,8 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// ClaimReadMaxAge is the handlers.CreateBalance.ClaimReadMaxAge that goes
+// ClaimReadMaxAge is the age limit of a read made before a claim (the
+// handler's ClaimReadMaxAge) that goes
 // with c: half the margin by which a claim outlives its claimant's attempt
 // (ClaimTTL less HandlerTimeout). A command whose read is younger than that
 // when it wins the claim cannot have missed the write of an earlier

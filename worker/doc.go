@@ -1,14 +1,21 @@
-// Package worker moves CreateBalance commands from JetStream to a handler and
-// settles each delivery in one place.
+// Package worker moves commands of any kind from JetStream to their kind's
+// decision (handlers.Kind) and settles each delivery in one place. It names
+// no kind: a kind is its wire names in package messages, its decision in
+// package handlers, and one line where the worker's kinds are registered
+// (handlers.NewKinds, in `run`).
 //
 // It provisions the streams and the durable pull consumer of SPEC §3
 // (Provision), pulls commands through a Watermill router with a small
 // message.Subscriber of its own on nats.go's jetstream package, and for every
 // delivery:
 //
-//   - decodes the key (Nats-Msg-Id) and the body strictly; an invalid command
-//     is dead-lettered, gets a rejected event and is terminated;
-//   - calls the handler with a deadline counted from delivery, sending
+//   - finds the command's kind from its subject (wallets.commands.<kind>.…;
+//     a kind it does not have is INVALID_COMMAND, on a command-rejected
+//     event and the dead letter wallets.dlq.<kind>.<wallet>);
+//   - decodes the key (Nats-Msg-Id) and the body strictly, through the
+//     kind; an invalid command is dead-lettered, gets its kind's rejected
+//     event and is terminated;
+//   - calls the kind's decision with a deadline counted from delivery, sending
 //     InProgress while it runs so that no other worker takes the command;
 //   - publishes the outcome event (synchronously, PubAck checked, deduplicated
 //     by Nats-Msg-Id key:sequence) and only then DoubleAcks the command;

@@ -196,7 +196,7 @@ func TestEventPublishFailsOnce(t *testing.T) {
 func TestHandlerPanicOnce(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int64
-	b := setup(t, withHandler(func(h Handler) Handler {
+	b := setup(t, withHandler(func(h handlers.CreateBalanceHandler) handlers.CreateBalanceHandler {
 		return handlerFunc(func(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error) {
 			if calls.Add(1) == 1 {
 				panic("injected")
@@ -294,7 +294,7 @@ func TestSlowDeliveryKeepsLease(t *testing.T) {
 			c.HandlerTimeout = 2500 * time.Millisecond
 			c.SettleTimeout = 5 * time.Second
 		}),
-		withHandler(func(h Handler) Handler {
+		withHandler(func(h handlers.CreateBalanceHandler) handlers.CreateBalanceHandler {
 			return handlerFunc(func(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error) {
 				calls.Add(1)
 				work(ctx, handlerWork)

@@ -56,7 +56,7 @@ func TestFleetHoldsEveryWorkersConcurrency(t *testing.T) {
 	for i := range hs {
 		hs[i] = &holdingHandler{release: release}
 		_, js := testutil.Connect(t, ns.ClientURL())
-		w, err := New(js, hs[i], cfg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})))
+		w, err := New(js, handlers.NewKinds(handlers.CreateBalanceKind(hs[i])), cfg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})))
 		require.NoError(t, err)
 		runCtx, stop := context.WithCancel(ctx)
 		done := make(chan error, 1)
@@ -73,7 +73,9 @@ func TestFleetHoldsEveryWorkersConcurrency(t *testing.T) {
 	}
 	t.Cleanup(func() { once.Do(func() { close(release) }) }) // runs before the workers stop
 
-	n := workers*cfg.Concurrency + 100
+	// Each worker pulls as many commands again as it has slots, queued
+	// for a slot: enough commands for every worker to fill both.
+	n := 2*workers*cfg.Concurrency + 100
 	for i := range n {
 		_, err := admin.PublishMsgAsync(cmd(fmt.Sprintf("w%d", i), fmt.Sprintf("k%d", i), body(fmt.Sprintf("w%d", i), "savings")))
 		require.NoError(t, err)

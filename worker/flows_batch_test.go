@@ -32,7 +32,7 @@ import (
 func withBatching(cfg ledgeradapter.BatcherConfig) option {
 	return func(o *setupOptions) {
 		prev := o.wrap
-		o.wrap = func(h Handler) Handler {
+		o.wrap = func(h handlers.CreateBalanceHandler) handlers.CreateBalanceHandler {
 			cb := h.(*handlers.CreateBalance)
 			b, err := ledgeradapter.NewBatcher(cb.Ledger.(ledgeradapter.BatchLedger), cfg)
 			if err != nil {

@@ -34,7 +34,7 @@ func TestQueuedCommandIsNotRedelivered(t *testing.T) {
 			c.AckWait = ackWait // HandlerTimeout 666ms
 			c.SettleTimeout = 10 * time.Second
 		}),
-		withHandler(func(h Handler) Handler {
+		withHandler(func(h handlers.CreateBalanceHandler) handlers.CreateBalanceHandler {
 			return handlerFunc(func(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error) {
 				mu.Lock()
 				calls[key]++

@@ -116,29 +116,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// OutcomeLabel is the outcome label of o.
-func OutcomeLabel(o handlers.Outcome) string {
-	if o.Created != nil {
-		if o.Created.Replayed {
-			return OutcomeReplayed
-		}
-		return OutcomeCreated
-	}
-	switch o.Code() {
-	case messages.CodeAlreadyExists:
-		return OutcomeAlreadyExists
-	case messages.CodeKeyReused:
-		return OutcomeKeyReused
-	case messages.CodeInvalidCommand:
-		return OutcomeInvalid
-	case messages.CodeLedgerRejected:
-		return OutcomeLedgerRejected
-	case messages.CodeRetriesExhausted:
-		return OutcomeRetriesExhausted
-	}
-	return "unknown"
-}
-
 func (m *Metrics) received(d *delivery) {
 	if m == nil {
 		return
@@ -156,11 +133,11 @@ func (m *Metrics) done() {
 	m.inFlight.Dec()
 }
 
-func (m *Metrics) settled(d *delivery, o handlers.Outcome, now time.Time) {
+func (m *Metrics) settled(d *delivery, o handlers.Result, now time.Time) {
 	if m == nil {
 		return
 	}
-	m.commands.WithLabelValues(OutcomeLabel(o)).Inc()
+	m.commands.WithLabelValues(o.Label()).Inc()
 	if code := o.Code(); code.DeadLetters() {
 		m.deadLetters.WithLabelValues(string(code)).Inc()
 	}

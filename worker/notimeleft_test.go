@@ -26,7 +26,7 @@ func notSent() error {
 func TestNoTimeLeftIsNotAnAttempt(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int64
-	b := setup(t, withHandler(func(next Handler) Handler {
+	b := setup(t, withHandler(func(next handlers.CreateBalanceHandler) handlers.CreateBalanceHandler {
 		return handlerFunc(func(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error) {
 			if calls.Add(1) <= 2 {
 				// Most of the window spent waiting for a turn.
@@ -52,7 +52,7 @@ func TestNoTimeLeftIsNotAnAttempt(t *testing.T) {
 func TestNoTimeLeftWithAFreshWindowIsAFailure(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int64
-	b := setup(t, withHandler(func(next Handler) Handler {
+	b := setup(t, withHandler(func(next handlers.CreateBalanceHandler) handlers.CreateBalanceHandler {
 		return handlerFunc(func(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error) {
 			if calls.Add(1) == 1 {
 				return handlers.Outcome{}, notSent()

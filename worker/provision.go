@@ -27,7 +27,7 @@ func (c Config) StreamConfigs() []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
 		{
 			Name:        messages.StreamCommands,
-			Description: "CreateBalance commands awaiting a wallets-worker",
+			Description: "Commands awaiting a wallets-worker",
 			Subjects:    []string{messages.SubjectCommands},
 			Retention:   jetstream.WorkQueuePolicy,
 			Storage:     jetstream.FileStorage,
@@ -76,7 +76,7 @@ func (c Config) ConsumerConfig() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       messages.ConsumerName,
 		Description:   "Shared by every wallets-worker process",
-		FilterSubject: messages.SubjectCreateBalanceFilter,
+		FilterSubject: messages.SubjectConsumerFilter,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       c.AckWait,

@@ -24,21 +24,22 @@ const maxReasonBytes = 1024
 // the termination (TermWithReason). It runs on a context that shutdown does
 // not cancel. If a publish fails the command is retried: the redelivery
 // replays the same outcome under the same event ID.
-func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
+func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 	ctx = d.withSpan(ctx)
 	d.traceSettled(o)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.SettleTimeout)
 	defer cancel()
 
-	key, walletID, subject, body, err := w.event(d, o)
-	if err != nil { // an Outcome is plain data; this is a programming error
+	key := messages.SafeHeaderValue(firstHeader(d, messages.HeaderMsgID), messages.MaxKeyBytes)
+	walletID, subject, body, err := w.event(o)
+	if err != nil { // a Result is plain data; this is a programming error
 		w.log.Error("cannot encode outcome event", w.logAttrs(d, key, "error", err)...)
 		w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
 		return
 	}
 	code := o.Code()
 	if code.DeadLetters() {
-		dl := w.deadLetter(d, walletID, code, o.Rejected.Message)
+		dl := w.deadLetter(d, walletID, code, o.Reason())
 		telemetry.Inject(sctx, dl.Header) // replaces the command's traceparent with the worker span's
 		if err := w.publish(sctx, dl); err != nil {
 			w.log.Warn("dead letter publish failed; will retry", w.logAttrs(d, key, "error", err)...)
@@ -70,10 +71,10 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
 			w.log.Warn("term failed; the redelivery will settle it again", w.logAttrs(d, key, "error", err)...)
 		}
 		w.settled(d, o)
-		w.log.Warn("command dead-lettered", w.logAttrs(d, key, "outcome", code, "reason", o.Rejected.Message)...)
+		w.log.Warn("command dead-lettered", w.logAttrs(d, key, "outcome", code, "reason", o.Reason())...)
 		return
 	}
-	actx, span := w.startAck(sctx)
+	actx, span := w.startAck(sctx, d)
 	err = d.msg.DoubleAck(actx)
 	endClient(span, err)
 	if err != nil {
@@ -83,20 +84,20 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Outcome) {
 		return
 	}
 	w.settled(d, o)
-	if o.Created == nil {
-		w.log.Info("command rejected", w.logAttrs(d, key, "outcome", code, "reason", o.Rejected.Message)...)
+	if code != "" {
+		w.log.Info("command rejected", w.logAttrs(d, key, "outcome", code, "reason", o.Reason())...)
 	} else if w.log.Enabled(context.Background(), slog.LevelDebug) {
-		w.log.Debug("command settled", w.logAttrs(d, key, "outcome", OutcomeLabel(o))...)
+		w.log.Debug("command settled", w.logAttrs(d, key, "outcome", o.Label())...)
 	}
 }
 
 // settled counts a settled delivery in the stats and the metrics.
-func (w *Worker) settled(d *delivery, o handlers.Outcome) {
+func (w *Worker) settled(d *delivery, o handlers.Result) {
 	w.cfg.Metrics.settled(d, o, time.Now())
 	switch {
-	case o.Created != nil && o.Created.Replayed:
+	case o.Code() == "" && o.Replayed():
 		w.stats.Replayed.Add(1)
-	case o.Created != nil:
+	case o.Code() == "":
 		w.stats.Created.Add(1)
 	default:
 		w.stats.Rejected.Add(1)
@@ -106,34 +107,15 @@ func (w *Worker) settled(d *delivery, o handlers.Outcome) {
 	}
 }
 
-// event returns the outcome event of o: the key and wallet it names, its
-// subject and its body.
-func (w *Worker) event(d *delivery, o handlers.Outcome) (key, walletID, subject string, body []byte, err error) {
-	switch {
-	case o.Created != nil:
-		key, walletID = o.Created.Key, o.Created.WalletID
-		subject = messages.BalanceCreatedSubject(walletID)
-		body, err = json.Marshal(o.Created)
-	case o.Rejected != nil:
-		r := *o.Rejected
-		r.Key = headerSafe(r.Key, messages.MaxKeyBytes)
-		if r.Code == messages.CodeInvalidCommand {
-			// An invalid body's walletID is not to be trusted (it may even
-			// contradict the subject): the rejection goes where the
-			// producer sent the command, to the subject's wallet, or to
-			// UnknownWallet when the subject has none.
-			r.WalletID = messages.WalletFromSubject(d.subject)
-			if r.WalletID == messages.UnknownWallet {
-				r.WalletID = ""
-			}
-		}
-		key, walletID = r.Key, r.WalletID
-		subject = messages.BalanceCreateRejectedSubject(walletID)
-		body, err = json.Marshal(r)
-	default:
-		err = fmt.Errorf("outcome has neither Created nor Rejected")
+// event returns the outcome event of o: the wallet it names, its subject
+// and its body.
+func (w *Worker) event(o handlers.Result) (walletID, subject string, body []byte, err error) {
+	name, walletID, v := o.Event()
+	if name == "" || v == nil {
+		return "", "", nil, fmt.Errorf("outcome %T has no event", o)
 	}
-	return key, walletID, subject, body, err
+	body, err = json.Marshal(v)
+	return walletID, messages.EventSubject(name, walletID), body, err
 }
 
 // deadLetter copies the command, body and headers intact, with the dead-letter
@@ -150,11 +132,11 @@ func (w *Worker) deadLetter(d *delivery, walletID string, code messages.Code, re
 		h[k] = append([]string(nil), vs...)
 	}
 	h.Set(messages.HeaderDLQCode, string(code))
-	h.Set(messages.HeaderDLQReason, headerSafe(reason, maxReasonBytes))
+	h.Set(messages.HeaderDLQReason, messages.SafeHeaderValue(reason, maxReasonBytes))
 	h.Set(messages.HeaderOriginalSubject, d.subject)
 	h.Set(messages.HeaderOriginalSeq, strconv.FormatUint(d.seq, 10))
 	h.Set(messages.HeaderDeliveries, strconv.FormatUint(d.delivered, 10))
-	return &nats.Msg{Subject: messages.DLQSubject(walletID), Header: h, Data: d.msg.Data()}
+	return &nats.Msg{Subject: messages.KindDLQSubject(d.kind, walletID), Header: h, Data: d.msg.Data()}
 }
 
 func (w *Worker) publish(ctx context.Context, m *nats.Msg) (err error) {
@@ -166,28 +148,4 @@ func (w *Worker) publish(ctx context.Context, m *nats.Msg) (err error) {
 		_, err = w.js.PublishMsg(ctx, m)
 	}
 	return err
-}
-
-// headerSafe makes s fit in a NATS header value: printable ASCII only (others
-// become '?'), at most max bytes.
-func headerSafe(s string, max int) string {
-	clean := true
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] > 0x7e {
-			clean = false
-			break
-		}
-	}
-	if clean && len(s) <= max {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s) && b.Len() < max; i++ {
-		if c := s[i]; c >= 0x20 && c <= 0x7e {
-			b.WriteByte(c)
-		} else {
-			b.WriteByte('?')
-		}
-	}
-	return b.String()
 }

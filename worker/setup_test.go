@@ -47,11 +47,12 @@ func testConfig() Config {
 type setupOptions struct {
 	config        func(*Config)
 	middleware    func(http.Handler) http.Handler
-	wrap          func(Handler) Handler
+	wrap          func(handlers.CreateBalanceHandler) handlers.CreateBalanceHandler
 	hooks         func(*bundle) hooks
 	ledgerTimeout time.Duration
 	breaker       *Breaker
 	log           *slog.Logger
+	kinds         []handlers.Kind
 }
 
 type option func(*setupOptions)
@@ -69,11 +70,17 @@ func withLedgerMiddleware(mw func(http.Handler) http.Handler) option {
 func withLedgerTimeout(d time.Duration) option { return func(o *setupOptions) { o.ledgerTimeout = d } }
 
 // withHandler wraps the handlers.CreateBalance the worker calls.
-func withHandler(wrap func(Handler) Handler) option { return func(o *setupOptions) { o.wrap = wrap } }
+func withHandler(wrap func(handlers.CreateBalanceHandler) handlers.CreateBalanceHandler) option {
+	return func(o *setupOptions) { o.wrap = wrap }
+}
 
 // withBreaker turns the ledger breaker on, probing the test ledger's health
 // check unless br has a Probe.
 func withBreaker(br Breaker) option { return func(o *setupOptions) { o.breaker = &br } }
+
+// withKinds registers more kinds beside create-balance, and widens the
+// consumer's filter to every kind.
+func withKinds(kinds ...handlers.Kind) option { return func(o *setupOptions) { o.kinds = kinds } }
 
 // withLog gives the worker this logger instead of the test's output at WARN.
 func withLog(l *slog.Logger) option { return func(o *setupOptions) { o.log = l } }
@@ -126,7 +133,7 @@ func setup(t *testing.T, opts ...option) *bundle {
 	b.events = collect(t, js, messages.StreamEvents)
 	b.dlq = collect(t, js, messages.StreamDLQ)
 
-	var handler Handler = &handlers.CreateBalance{Ledger: client, LedgerName: testLedger}
+	var handler handlers.CreateBalanceHandler = &handlers.CreateBalance{Ledger: client, LedgerName: testLedger}
 	if o.wrap != nil {
 		handler = o.wrap(handler)
 	}
@@ -134,7 +141,13 @@ func setup(t *testing.T, opts ...option) *bundle {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	w, err := New(js, handler, cfg, log)
+	if len(o.kinds) > 0 {
+		cc := cfg.ConsumerConfig()
+		cc.FilterSubject = messages.SubjectCommands
+		_, err := js.UpdateConsumer(ctx, messages.StreamCommands, cc)
+		require.NoError(t, err)
+	}
+	w, err := New(js, handlers.NewKinds(append([]handlers.Kind{handlers.CreateBalanceKind(handler)}, o.kinds...)...), cfg, log)
 	require.NoError(t, err)
 	if o.hooks != nil {
 		w.hooks = o.hooks(b)

@@ -25,6 +25,7 @@ const (
 type delivery struct {
 	msg        jetstream.Msg
 	subject    string
+	kind       string    // the subject's kind token, once handling started
 	seq        uint64    // stream sequence in WALLETS_COMMANDS
 	delivered  uint64    // 1 on the first delivery
 	published  time.Time // when JetStream stored the command

@@ -20,13 +20,31 @@ import (
 // tracerName is the instrumentation scope of the worker's spans.
 const tracerName = "github.com/wallets-worker/wallets-worker/worker"
 
-// Span names (docs/tracing.md). Subjects in names lose their wallet token,
-// so that names stay few; the full subject is an attribute.
+// Span names (docs/tracing.md): "process " and "ack " followed by the
+// command's subject without its wallet token (wallets.commands.<kind>), so
+// that names stay few; the full subject is an attribute.
 const (
-	spanProcess = "process wallets.commands.create-balance"
-	spanAck     = "ack wallets.commands.create-balance"
-	spanClaim   = "claim balance"
+	spanClaim = "claim balance"
 )
+
+// spanNames are the names of a kind's process and ack spans, made once per
+// kind.
+type spanNames struct{ process, ack string }
+
+func newSpanNames(kind string) spanNames {
+	subject := messages.SubjectCommandsPrefix + kind
+	return spanNames{process: "process " + subject, ack: "ack " + subject}
+}
+
+// spanNamesOf are the span names of a delivery's kind; those of a kind the
+// worker does not have are made on the spot.
+func (w *Worker) spanNamesOf(subject string) spanNames {
+	_, token, ok := w.kinds.Of(subject)
+	if ok {
+		return w.spans[token]
+	}
+	return newSpanNames(token)
+}
 
 // Attributes beyond the messaging semantic conventions, which name none for
 // NATS: the delivery count, as messaging.servicebus.message.delivery_count
@@ -65,7 +83,7 @@ func (w *Worker) startSpan(ctx context.Context, d *delivery) context.Context {
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		ctx = telemetry.WithTraceSeed(ctx, d)
 	}
-	ctx, span := w.tracer.Start(ctx, spanProcess, trace.WithSpanKind(trace.SpanKindConsumer))
+	ctx, span := w.tracer.Start(ctx, w.spanNamesOf(d.subject).process, trace.WithSpanKind(trace.SpanKindConsumer))
 	d.span = span
 	if span.IsRecording() {
 		span.SetAttributes(
@@ -114,7 +132,7 @@ func (d *delivery) traceOutcome(outcome string, deadLetter messages.Code, err er
 }
 
 // traceSettled records a decided outcome.
-func (d *delivery) traceSettled(o handlers.Outcome) {
+func (d *delivery) traceSettled(o handlers.Result) {
 	if d.span == nil || !d.span.IsRecording() {
 		return
 	}
@@ -122,7 +140,7 @@ func (d *delivery) traceSettled(o handlers.Outcome) {
 	if c := o.Code(); c.DeadLetters() {
 		dl = c
 	}
-	d.traceOutcome(OutcomeLabel(o), dl, nil)
+	d.traceOutcome(o.Label(), dl, nil)
 }
 
 // traceNak records a delivery handed back for another attempt.
@@ -164,11 +182,11 @@ func (w *Worker) startClient(ctx context.Context, name string, attrs ...attribut
 }
 
 // startAck starts the span of the DoubleAck.
-func (w *Worker) startAck(ctx context.Context) (context.Context, trace.Span) {
+func (w *Worker) startAck(ctx context.Context, d *delivery) (context.Context, trace.Span) {
 	if !trace.SpanFromContext(ctx).IsRecording() {
 		return ctx, noop.Span{}
 	}
-	return w.startClient(ctx, spanAck, semconv.MessagingOperationTypeSettle, semconv.MessagingOperationName("ack"))
+	return w.startClient(ctx, w.spanNamesOf(d.subject).ack, semconv.MessagingOperationTypeSettle, semconv.MessagingOperationName("ack"))
 }
 
 // startPublish starts the span of an event or dead-letter publish. The

@@ -82,7 +82,7 @@ func BenchmarkTraceOverhead(b *testing.B) {
 		{"sdk/traced", sdk, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			w := &Worker{tracer: tracerFrom(tc.tp)}
+			w := &Worker{tracer: tracerFrom(tc.tp), kinds: handlers.NewKinds(handlers.CreateBalanceKind(handlerFunc(nil))), spans: map[string]spanNames{messages.KindCreateBalance: newSpanNames(messages.KindCreateBalance)}}
 			m := msgs[tc.traced]
 			b.ReportAllocs()
 			for b.Loop() {
@@ -93,7 +93,7 @@ func BenchmarkTraceOverhead(b *testing.B) {
 				telemetry.Inject(sctx, ev.Header)
 				_, span := w.startPublish(sctx, ev)
 				endClient(span, nil)
-				_, span = w.startAck(sctx)
+				_, span = w.startAck(sctx, d)
 				endClient(span, nil)
 				d.span.End()
 			}

@@ -97,7 +97,7 @@ func (b *tracedBundle) processSpans(t *testing.T, key string, n int) []sdktrace.
 	require.Eventually(t, func() bool {
 		out = out[:0]
 		for _, s := range b.spans.Ended() {
-			if s.Name() == spanProcess && attr(s, "messaging.message.id") == key {
+			if s.Name() == "process wallets.commands.create-balance" && attr(s, "messaging.message.id") == key {
 				out = append(out, s)
 			}
 		}
@@ -173,7 +173,7 @@ func TestTraceFollowsTheCommand(t *testing.T) {
 	for _, r := range reqs {
 		require.True(t, strings.HasPrefix(r.traceparent, "00-"+producerTraceID+"-"), "%s %s carries %q", r.method, r.path, r.traceparent)
 	}
-	for _, name := range []string{"ledger GetAccount", "ledger AddAccountMetadata", "send wallets.events.balance-created", spanAck} {
+	for _, name := range []string{"ledger GetAccount", "ledger AddAccountMetadata", "send wallets.events.balance-created", "ack wallets.commands.create-balance"} {
 		require.Contains(t, kids, name, "child spans of the consumer span")
 	}
 	// The traceparent of each request is its client span's.
@@ -203,7 +203,7 @@ func TestTraceOfADeadLetter(t *testing.T) {
 }
 
 // failOnce makes the first attempt of every key fail transiently.
-func failOnce(h Handler) Handler {
+func failOnce(h handlers.CreateBalanceHandler) handlers.CreateBalanceHandler {
 	var mu sync.Mutex
 	seen := map[string]bool{}
 	return handlerFunc(func(ctx context.Context, key string, c messages.CreateBalance) (handlers.Outcome, error) {

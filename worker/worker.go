@@ -20,23 +20,21 @@ import (
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
-// Handler decides one command. handlers.CreateBalance implements it.
-type Handler interface {
-	Handle(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error)
-}
-
 // ErrShutdown is the cancel cause of in-flight work when a shutdown stops
 // waiting for it: such a command is handed back, not counted as failed.
 var ErrShutdown = errors.New("worker shutting down")
 
-// Worker consumes CreateBalance commands from the durable consumer and
-// settles each one.
+// Worker consumes commands of the kinds it is given from the durable
+// consumer and settles each one. It knows a kind only through
+// handlers.Kind: the kind decodes and decides, the worker moves, leases,
+// retries, settles and dead-letters.
 type Worker struct {
-	cfg     Config
-	js      jetstream.JetStream
-	handler Handler
-	log     *slog.Logger
-	tracer  trace.Tracer
+	cfg    Config
+	js     jetstream.JetStream
+	kinds  handlers.Kinds
+	spans  map[string]spanNames // by kind
+	log    *slog.Logger
+	tracer trace.Tracer
 
 	work      context.Context
 	abortWork context.CancelCauseFunc
@@ -65,20 +63,25 @@ type Stats struct {
 	Held atomic.Int64
 }
 
-// New returns a Worker. cfg is validated after defaults are applied.
-func New(js jetstream.JetStream, h Handler, cfg Config, log *slog.Logger) (*Worker, error) {
+// New returns a Worker of the given kinds. cfg is validated after defaults
+// are applied.
+func New(js jetstream.JetStream, kinds handlers.Kinds, cfg Config, log *slog.Logger) (*Worker, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
-	if js == nil || h == nil {
-		return nil, errors.New("worker: JetStream and Handler are required")
+	if js == nil || len(kinds) == 0 {
+		return nil, errors.New("worker: JetStream and at least one kind are required")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	work, abort := context.WithCancelCause(context.Background())
-	w := &Worker{cfg: cfg, js: js, handler: h, log: log, tracer: tracerFrom(cfg.TracerProvider), work: work, abortWork: abort}
+	spans := map[string]spanNames{}
+	for name := range kinds {
+		spans[name] = newSpanNames(name)
+	}
+	w := &Worker{cfg: cfg, js: js, kinds: kinds, spans: spans, log: log, tracer: tracerFrom(cfg.TracerProvider), work: work, abortWork: abort}
 	w.breaker = newBreaker(cfg.Breaker, cfg.HandlerTimeout, log, cfg.Metrics, &w.stats)
 	return w, nil
 }
@@ -125,7 +128,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	router.AddConsumerHandler("create-balance", messages.SubjectCreateBalanceFilter, sub, w.process)
+	router.AddConsumerHandler("commands", messages.SubjectConsumerFilter, sub, w.process)
 
 	var drainTimer *time.Timer
 	var once sync.Once
@@ -169,12 +172,18 @@ func (w *Worker) process(wm *message.Message) error {
 
 func (w *Worker) handle(ctx context.Context, d *delivery) {
 	key, keyErr := messages.ParseKey(d.msg.Headers()[messages.HeaderMsgID])
-	cmd, cmdErr := messages.DecodeCreateBalance(d.subject, d.msg.Data())
+	if keyErr != nil {
+		key = firstHeader(d, messages.HeaderMsgID)
+	}
+	kind, token, known := w.kinds.Of(d.subject)
+	d.kind = token
+	if !known {
+		w.settle(ctx, d, handlers.UnknownKind(key, d.subject, token))
+		return
+	}
+	cmd, cmdErr := kind.Decode(d.subject, d.msg.Data())
 	if err := errors.Join(keyErr, cmdErr); err != nil {
-		if keyErr != nil {
-			key = firstHeader(d, messages.HeaderMsgID)
-		}
-		w.settle(ctx, d, handlers.Reject(key, cmd, messages.CodeInvalidCommand, err.Error()))
+		w.settle(ctx, d, kind.Reject(key, d.subject, cmd, messages.CodeInvalidCommand, err.Error()))
 		return
 	}
 
@@ -183,7 +192,7 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 		// settle was lost (or its worker died before it): settle the same
 		// way again rather than try once more, so that a stored
 		// RETRIES_EXHAUSTED event is not contradicted by a late write.
-		w.settle(ctx, d, handlers.Reject(key, cmd, messages.CodeRetriesExhausted,
+		w.settle(ctx, d, kind.Reject(key, d.subject, cmd, messages.CodeRetriesExhausted,
 			fmt.Sprintf("delivered %d times, past the retry budget of %d", d.delivered, w.cfg.MaxDeliver)))
 		return
 	}
@@ -215,7 +224,7 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 			if w.canHandBack(d) {
 				w.handBack(d)
 			} else {
-				w.failed(ctx, d, key, cmd, lastErr)
+				w.failed(ctx, d, key, kind, cmd, lastErr)
 			}
 			return
 		}
@@ -223,7 +232,7 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 			window()
 			wasHeld = false
 		}
-		outcome, err := w.handler.Handle(hctx, key, cmd)
+		outcome, err := cmd.Handle(hctx, key)
 		hold := w.breaker.record(d, trial, classify(hctx, err), err)
 		if err == nil {
 			w.settle(ctx, d, outcome)
@@ -267,21 +276,21 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 				}
 			}
 		}
-		w.failed(ctx, d, key, cmd, err)
+		w.failed(ctx, d, key, kind, cmd, err)
 		return
 	}
 }
 
 // failed settles a delivery whose handling failed transiently, or that waited
 // for another command's claim until its deadline.
-func (w *Worker) failed(ctx context.Context, d *delivery, key string, cmd messages.CreateBalance, err error) {
+func (w *Worker) failed(ctx context.Context, d *delivery, key string, kind handlers.Kind, cmd handlers.Command, err error) {
 	if errors.Is(context.Cause(ctx), ErrShutdown) && w.canHandBack(d) {
 		w.handBack(d)
 		return
 	}
 	if d.delivered >= uint64(w.cfg.MaxDeliver) {
 		msg := fmt.Sprintf("gave up after %d deliveries; last error: %v", d.delivered, err)
-		w.settle(ctx, d, handlers.Reject(key, cmd, messages.CodeRetriesExhausted, msg))
+		w.settle(ctx, d, kind.Reject(key, d.subject, cmd, messages.CodeRetriesExhausted, msg))
 		return
 	}
 	if retry, ok := handlers.AsRetry(err); ok && retry.Deferred {
@@ -307,8 +316,15 @@ func (w *Worker) canHandBack(d *delivery) bool {
 func (w *Worker) unsettled(d *delivery) {
 	w.stats.Panics.Add(1)
 	key := firstHeader(d, messages.HeaderMsgID)
-	cmd, _ := messages.DecodeCreateBalance(d.subject, d.msg.Data())
-	w.failed(w.work, d, key, cmd, errors.New("handler panicked"))
+	kind, _, known := w.kinds.Of(d.subject)
+	if !known {
+		// Settled at once when it arrived; a panic there is retried as
+		// any would be, and settles the same way on its redelivery.
+		w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
+		return
+	}
+	cmd, _ := kind.Decode(d.subject, d.msg.Data())
+	w.failed(w.work, d, key, kind, cmd, errors.New("handler panicked"))
 }
 
 // Reasons of wallets_worker_retries_total.

@@ -493,7 +493,7 @@ func startWorker(t *testing.T, cl *testCluster, name, first string, cfg worker.C
 	require.NoError(t, err)
 	h := &handlers.CreateBalance{Ledger: client, LedgerName: ledgerName, Claim: claims}
 	require.NoError(t, h.Validate())
-	w, err := worker.New(cn.js, h, cfg, slog.New(logs.handler(name)))
+	w, err := worker.New(cn.js, handlers.NewKinds(handlers.CreateBalanceKind(h)), cfg, slog.New(logs.handler(name)))
 	require.NoError(t, err)
 	runCtx, cancel := context.WithCancel(ctx)
 	rw := &runningWorker{name: name, conn: cn, w: w, cancel: cancel, done: make(chan error, 1)}

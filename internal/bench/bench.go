@@ -449,7 +449,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			wl = b
 		}
 		h := &handlers.CreateBalance{Ledger: tallyLedger{t, wl}, LedgerName: cfg.LedgerName, Claim: tallyClaimer{t, claims}, ClaimReadMaxAge: r.wcfg.ClaimReadMaxAge()}
-		if workers[i], err = worker.New(js, tallyHandler{t, h}, r.wcfg, wlog.With("worker", i)); err != nil {
+		if workers[i], err = worker.New(js, handlers.NewKinds(handlers.CreateBalanceKind(tallyHandler{t, h})), r.wcfg, wlog.With("worker", i)); err != nil {
 			return res, err
 		}
 	}

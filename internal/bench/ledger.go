@@ -11,7 +11,6 @@ import (
 	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/messages"
-	"github.com/wallets-worker/wallets-worker/worker"
 )
 
 // nullLedger is an in-memory ledger with the semantics the handler relies
@@ -229,7 +228,7 @@ func from(ctx context.Context) *keyTally {
 // tallyHandler wraps one worker's handler.
 type tallyHandler struct {
 	*tally
-	next worker.Handler
+	next handlers.CreateBalanceHandler
 }
 
 func (h tallyHandler) Handle(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error) {

@@ -150,7 +150,7 @@ type redriveResult struct {
 // created (replayed), one that did not gets a new chance.
 func redrive(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, m *jetstream.RawStreamMsg, del bool, out *json.Encoder) error {
 	subject := m.Header.Get(messages.HeaderOriginalSubject)
-	if !strings.HasPrefix(subject, strings.TrimSuffix(messages.SubjectCreateBalanceFilter, ">")) {
+	if !strings.HasPrefix(subject, strings.TrimSuffix(messages.SubjectConsumerFilter, ">")) {
 		return fmt.Errorf("dead letter %d has no usable %s header", m.Sequence, messages.HeaderOriginalSubject)
 	}
 	cmd := &nats.Msg{Subject: subject, Data: m.Data, Header: nats.Header{}}

@@ -364,7 +364,9 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		h.ClaimReadMaxAge = f.w.ClaimReadMaxAge()
 	}
 
-	wk, err := worker.New(js, h, f.w, log)
+	// Every kind of command the worker applies, registered once.
+	kinds := handlers.NewKinds(handlers.CreateBalanceKind(h))
+	wk, err := worker.New(js, kinds, f.w, log)
 	if err != nil {
 		return usageError("%v", err)
 	}
