@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -67,25 +66,13 @@ func (l *Ledger) listAccountsHandler(w http.ResponseWriter, r *http.Request, lg 
 		default:
 			return validationError("unsupported sort %q: only address is implemented", s)
 		}
-		raw := []byte(qs.Get("query"))
-		if len(raw) == 0 {
-			var err error
-			if raw, err = readBody(r); err != nil {
-				return err
-			}
-		}
-		if len(bytes.TrimSpace(raw)) > 0 {
-			q.Filter = json.RawMessage(raw)
+		var err error
+		if q.Filter, err = listFilter(r); err != nil {
+			return err
 		}
 	}
-	if v := qs.Get("pageSize"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return validationError("invalid 'pageSize' query param")
-		}
-		if n > 0 {
-			q.PageSize = int(min(n, MaxPageSize))
-		}
+	if err := pageSize(qs, &q.PageSize); err != nil {
+		return err
 	}
 	f, err := compileFilter(q.Filter)
 	if err != nil {

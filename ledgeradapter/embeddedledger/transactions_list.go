@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 )
@@ -57,25 +58,13 @@ func (l *Ledger) listTransactionsHandler(w http.ResponseWriter, r *http.Request,
 		if s := qs.Get("sort"); s != "" && s != "id" && s != "id:desc" {
 			return validationError("unsupported sort %q: only id:desc is implemented", s)
 		}
-		raw := []byte(qs.Get("query"))
-		if len(raw) == 0 {
-			var err error
-			if raw, err = readBody(r); err != nil {
-				return err
-			}
-		}
-		if len(bytes.TrimSpace(raw)) > 0 {
-			q.Filter = json.RawMessage(raw)
+		var err error
+		if q.Filter, err = listFilter(r); err != nil {
+			return err
 		}
 	}
-	if v := qs.Get("pageSize"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return validationError("invalid 'pageSize' query param")
-		}
-		if n > 0 {
-			q.PageSize = int(min(n, MaxPageSize))
-		}
+	if err := pageSize(qs, &q.PageSize); err != nil {
+		return err
 	}
 	match, err := compileTxFilter(q.Filter)
 	if err != nil {
@@ -238,4 +227,37 @@ func compileTxLeaf(op, field string, value json.RawMessage) (func(*transactionVi
 		}
 	}
 	return nil, fmt.Errorf("filter %s on %s is not implemented by the embedded ledger", op, field)
+}
+
+// listFilter is a list's filter: the "query" parameter, which the real
+// ledger reads first, or else the body; nil for none.
+func listFilter(r *http.Request) (json.RawMessage, error) {
+	raw := []byte(r.URL.Query().Get("query"))
+	if len(raw) == 0 {
+		var err error
+		if raw, err = readBody(r); err != nil {
+			return nil, err
+		}
+	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, nil
+	}
+	return json.RawMessage(raw), nil
+}
+
+// pageSize applies a list's pageSize parameter to size: 0 keeps it, more
+// than MaxPageSize is MaxPageSize.
+func pageSize(qs url.Values, size *int) error {
+	v := qs.Get("pageSize")
+	if v == "" {
+		return nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return validationError("invalid 'pageSize' query param")
+	}
+	if n > 0 {
+		*size = int(min(n, MaxPageSize))
+	}
+	return nil
 }
