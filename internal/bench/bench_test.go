@@ -264,6 +264,7 @@ func TestTransactionsWorkload(t *testing.T) {
 	require.Len(t, res.Phases, 4)
 	for _, p := range res.Phases {
 		require.EqualValues(t, 60, p.OK, "%s: %s", p.Name, p.FirstError)
+		require.EqualValues(t, 60, p.Committed, "%s: the ledger holds every credit", p.Name)
 		require.Zero(t, p.Failed, p.Name)
 		require.Positive(t, p.PerSec, p.Name)
 	}
