@@ -25,8 +25,8 @@ import (
 // transactions on one account run one after another anyway: measured on
 // v2.4.12, 2,000 credits from @world ran at 27-34/s with 8, 16 or 18 in
 // flight, but 8 halved the ledger's latency (p99 ~1 s against ~2 s, worst
-// 2.3 s against 5 s) and had no timeout in 4 runs where 16 timed out in 6 of
-// 10 (a fresh ledger's first requests queue behind each other), and bulks of
+// 2.3 s against 5 s) and had no timeout in 4 runs where 16 timed out in 4 of
+// 9 (a fresh ledger's first requests queue behind each other), and bulks of
 // 20 transactions, 8 in flight, committed where 16 in flight timed out. Keep
 // it below POSTGRES_MAX_OPEN_CONNS, summed over the processes.
 const DefaultTxConcurrency = 8
