@@ -205,7 +205,7 @@ func DecodeCreateBalance(subject string, body []byte) (CreateBalance, error) {
 	if !utf8.Valid(body) {
 		return c, invalid(FieldBody, "is not valid UTF-8")
 	}
-	if err := decodeFields(body, &c); err != nil {
+	if err := decodeFields(body, c.setField); err != nil {
 		return c, err
 	}
 	if err := c.Validate(); err != nil {
@@ -219,8 +219,8 @@ func DecodeCreateBalance(subject string, body []byte) (CreateBalance, error) {
 
 // decodeFields walks the top-level object token by token so that field names
 // match exactly (encoding/json would fold case), duplicates are caught, and an
-// error can name the field at fault.
-func decodeFields(body []byte, c *CreateBalance) error {
+// error can name the field at fault; set takes each field.
+func decodeFields(body []byte, set func(name string, raw json.RawMessage) error) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	tok, err := dec.Token()
@@ -245,7 +245,7 @@ func decodeFields(body []byte, c *CreateBalance) error {
 		if err := dec.Decode(&raw); err != nil {
 			return invalid(FieldBody, "is not JSON: %v", jsonErr(err))
 		}
-		if err := c.setField(name, raw); err != nil {
+		if err := set(name, raw); err != nil {
 			return err
 		}
 	}

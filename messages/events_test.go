@@ -15,6 +15,8 @@ import (
 func TestWireNames(t *testing.T) {
 	t.Parallel()
 
+	// The consumer takes every kind (SPEC §7).
+	require.Equal(t, messages.SubjectCommands, messages.SubjectConsumerFilter)
 	// Keyed by the constants, so two constants sharing a value do not compile.
 	pinned := map[string]string{
 		messages.StreamCommands:            "WALLETS_COMMANDS",
@@ -24,7 +26,6 @@ func TestWireNames(t *testing.T) {
 		messages.SubjectCommands:           "wallets.commands.>",
 		messages.SubjectEvents:             "wallets.events.>",
 		messages.SubjectDLQ:                "wallets.dlq.>",
-		messages.SubjectConsumerFilter:     "wallets.commands.create-balance.>",
 		messages.SubjectBalanceCreatedAll:  "wallets.events.balance-created.*",
 		messages.SubjectBalanceRejectedAll: "wallets.events.balance-create-rejected.*",
 		messages.UnknownWallet:             "_",

@@ -25,10 +25,12 @@ const (
 	SubjectDLQ = "wallets.dlq.>"
 
 	// SubjectConsumerFilter is the consumer's filter subject: the commands
-	// of every kind the worker has. With create-balance its only kind, that
-	// is create-balance's; it becomes wallets.commands.> (SubjectCommands)
-	// when a second kind lands (SPEC §7), and deploy/nats/auth.conf with it.
-	SubjectConsumerFilter = "wallets.commands.create-balance.>"
+	// of every kind (SPEC §7); a kind no worker has is INVALID_COMMAND.
+	SubjectConsumerFilter = SubjectCommands
+
+	// KindUnknown stands for the kind of a command stored under a kind no
+	// worker has, in the subject of its dead letter.
+	KindUnknown = "unknown"
 
 	// KindCreateBalance is the create-balance kind's subject token.
 	KindCreateBalance = "create-balance"

@@ -105,7 +105,7 @@ func TestAnyKindThroughOnePipeline(t *testing.T) {
 	require.Equal(t, string(messages.CodeRetriesExhausted), bySubject["wallets.events.ping-rejected.w5"].json(t)["code"])
 
 	dead := b.dlq.wait(t, 3)
-	require.ElementsMatch(t, []string{"wallets.dlq.ping.w3", "wallets.dlq.nope.w4", "wallets.dlq.ping.w5"}, subjectsOnly(dead))
+	require.ElementsMatch(t, []string{"wallets.dlq.ping.w3", "wallets.dlq.unknown.w4", "wallets.dlq.ping.w5"}, subjectsOnly(dead))
 	b.settled(t)
 }
 

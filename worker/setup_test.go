@@ -78,8 +78,7 @@ func withHandler(wrap func(handlers.CreateBalanceHandler) handlers.CreateBalance
 // check unless br has a Probe.
 func withBreaker(br Breaker) option { return func(o *setupOptions) { o.breaker = &br } }
 
-// withKinds registers more kinds beside create-balance, and widens the
-// consumer's filter to every kind.
+// withKinds registers more kinds beside create-balance.
 func withKinds(kinds ...handlers.Kind) option { return func(o *setupOptions) { o.kinds = kinds } }
 
 // withLog gives the worker this logger instead of the test's output at WARN.
@@ -140,12 +139,6 @@ func setup(t *testing.T, opts ...option) *bundle {
 	log := o.log
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
-	if len(o.kinds) > 0 {
-		cc := cfg.ConsumerConfig()
-		cc.FilterSubject = messages.SubjectCommands
-		_, err := js.UpdateConsumer(ctx, messages.StreamCommands, cc)
-		require.NoError(t, err)
 	}
 	w, err := New(js, handlers.NewKinds(append([]handlers.Kind{handlers.CreateBalanceKind(handler)}, o.kinds...)...), cfg, log)
 	require.NoError(t, err)

@@ -178,6 +178,7 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 	kind, token, known := w.kinds.Of(d.subject)
 	d.kind = token
 	if !known {
+		d.kind = messages.KindUnknown
 		w.settle(ctx, d, handlers.UnknownKind(key, d.subject, token))
 		return
 	}

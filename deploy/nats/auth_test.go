@@ -550,7 +550,7 @@ func TestProducerIsRefused(t *testing.T) {
 		pc.requirePublishDenied(t, messages.BalanceCreatedSubject("w1"))
 		pc.requirePublishDenied(t, messages.BalanceCreateRejectedSubject("w1"))
 		pc.requirePublishDenied(t, messages.DLQSubject("w1"))
-		pc.requirePublishDenied(t, "wallets.commands.other.w1") // commands: create-balance only
+		pc.requirePublishDenied(t, "wallets.commands.other.w1") // commands: the kinds the worker has only
 	})
 	t.Run("no stream deleted, purged or changed", func(t *testing.T) {
 		for _, name := range []string{messages.StreamCommands, messages.StreamEvents, messages.StreamDLQ} {
@@ -568,7 +568,7 @@ func TestProducerIsRefused(t *testing.T) {
 		})
 	})
 	t.Run("no commands consumed", func(t *testing.T) {
-		pc.requireAPIDenied(t, "$JS.API.CONSUMER.CREATE.WALLETS_COMMANDS.thief.wallets.commands.create-balance.>", func(ctx context.Context) error {
+		pc.requireAPIDenied(t, "$JS.API.CONSUMER.CREATE.WALLETS_COMMANDS.thief.wallets.commands.>", func(ctx context.Context) error {
 			_, err := pc.js.CreateConsumer(ctx, messages.StreamCommands, jetstream.ConsumerConfig{Durable: "thief", FilterSubject: messages.SubjectConsumerFilter})
 			return err
 		})

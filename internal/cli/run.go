@@ -364,8 +364,13 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		h.ClaimReadMaxAge = f.w.ClaimReadMaxAge()
 	}
 
-	// Every kind of command the worker applies, registered once.
-	kinds := handlers.NewKinds(handlers.CreateBalanceKind(h))
+	// Every kind of command the worker applies, registered once. The money
+	// commands write transactions through the client: its cap on
+	// transactions in flight holds whatever the worker's concurrency.
+	kinds := handlers.NewKinds(
+		handlers.CreateBalanceKind(h),
+		handlers.CreditWalletKind(&handlers.CreditWallet{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
+	)
 	wk, err := worker.New(js, kinds, f.w, log)
 	if err != nil {
 		return usageError("%v", err)

@@ -230,7 +230,8 @@ func compileTxLeaf(op, field string, value json.RawMessage) (func(*transactionVi
 }
 
 // listFilter is a list's filter: the "query" parameter, which the real
-// ledger reads first, or else the body; nil for none.
+// ledger reads first, or else the body; nil for none, or an empty object
+// (which the official description has clients send as the body).
 func listFilter(r *http.Request) (json.RawMessage, error) {
 	raw := []byte(r.URL.Query().Get("query"))
 	if len(raw) == 0 {
@@ -239,7 +240,8 @@ func listFilter(r *http.Request) (json.RawMessage, error) {
 			return nil, err
 		}
 	}
-	if len(bytes.TrimSpace(raw)) == 0 {
+	var node map[string]json.RawMessage
+	if t := bytes.TrimSpace(raw); len(t) == 0 || (json.Unmarshal(t, &node) == nil && len(node) == 0) {
 		return nil, nil
 	}
 	return json.RawMessage(raw), nil

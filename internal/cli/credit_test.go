@@ -1,0 +1,83 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// TestCreditWalletThroughRun: `run` on its embedded defaults applies
+// credit-wallet commands beside create-balance ones: a credit lands once in
+// the ledger (volumes asserted), a republish of its key replays it, the
+// same key with another amount is KEY_REUSED, a credit of a balance that
+// does not exist is BALANCE_NOT_FOUND, and a bad body is a dead letter.
+func TestCreditWalletThroughRun(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "--duplicate-window", "1s")
+	_, js := testutil.Connect(t, b.addrs.NATSURL)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	events, err := js.OrderedConsumer(ctx, messages.StreamEvents, jetstream.OrderedConsumerConfig{})
+	require.NoError(t, err)
+	next := func(subject string) map[string]any {
+		t.Helper()
+		m, err := events.Next(jetstream.FetchMaxWait(30 * time.Second))
+		require.NoError(t, err)
+		require.Equal(t, subject, m.Subject())
+		var body map[string]any
+		require.NoError(t, json.Unmarshal(m.Data(), &body))
+		return body
+	}
+	publish := func(kind, wallet, key, body string) {
+		t.Helper()
+		m := &nats.Msg{Subject: "wallets.commands." + kind + "." + wallet, Header: nats.Header{}, Data: []byte(body)}
+		m.Header.Set(messages.HeaderMsgID, key)
+		_, err := js.PublishMsg(ctx, m)
+		require.NoError(t, err)
+	}
+
+	publish("credit-wallet", "w1", "c1", `{"walletID":"w1","amount":{"asset":"USD/2","amount":100},"metadata":{"why":"topup"}}`)
+	first := next("wallets.events.wallet-credited.w1")
+	require.Equal(t, false, first["replayed"])
+	require.Equal(t, "main", first["balance"])
+
+	time.Sleep(1100 * time.Millisecond) // past the duplicate window: the republish is stored again
+	publish("credit-wallet", "w1", "c1", `{"walletID":"w1","amount":{"asset":"USD/2","amount":100},"metadata":{"why":"topup"}}`)
+	again := next("wallets.events.wallet-credited.w1")
+	require.Equal(t, true, again["replayed"])
+	require.Equal(t, first["transactionID"], again["transactionID"])
+
+	publish("credit-wallet", "w1", "c1-other", `{"walletID":"w1","amount":{"asset":"USD/2","amount":5},"balance":"savings"}`)
+	require.Equal(t, string(messages.CodeBalanceNotFound), next("wallets.events.credit-wallet-rejected.w1")["code"])
+
+	time.Sleep(1100 * time.Millisecond)
+	publish("credit-wallet", "w1", "c1", `{"walletID":"w1","amount":{"asset":"USD/2","amount":101}}`)
+	require.Equal(t, string(messages.CodeKeyReused), next("wallets.events.credit-wallet-rejected.w1")["code"])
+
+	publish("credit-wallet", "w1", "c-bad", `{"walletID":"w1","amount":{"asset":"USD/2","amount":-1}}`)
+	require.Equal(t, string(messages.CodeInvalidCommand), next("wallets.events.credit-wallet-rejected.w1")["code"])
+	dlq, err := js.Stream(ctx, messages.StreamDLQ)
+	require.NoError(t, err)
+	dead, err := dlq.GetLastMsgForSubject(ctx, "wallets.dlq.credit-wallet.w1")
+	require.NoError(t, err)
+	require.Equal(t, string(messages.CodeInvalidCommand), dead.Header.Get(messages.HeaderDLQCode))
+
+	c := testutil.LedgerClient(t, b.addrs.LedgerURL, 10*time.Second)
+	a, found, err := c.GetAccount(ctx, "wallets-002", "wallets:w1:main")
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Equal(t, "100", a.Volumes["USD/2"].Balance.String(), "credited once")
+	page, err := c.ListTransactions(ctx, "wallets-002", nil, 0, "")
+	require.NoError(t, err)
+	require.Len(t, page.Data, 1)
+	require.Equal(t, map[string]string{"wallets/transaction": "true", "wallets/custom_data_why": "topup"}, page.Data[0].Metadata)
+}

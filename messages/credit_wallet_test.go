@@ -1,0 +1,51 @@
+package messages_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+func TestDecodeCreditWallet(t *testing.T) {
+	t.Parallel()
+	subject := messages.CreditWalletSubject("w1")
+	c, err := messages.DecodeCreditWallet(subject, []byte(`{"walletID":"w1","amount":{"asset":"USD/2","amount":100000000000000000000000},
+		"balance":"savings","sources":[{"type":"WALLET","identifier":"w2"},{"type":"ACCOUNT","identifier":"bank:in-flow"}],
+		"metadata":{"why":"topup"},"reference":"r1","timestamp":"2026-01-02T03:04:05.123456789+02:00"}`))
+	require.NoError(t, err)
+	require.Equal(t, "100000000000000000000000", c.Amount.Amount.String(), "amounts beyond 2^64")
+	require.Equal(t, "savings", c.Balance)
+	require.Len(t, c.Sources, 2)
+	require.Equal(t, "2026-01-02T01:04:05.123456789Z", c.Timestamp.Format("2006-01-02T15:04:05.999999999Z07:00"))
+
+	zero, err := messages.DecodeCreditWallet(subject, []byte(`{"walletID":"w1","amount":{"asset":"USD","amount":0}}`))
+	require.NoError(t, err, "zero, as the wallets service allows it")
+	require.Zero(t, zero.Amount.Amount.Sign())
+
+	for name, body := range map[string]string{
+		"not JSON":             `{`,
+		"unknown field":        `{"walletID":"w1","amount":{"asset":"USD","amount":1},"colour":"red"}`,
+		"field in other case":  `{"WalletID":"w1","amount":{"asset":"USD","amount":1}}`,
+		"duplicated field":     `{"walletID":"w1","walletID":"w1","amount":{"asset":"USD","amount":1}}`,
+		"no amount":            `{"walletID":"w1"}`,
+		"negative amount":      `{"walletID":"w1","amount":{"asset":"USD","amount":-1}}`,
+		"fractional amount":    `{"walletID":"w1","amount":{"asset":"USD","amount":1.5}}`,
+		"amount as a string":   `{"walletID":"w1","amount":{"asset":"USD","amount":"1"}}`,
+		"bad asset":            `{"walletID":"w1","amount":{"asset":"usd","amount":1}}`,
+		"unknown amount field": `{"walletID":"w1","amount":{"asset":"USD","amount":1,"scale":2}}`,
+		"other wallet":         `{"walletID":"w2","amount":{"asset":"USD","amount":1}}`,
+		"bad balance":          `{"walletID":"w1","amount":{"asset":"USD","amount":1},"balance":"a:b"}`,
+		"unknown source type":  `{"walletID":"w1","amount":{"asset":"USD","amount":1},"sources":[{"type":"BANK","identifier":"x"}]}`,
+		"bad account source":   `{"walletID":"w1","amount":{"asset":"USD","amount":1},"sources":[{"type":"ACCOUNT","identifier":"a::b"}]}`,
+		"bad timestamp":        `{"walletID":"w1","amount":{"asset":"USD","amount":1},"timestamp":"yesterday"}`,
+		"metadata not strings": `{"walletID":"w1","amount":{"asset":"USD","amount":1},"metadata":{"n":1}}`,
+	} {
+		_, err := messages.DecodeCreditWallet(subject, []byte(body))
+		require.Error(t, err, name)
+		require.True(t, messages.IsValidationError(err), "%s: %v", name, err)
+	}
+	_, err = messages.DecodeCreditWallet("wallets.commands.create-balance.w1", []byte(`{"walletID":"w1","amount":{"asset":"USD","amount":1}}`))
+	require.True(t, messages.IsValidationError(err), "another kind's subject")
+}
