@@ -86,7 +86,6 @@ type WalletCredited struct {
 	Replayed bool `json:"replayed"`
 }
 
-
 // CreditWalletSubject is the subject a credit of walletID is published on.
 func CreditWalletSubject(walletID string) string { return subjectCreditWalletPrefix + walletID }
 
