@@ -160,10 +160,10 @@ func (h *CreditWallet) Handle(ctx context.Context, key string, cmd messages.Cred
 	if err != nil {
 		return h.failure(key, cmd, "create transaction", err)
 	}
-	return credited{messages.WalletCredited{
+	return succeeded(messages.EventWalletCredited, cmd.WalletID, res.IdempotencyHit, messages.WalletCredited{
 		Key: key, WalletID: cmd.WalletID, Amount: cmd.Amount, Balance: balance, Ledger: h.LedgerName,
 		TransactionID: res.Transaction.ID, Replayed: res.IdempotencyHit,
-	}}, nil
+	}), nil
 }
 
 func (h *CreditWallet) failure(key string, cmd messages.CreditWallet, op string, err error) (Result, error) {
@@ -181,21 +181,29 @@ func (h *CreditWallet) failure(key string, cmd messages.CreditWallet, op string,
 	return rejected(messages.EventCreditWalletRejected, key, cmd.WalletID, code, fmt.Sprintf("%s: %v", op, err)), nil
 }
 
-// credited is a wallet-credited outcome.
-type credited struct{ messages.WalletCredited }
-
-func (c credited) Event() (string, string, any) {
-	return messages.EventWalletCredited, c.WalletID, c.WalletCredited
+// success is the outcome of a command that succeeded, for the kinds other
+// than create-balance: its event, wallet and body, and whether it replays
+// an earlier one.
+type success struct {
+	event, wallet string
+	body          any
+	replayed      bool
 }
-func (credited) Code() messages.Code { return "" }
-func (credited) Reason() string      { return "" }
-func (c credited) Label() string {
-	if c.WalletCredited.Replayed {
+
+func succeeded(event, wallet string, replayed bool, body any) Result {
+	return success{event: event, wallet: wallet, body: body, replayed: replayed}
+}
+
+func (s success) Event() (string, string, any) { return s.event, s.wallet, s.body }
+func (success) Code() messages.Code            { return "" }
+func (success) Reason() string                 { return "" }
+func (s success) Replayed() bool               { return s.replayed }
+func (s success) Label() string {
+	if s.replayed {
 		return "replayed"
 	}
 	return "created"
 }
-func (c credited) Replayed() bool { return c.WalletCredited.Replayed }
 
 // rejection is a <kind>-rejected outcome of the commands other than
 // create-balance.

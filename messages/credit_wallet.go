@@ -118,12 +118,15 @@ func DecodeCreditWallet(subject string, body []byte) (CreditWallet, error) {
 	return c, nil
 }
 
+// strictUnmarshal decodes raw into v, refusing unknown fields.
+func strictUnmarshal(raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
 func (c *CreditWallet) setField(name string, raw json.RawMessage) error {
-	strict := func(v any) error {
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		return dec.Decode(v)
-	}
+	strict := func(v any) error { return strictUnmarshal(raw, v) }
 	isNull := string(raw) == "null"
 	switch name {
 	case FieldWalletID, "balance", "reference":

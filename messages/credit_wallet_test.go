@@ -49,3 +49,24 @@ func TestDecodeCreditWallet(t *testing.T) {
 	_, err = messages.DecodeCreditWallet("wallets.commands.create-balance.w1", []byte(`{"walletID":"w1","amount":{"asset":"USD","amount":1}}`))
 	require.True(t, messages.IsValidationError(err), "another kind's subject")
 }
+
+func TestDecodeCreateWallet(t *testing.T) {
+	t.Parallel()
+	subject := messages.CreateWalletSubject("k1")
+	require.Equal(t, "wallets.commands.create-wallet."+messages.WalletIDOf("k1"), subject)
+	c, err := messages.DecodeCreateWallet(subject, []byte(`{"name":"alice","metadata":{"tier":"gold"}}`))
+	require.NoError(t, err)
+	require.Equal(t, messages.WalletIDOf("k1"), c.WalletID)
+	require.Equal(t, "alice", c.Name)
+	_, err = messages.DecodeCreateWallet(subject, []byte(`{}`))
+	require.NoError(t, err, "name and metadata are optional, as in the wallets service")
+	for name, body := range map[string]string{
+		"unknown field":   `{"name":"a","walletID":"x"}`,
+		"name not string": `{"name":1}`,
+		"metadata values": `{"metadata":{"a":1}}`,
+		"not an object":   `[]`,
+	} {
+		_, err := messages.DecodeCreateWallet(subject, []byte(body))
+		require.True(t, messages.IsValidationError(err), "%s: %v", name, err)
+	}
+}

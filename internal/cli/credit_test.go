@@ -15,7 +15,9 @@ import (
 )
 
 // TestCreditWalletThroughRun: `run` on its embedded defaults applies
-// credit-wallet commands beside create-balance ones: a credit lands once in
+// create-wallet and credit-wallet commands beside create-balance ones: a
+// wallet is created under the ID its key derives (a republish replays it),
+// a credit lands once in
 // the ledger (volumes asserted), a republish of its key replays it, the
 // same key with another amount is KEY_REUSED, a credit of a balance that
 // does not exist is BALANCE_NOT_FOUND, and a bad body is a dead letter.
@@ -44,6 +46,17 @@ func TestCreditWalletThroughRun(t *testing.T) {
 		_, err := js.PublishMsg(ctx, m)
 		require.NoError(t, err)
 	}
+
+	wallet := messages.WalletIDOf("kw")
+	publish("create-wallet", wallet, "kw", `{"name":"alice","metadata":{"tier":"gold"}}`)
+	created := next("wallets.events.wallet-created." + wallet)
+	require.Equal(t, false, created["replayed"])
+	require.Equal(t, "alice", created["wallet"].(map[string]any)["name"])
+	time.Sleep(1100 * time.Millisecond)
+	publish("create-wallet", wallet, "kw", `{"metadata":{"tier":"gold"},"name":"alice"}`)
+	require.Equal(t, true, next("wallets.events.wallet-created." + wallet)["replayed"])
+	publish("create-wallet", "w-not-derived", "kw2", `{"name":"bob"}`)
+	require.Equal(t, string(messages.CodeInvalidCommand), next("wallets.events.create-wallet-rejected.w-not-derived")["code"])
 
 	publish("credit-wallet", "w1", "c1", `{"walletID":"w1","amount":{"asset":"USD/2","amount":100},"metadata":{"why":"topup"}}`)
 	first := next("wallets.events.wallet-credited.w1")
