@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -167,18 +166,7 @@ func (h *CreditWallet) Handle(ctx context.Context, key string, cmd messages.Cred
 }
 
 func (h *CreditWallet) failure(key string, cmd messages.CreditWallet, op string, err error) (Result, error) {
-	code := messages.CodeLedgerRejected
-	switch {
-	case errors.Is(err, ledgeradapter.ErrNoTimeLeft):
-		return nil, &RetryError{Err: fmt.Errorf("%s: %w", op, err), NoTimeLeft: true}
-	case ledgeradapter.IsRetryable(err) || isLedgerUnavailable(err):
-		return nil, transient("%s: %w", op, err)
-	case errors.Is(err, ledgeradapter.ErrIdempotencyConflict):
-		code = messages.CodeKeyReused
-	case errors.Is(err, ledgeradapter.ErrInsufficientFunds):
-		code = messages.CodeInsufficientFunds
-	}
-	return rejected(messages.EventCreditWalletRejected, key, cmd.WalletID, code, fmt.Sprintf("%s: %v", op, err)), nil
+	return txFailure(messages.EventCreditWalletRejected, key, cmd.WalletID, op, err)
 }
 
 // success is the outcome of a command that succeeded, for the kinds other

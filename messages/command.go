@@ -97,6 +97,10 @@ func (c CreateBalance) Validate() error {
 	return nil
 }
 
+// ValidateBalanceName checks a balance name as a command's: the wallets
+// service's pattern, at most MaxTokenBytes.
+func ValidateBalanceName(name string) error { return validToken(FieldName, name) }
+
 func validToken(field, v string) error {
 	if v == "" {
 		return invalid(field, "is required")

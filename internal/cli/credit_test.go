@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,13 +85,27 @@ func TestCreditWalletThroughRun(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, string(messages.CodeInvalidCommand), dead.Header.Get(messages.HeaderDLQCode))
 
+	// Debits: one immediate, one into a hold; one short of funds.
+	publish("debit-wallet", "w1", "d1", `{"walletID":"w1","amount":{"asset":"USD/2","amount":30}}`)
+	debited := next("wallets.events.wallet-debited.w1")
+	require.Equal(t, false, debited["replayed"])
+	require.Nil(t, debited["hold"])
+	publish("debit-wallet", "w1", "h1", `{"walletID":"w1","amount":{"asset":"USD/2","amount":20},"pending":true,"description":"pre-auth"}`)
+	held := next("wallets.events.wallet-debited.w1")
+	require.Equal(t, messages.HoldIDOf("h1"), held["hold"].(map[string]any)["id"])
+	publish("debit-wallet", "w1", "d2", `{"walletID":"w1","amount":{"asset":"USD/2","amount":51}}`)
+	require.Equal(t, string(messages.CodeInsufficientFunds), next("wallets.events.debit-wallet-rejected.w1")["code"])
+
 	c := testutil.LedgerClient(t, b.addrs.LedgerURL, 10*time.Second)
 	a, found, err := c.GetAccount(ctx, "wallets-002", "wallets:w1:main")
 	require.NoError(t, err)
 	require.True(t, found)
-	require.Equal(t, "100", a.Volumes["USD/2"].Balance.String(), "credited once")
+	require.Equal(t, "50", a.Volumes["USD/2"].Balance.String(), "credited 100 once, debited 30 and held 20")
+	hold, _, err := c.GetAccount(ctx, "wallets-002", "wallets:holds:"+strings.ReplaceAll(messages.HoldIDOf("h1"), "-", ""))
+	require.NoError(t, err)
+	require.Equal(t, "20", hold.Volumes["USD/2"].Balance.String())
 	page, err := c.ListTransactions(ctx, "wallets-002", nil, 0, "")
 	require.NoError(t, err)
-	require.Len(t, page.Data, 1)
-	require.Equal(t, map[string]string{"wallets/transaction": "true", "wallets/custom_data_why": "topup"}, page.Data[0].Metadata)
+	require.Len(t, page.Data, 3)
+	require.Equal(t, map[string]string{"wallets/transaction": "true", "wallets/custom_data_why": "topup"}, page.Data[2].Metadata)
 }
