@@ -59,6 +59,11 @@ type TransactionRequest struct {
 	Timestamp time.Time
 	// Force lets the sources of plain postings overdraw.
 	Force bool
+	// DryRun asks the ledger to run the request and keep nothing. With an
+	// Idempotency-Key the ledger looks the key up first, so a dry run tells
+	// whether this very request was applied under it (IdempotencyHit, with
+	// the transaction first created) without applying it now.
+	DryRun bool
 }
 
 // Volumes are one account's volumes per asset.
@@ -272,9 +277,13 @@ func (c *Client) CreateTransaction(ctx context.Context, ledger string, req Trans
 	if err := c.tx.acquire(ctx); err != nil {
 		return TransactionResult{}, &Error{Op: op, Err: err}
 	}
+	var query url.Values
+	if req.DryRun {
+		query = url.Values{"dryRun": {"true"}}
+	}
 	resp, e := c.do(ctx, request{
 		op: op, method: http.MethodPost, path: "/v2/" + url.PathEscape(ledger) + "/transactions",
-		body: body, idempotencyKey: idempotencyKey,
+		query: query, body: body, idempotencyKey: idempotencyKey,
 	})
 	c.tx.release()
 	c.tx.outcome(e, c.timeout)

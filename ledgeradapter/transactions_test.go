@@ -335,3 +335,27 @@ func TestBulkTransactionsInOrder(t *testing.T) {
 	require.Equal(t, res[0].Transaction.ID, again[0].Transaction.ID, "a replayed key answers the first transaction")
 	require.Equal(t, "0", balance(t, c, "bulk", w, "USD/2").String())
 }
+
+// TestDryRunTellsWhetherAKeyApplied: a dry run with a key answers the
+// transaction that key applied (a hit), and applies nothing otherwise.
+func TestDryRunTellsWhetherAKeyApplied(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	c, ctx := l.Client, context.Background()
+	require.NoError(t, c.EnsureLedger(ctx, "dry"))
+	probe := credit("wallets:w1:main", "10")
+	probe.DryRun = true
+	res, err := c.CreateTransaction(ctx, "dry", probe, "k1")
+	require.NoError(t, err)
+	require.False(t, res.IdempotencyHit)
+	require.Equal(t, "0", balance(t, c, "dry", "wallets:w1:main", "USD/2").String(), "a dry run applies nothing")
+
+	applied, err := c.CreateTransaction(ctx, "dry", credit("wallets:w1:main", "10"), "k1")
+	require.NoError(t, err, "the key was not used up by the dry run")
+	require.False(t, applied.IdempotencyHit)
+	res, err = c.CreateTransaction(ctx, "dry", probe, "k1")
+	require.NoError(t, err)
+	require.True(t, res.IdempotencyHit)
+	require.Equal(t, applied.Transaction.ID, res.Transaction.ID)
+	require.Equal(t, "10", balance(t, c, "dry", "wallets:w1:main", "USD/2").String())
+}

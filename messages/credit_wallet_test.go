@@ -70,3 +70,29 @@ func TestDecodeCreateWallet(t *testing.T) {
 		require.True(t, messages.IsValidationError(err), "%s: %v", name, err)
 	}
 }
+
+func TestDecodeHoldCommands(t *testing.T) {
+	t.Parallel()
+	c, err := messages.DecodeConfirmHold(messages.ConfirmHoldSubject("w1"), []byte(`{"holdID":"h-1","amount":100000000000000000000000,"final":true}`))
+	require.NoError(t, err)
+	require.Equal(t, "w1", c.WalletID)
+	require.Equal(t, "100000000000000000000000", c.Amount.String())
+	require.True(t, c.Final)
+	c, err = messages.DecodeConfirmHold(messages.ConfirmHoldSubject("w1"), []byte(`{"holdID":"h-1"}`))
+	require.NoError(t, err)
+	require.Nil(t, c.Amount, "no amount: all that is left")
+	v, err := messages.DecodeVoidHold(messages.VoidHoldSubject("w1"), []byte(`{"holdID":"h-1"}`))
+	require.NoError(t, err)
+	require.Equal(t, "h-1", v.HoldID)
+	for name, body := range map[string]string{
+		"no hold":         `{}`,
+		"negative amount": `{"holdID":"h","amount":-1}`,
+		"fraction":        `{"holdID":"h","amount":1.5}`,
+		"unknown field":   `{"holdID":"h","walletID":"w1"}`,
+	} {
+		_, err := messages.DecodeConfirmHold(messages.ConfirmHoldSubject("w1"), []byte(body))
+		require.True(t, messages.IsValidationError(err), "%s: %v", name, err)
+	}
+	_, err = messages.DecodeVoidHold(messages.VoidHoldSubject("w1"), []byte(`{"holdID":"h","amount":1}`))
+	require.True(t, messages.IsValidationError(err), "a void takes no amount")
+}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -96,16 +97,26 @@ func TestCreditWalletThroughRun(t *testing.T) {
 	publish("debit-wallet", "w1", "d2", `{"walletID":"w1","amount":{"asset":"USD/2","amount":51}}`)
 	require.Equal(t, string(messages.CodeInsufficientFunds), next("wallets.events.debit-wallet-rejected.w1")["code"])
 
+	// Holds: confirm part of one, void another.
+	publish("confirm-hold", "w1", "cf1", `{"holdID":"`+messages.HoldIDOf("h1")+`","amount":5}`)
+	require.Equal(t, "5", fmt.Sprint(next("wallets.events.hold-confirmed.w1")["amount"]))
+	publish("debit-wallet", "w1", "h2", `{"walletID":"w1","amount":{"asset":"USD/2","amount":10},"pending":true}`)
+	next("wallets.events.wallet-debited.w1")
+	publish("void-hold", "w1", "v1", `{"holdID":"`+messages.HoldIDOf("h2")+`"}`)
+	require.Equal(t, messages.HoldIDOf("h2"), next("wallets.events.hold-voided.w1")["holdID"])
+	publish("void-hold", "w1", "v2", `{"holdID":"`+messages.HoldIDOf("h2")+`"}`)
+	require.Equal(t, string(messages.CodeHoldClosed), next("wallets.events.void-hold-rejected.w1")["code"])
+
 	c := testutil.LedgerClient(t, b.addrs.LedgerURL, 10*time.Second)
 	a, found, err := c.GetAccount(ctx, "wallets-002", "wallets:w1:main")
 	require.NoError(t, err)
 	require.True(t, found)
-	require.Equal(t, "50", a.Volumes["USD/2"].Balance.String(), "credited 100 once, debited 30 and held 20")
+	require.Equal(t, "50", a.Volumes["USD/2"].Balance.String(), "credited 100 once, debited 30, held 20 and 10, 10 back")
 	hold, _, err := c.GetAccount(ctx, "wallets-002", "wallets:holds:"+strings.ReplaceAll(messages.HoldIDOf("h1"), "-", ""))
 	require.NoError(t, err)
-	require.Equal(t, "20", hold.Volumes["USD/2"].Balance.String())
+	require.Equal(t, "15", hold.Volumes["USD/2"].Balance.String(), "held 20, 5 confirmed")
 	page, err := c.ListTransactions(ctx, "wallets-002", nil, 0, "")
 	require.NoError(t, err)
-	require.Len(t, page.Data, 3)
-	require.Equal(t, map[string]string{"wallets/transaction": "true", "wallets/custom_data_why": "topup"}, page.Data[2].Metadata)
+	require.Len(t, page.Data, 6)
+	require.Equal(t, map[string]string{"wallets/transaction": "true", "wallets/custom_data_why": "topup"}, page.Data[5].Metadata)
 }

@@ -372,6 +372,8 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		handlers.CreditWalletKind(&handlers.CreditWallet{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
 		handlers.CreateWalletKind(&handlers.CreateWallet{Ledger: ledger, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
 		handlers.DebitWalletKind(&handlers.DebitWallet{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
+		handlers.ConfirmHoldKind(&handlers.ConfirmHold{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
+		handlers.VoidHoldKind(&handlers.VoidHold{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
 	)
 	wk, err := worker.New(js, kinds, f.w, log)
 	if err != nil {

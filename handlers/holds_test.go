@@ -1,0 +1,116 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"math/big"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// Bodies the wallets service (a0e80ed) sent the ledger for hold
+// 228b7527-276a-51bc-8c62-c8ecf02566cc of wallet
+// 40057e88-aa91-5a6c-b63d-3555adf9d5c7 and hold 871b9bed-… of the same
+// wallet (docs/wallets-writes.md): confirm 50, confirm 20 final, and a void
+// of a hold made by one posting of 40 from savings.
+const (
+	observedConfirm      = `{"metadata":{"wallets/transaction":"true"},"script":{"plain":"vars {\n  account $hold\n  account $dest\n  monetary $amount\n}\n\nsend $amount (\n  source = $hold\n  destination = $dest\n)\n","vars":{"amount":"USD/2 50","dest":"world","hold":"wallets:holds:228b7527276a51bc8c62c8ecf02566cc"}}}`
+	observedConfirmFinal = `{"metadata":{"wallets/transaction":"true"},"script":{"plain":"vars {\n  account $hold\n  account $dest\n  account $void_destination\n  monetary $amount\n}\n\nsend $amount (\n  source = $hold\n  destination = $dest\n)\nsend [USD/2 *] (\n  source = $hold\n  destination = $void_destination\n)\n","vars":{"amount":"USD/2 20","dest":"world","hold":"wallets:holds:228b7527276a51bc8c62c8ecf02566cc","void_destination":"wallets:40057e88aa915a6cb63d3555adf9d5c7:main"}}}`
+	observedVoid         = `{"metadata":{"wallets/transaction":"true"},"script":{"plain":"vars {\n  account $hold\n}\n\nsend [USD/2 *] (\n  source = $hold\n  destination = {\n    max [USD/2 40] to @wallets:40057e88aa915a6cb63d3555adf9d5c7:savings\n    remaining kept\n  }\n)","vars":{"hold":"wallets:holds:871b9bedc162535fa32af0c50a0be6c1"}}}`
+)
+
+type observedTx struct {
+	Metadata map[string]string `json:"metadata"`
+	Script   struct {
+		Plain string            `json:"plain"`
+		Vars  map[string]string `json:"vars"`
+	} `json:"script"`
+}
+
+func requireSameTx(t *testing.T, observed string, req ledgeradapter.TransactionRequest) {
+	t.Helper()
+	var want observedTx
+	require.NoError(t, json.Unmarshal([]byte(observed), &want))
+	require.Equal(t, want.Script.Plain, req.Script.Plain)
+	require.Equal(t, want.Script.Vars, req.Script.Vars)
+	require.Equal(t, want.Metadata, req.Metadata)
+}
+
+func TestHoldRequestsAreTheWalletsServices(t *testing.T) {
+	t.Parallel()
+	h := &ConfirmHold{}
+	hd := &hold{address: "wallets:holds:228b7527276a51bc8c62c8ecf02566cc", walletID: "40057e88-aa91-5a6c-b63d-3555adf9d5c7", asset: "USD/2",
+		destination: messages.WalletSubject{Type: messages.SubjectTypeAccount, Identifier: "world"}}
+	requireSameTx(t, observedConfirm, h.Request(hd, big.NewInt(50), false))
+	requireSameTx(t, observedConfirmFinal, h.Request(hd, big.NewInt(20), true))
+	void := ledgeradapter.TransactionRequest{
+		Script: &ledgeradapter.Script{Plain: voidScript("USD/2", []ledgeradapter.Posting{{Source: "wallets:40057e88aa915a6cb63d3555adf9d5c7:savings",
+			Destination: "wallets:holds:871b9bedc162535fa32af0c50a0be6c1", Amount: big.NewInt(40), Asset: "USD/2"}}),
+			Vars: map[string]string{"hold": "wallets:holds:871b9bedc162535fa32af0c50a0be6c1"}},
+		Metadata: transactionMetadata(nil),
+	}
+	requireSameTx(t, observedVoid, void)
+}
+
+func TestHoldOutcomes(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	ctx := context.Background()
+	const ledger = "wallets-002"
+	require.NoError(t, l.Client.EnsureLedger(ctx, ledger))
+	usd := func(n int64) messages.Monetary { return messages.Monetary{Asset: "USD/2", Amount: big.NewInt(n)} }
+	_, err := (&CreditWallet{Ledger: l.Client, LedgerName: ledger}).Handle(ctx, "c1", messages.CreditWallet{WalletID: "w1", Amount: usd(500)})
+	require.NoError(t, err)
+	debit := &DebitWallet{Ledger: l.Client, LedgerName: ledger}
+	for _, k := range []string{"h1", "h2"} {
+		r, err := debit.Handle(ctx, k, messages.DebitWallet{WalletID: "w1", Amount: usd(100), Pending: true})
+		require.NoError(t, err)
+		require.Empty(t, r.Code())
+	}
+	h1, h2 := messages.HoldIDOf("h1"), messages.HoldIDOf("h2")
+	balance := func(address string) string {
+		a, _, err := l.Client.GetAccount(ctx, ledger, address)
+		require.NoError(t, err)
+		return a.Volumes["USD/2"].Balance.String()
+	}
+	confirm := &ConfirmHold{Ledger: l.Client, LedgerName: ledger}
+	void := &VoidHold{Ledger: l.Client, LedgerName: ledger}
+	code := func(r Result, err error) messages.Code {
+		t.Helper()
+		require.NoError(t, err)
+		return r.Code()
+	}
+	replayed := func(r Result, err error) bool {
+		t.Helper()
+		require.NoError(t, err)
+		require.Empty(t, r.Code(), r.Reason())
+		return r.Replayed()
+	}
+
+	require.False(t, replayed(confirm.Handle(ctx, "cf1", messages.ConfirmHold{WalletID: "w1", HoldID: h1, Amount: big.NewInt(30)})))
+	require.True(t, replayed(confirm.Handle(ctx, "cf1", messages.ConfirmHold{WalletID: "w1", HoldID: h1, Amount: big.NewInt(30)})), "open: the ledger's hit")
+	require.Equal(t, "70", balance(HoldAddress("", h1)))
+	require.Equal(t, messages.CodeInsufficientFunds, code(confirm.Handle(ctx, "cf2", messages.ConfirmHold{WalletID: "w1", HoldID: h1, Amount: big.NewInt(71)})))
+	require.False(t, replayed(confirm.Handle(ctx, "cf3", messages.ConfirmHold{WalletID: "w1", HoldID: h1, Amount: big.NewInt(20), Final: true})))
+	require.Equal(t, "0", balance(HoldAddress("", h1)), "final: the rest goes back")
+	require.Equal(t, "350", balance("wallets:w1:main"), "500 - 2×100 held + 50 back")
+	require.True(t, replayed(confirm.Handle(ctx, "cf3", messages.ConfirmHold{WalletID: "w1", HoldID: h1, Amount: big.NewInt(20), Final: true})),
+		"closed, yet this very command: a replay, not HOLD_CLOSED")
+	require.Equal(t, messages.CodeHoldClosed, code(confirm.Handle(ctx, "cf4", messages.ConfirmHold{WalletID: "w1", HoldID: h1, Amount: big.NewInt(5)})))
+	require.Equal(t, messages.CodeHoldClosed, code(confirm.Handle(ctx, "cf5", messages.ConfirmHold{WalletID: "w1", HoldID: h1})))
+	require.Equal(t, messages.CodeHoldNotFound, code(confirm.Handle(ctx, "cf6", messages.ConfirmHold{WalletID: "w1", HoldID: messages.HoldIDOf("nope")})))
+	require.Equal(t, messages.CodeInvalidCommand, code(confirm.Handle(ctx, "cf7", messages.ConfirmHold{WalletID: "w2", HoldID: h2})))
+
+	require.False(t, replayed(void.Handle(ctx, "v1", messages.VoidHold{WalletID: "w1", HoldID: h2})))
+	require.Equal(t, "0", balance(HoldAddress("", h2)))
+	require.Equal(t, "450", balance("wallets:w1:main"))
+	require.True(t, replayed(void.Handle(ctx, "v1", messages.VoidHold{WalletID: "w1", HoldID: h2})), "closed by this very void: a replay")
+	require.Equal(t, messages.CodeHoldClosed, code(void.Handle(ctx, "v2", messages.VoidHold{WalletID: "w1", HoldID: h2})))
+	require.Equal(t, messages.CodeHoldNotFound, code(void.Handle(ctx, "v3", messages.VoidHold{WalletID: "w1", HoldID: messages.HoldIDOf("nope")})))
+	require.Equal(t, "450", balance("wallets:w1:main"), "no replay wrote twice")
+}
