@@ -98,3 +98,38 @@ func TestCreateWalletOutcomes(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, messages.CodeConflict, r.Code())
 }
+
+// observedUpdate is the metadata the wallets service wrote for
+// PATCH /wallets/40057e88-aa91-5a6c-b63d-3555adf9d5c7 with key k-p1 and
+// {"metadata": {"tier": "platinum", "new": "n"}} on the wallet of
+// observedWallet.
+const observedUpdate = `{"wallets/balances":"true","wallets/balances/name":"main","wallets/createRequestHash":"ee66109f5d29578057c5b80e054633d025405a35cf0af5d329305f0aa826a4f0","wallets/createResponse":"{\"id\":\"40057e88-aa91-5a6c-b63d-3555adf9d5c7\",\"name\":\"alice\",\"metadata\":{\"b\":\"x\\\"y\",\"tier\":\"gold\",\"z\":\"last\"},\"createdAt\":\"2026-12-07T04:38:33.987193843Z\",\"ledger\":\"wallets-002\",\"balances\":{\"main\":{\"expiresAt\":null,\"priority\":0,\"assets\":{}}}}","wallets/createdAt":"2026-12-07T04:38:33.987193843Z","wallets/custom_data_b":"x\"y","wallets/custom_data_new":"n","wallets/custom_data_tier":"platinum","wallets/custom_data_z":"last","wallets/id":"40057e88-aa91-5a6c-b63d-3555adf9d5c7","wallets/name":"alice","wallets/spec/type":"wallets.primary"}`
+
+func TestUpdateWalletIsTheWalletsServices(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	ctx := context.Background()
+	require.NoError(t, l.Client.EnsureLedger(ctx, "wallets-002"))
+	var created map[string]string
+	require.NoError(t, json.Unmarshal([]byte(observedWallet), &created))
+	_, err := l.Client.AddAccountMetadata(ctx, "wallets-002", "wallets:40057e88aa915a6cb63d3555adf9d5c7:main", created, "")
+	require.NoError(t, err)
+
+	rec := &recordingLedger{Ledger: l.Client}
+	h := &handlers.UpdateWallet{Ledger: rec, LedgerName: "wallets-002"}
+	cmd := messages.UpdateWallet{WalletID: walletK1, Metadata: map[string]string{"tier": "platinum", "new": "n"}}
+	r, err := h.Handle(ctx, "k-p1", cmd)
+	require.NoError(t, err)
+	require.Empty(t, r.Code())
+	var want map[string]string
+	require.NoError(t, json.Unmarshal([]byte(observedUpdate), &want))
+	require.Equal(t, want, rec.written, "the whole metadata again, byte for byte")
+	require.Equal(t, "k-p1", rec.key, "the client's key, as the wallets service sends it")
+
+	r, err = h.Handle(ctx, "k-p1", cmd)
+	require.NoError(t, err)
+	require.True(t, r.Replayed())
+	r, err = h.Handle(ctx, "k-p2", messages.UpdateWallet{WalletID: "nope"})
+	require.NoError(t, err)
+	require.Equal(t, messages.CodeWalletNotFound, r.Code())
+}

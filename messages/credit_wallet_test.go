@@ -96,3 +96,19 @@ func TestDecodeHoldCommands(t *testing.T) {
 	_, err = messages.DecodeVoidHold(messages.VoidHoldSubject("w1"), []byte(`{"holdID":"h","amount":1}`))
 	require.True(t, messages.IsValidationError(err), "a void takes no amount")
 }
+
+func TestDecodeUpdateWallet(t *testing.T) {
+	t.Parallel()
+	c, err := messages.DecodeUpdateWallet(messages.UpdateWalletSubject("w1"), []byte(`{"walletID":"w1","metadata":{"a":"b"}}`))
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{"a": "b"}, c.Metadata)
+	for name, body := range map[string]string{
+		"other wallet":  `{"walletID":"w2","metadata":{}}`,
+		"no wallet":     `{"metadata":{}}`,
+		"bad metadata":  `{"walletID":"w1","metadata":{"a":1}}`,
+		"unknown field": `{"walletID":"w1","name":"x"}`,
+	} {
+		_, err := messages.DecodeUpdateWallet(messages.UpdateWalletSubject("w1"), []byte(body))
+		require.True(t, messages.IsValidationError(err), "%s: %v", name, err)
+	}
+}

@@ -57,6 +57,8 @@ func TestCreditWalletThroughRun(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	publish("create-wallet", wallet, "kw", `{"metadata":{"tier":"gold"},"name":"alice"}`)
 	require.Equal(t, true, next("wallets.events.wallet-created." + wallet)["replayed"])
+	publish("update-wallet", wallet, "ku", `{"walletID":"`+wallet+`","metadata":{"tier":"platinum"}}`)
+	require.Equal(t, "platinum", next("wallets.events.wallet-updated." + wallet)["metadata"].(map[string]any)["tier"])
 	publish("create-wallet", "w-not-derived", "kw2", `{"name":"bob"}`)
 	require.Equal(t, string(messages.CodeInvalidCommand), next("wallets.events.create-wallet-rejected.w-not-derived")["code"])
 

@@ -371,6 +371,7 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		handlers.CreateBalanceKind(h),
 		handlers.CreditWalletKind(&handlers.CreditWallet{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
 		handlers.CreateWalletKind(&handlers.CreateWallet{Ledger: ledger, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
+		handlers.UpdateWalletKind(&handlers.UpdateWallet{Ledger: ledger, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
 		handlers.DebitWalletKind(&handlers.DebitWallet{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
 		handlers.ConfirmHoldKind(&handlers.ConfirmHold{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
 		handlers.VoidHoldKind(&handlers.VoidHold{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
