@@ -10,8 +10,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/wallets-worker/wallets-worker/internal/bench"
+	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/producer"
 )
 
 // Exit statuses (SPEC §2).
@@ -62,11 +66,16 @@ func Main(ctx context.Context, args []string, env Env) int {
 	case "run":
 		err = runCommand(ctx, args[1:], env)
 	case "publish":
-		if len(args) < 2 || args[1] != "create-balance" {
-			fmt.Fprintln(env.Stderr, "usage: wallets-worker publish create-balance [flags]")
+		if len(args) < 2 || (args[1] != messages.KindCreateBalance && !slices.Contains(producer.Kinds(), args[1])) {
+			fmt.Fprintf(env.Stderr, "usage: wallets-worker publish (%s) [flags]\n", strings.Join(append([]string{messages.KindCreateBalance}, producer.Kinds()...), " | "))
 			return ExitUsage
 		}
-		code := publishCommand(ctx, args[2:], env)
+		var code int
+		if args[1] == messages.KindCreateBalance {
+			code = publishCommand(ctx, args[2:], env)
+		} else {
+			code = publishKindCommand(ctx, args[1], args[2:], env)
+		}
 		if code == ExitUsage {
 			code = ExitError // SPEC §2: publish exits 1 for every other error
 		}
@@ -120,11 +129,13 @@ func usageError(format string, args ...any) error {
 }
 
 func topUsage(w io.Writer) {
-	fmt.Fprint(w, `wallets-worker applies CreateBalance commands from NATS JetStream to a Formance ledger.
+	fmt.Fprint(w, `wallets-worker applies the wallets service's writes, as commands from NATS JetStream, to a Formance ledger.
 
 Usage:
   wallets-worker run [flags]                        consume commands (embedded NATS and ledger by default)
   wallets-worker publish create-balance [flags]     publish one command, optionally wait for its outcome
+  wallets-worker publish KIND --body JSON [flags]   publish a create-wallet, update-wallet, credit-wallet,
+                                                    debit-wallet, confirm-hold or void-hold command
   wallets-worker dlq list [flags]                   list dead letters: what, why, when, how many deliveries
   wallets-worker dlq redrive (--seq N | --all)      republish dead-lettered commands with their original keys
   wallets-worker provision [run's flags]            create or update the streams, the consumer and the claims bucket, then exit
