@@ -53,6 +53,10 @@ type Config struct {
 	// follows it (default 10s). Settling runs on a context that shutdown does
 	// not cancel.
 	SettleTimeout time.Duration
+	// Order is how the commands of one wallet are ordered: OrderWallet (the
+	// default) applies them in their WALLETS_COMMANDS order across every
+	// worker; OrderNone as soon as a slot is free.
+	Order Order
 	// DrainTimeout is how long a shutdown waits for commands in flight
 	// (default 25s).
 	DrainTimeout time.Duration
@@ -89,6 +93,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxDeliver <= 0 {
 		c.MaxDeliver = 20
+	}
+	if c.Order == "" {
+		c.Order = OrderWallet
 	}
 	if c.MaxAckPending < 0 {
 		c.MaxAckPending = 0
@@ -152,6 +159,9 @@ func (c Config) WithDefaults() Config {
 func (c Config) Validate() error {
 	c.setDefaults()
 	var errs []error
+	if _, err := ParseOrder(string(c.Order)); err != nil {
+		errs = append(errs, err)
+	}
 	if c.HandlerTimeout >= c.AckWait {
 		errs = append(errs, fmt.Errorf("handler timeout %s must be shorter than ack wait %s", c.HandlerTimeout, c.AckWait))
 	}

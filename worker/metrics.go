@@ -36,6 +36,9 @@ type Metrics struct {
 	transitions *prometheus.CounterVec
 	probes      *prometheus.CounterVec
 	held        prometheus.Gauge
+
+	orderWaits   prometheus.Counter
+	orderWaiting prometheus.Gauge
 }
 
 // NewMetrics creates the worker's metrics and registers them with reg.
@@ -95,9 +98,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "wallets_worker_commands_held",
 			Help: "Commands waiting for the ledger while the breaker is open or half-open, their leases renewed.",
 		}),
+		orderWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wallets_worker_order_waits_total",
+			Help: "Commands that waited for an earlier command of their wallet (--order wallet), once per delivery.",
+		}),
+		orderWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wallets_worker_order_waiting",
+			Help: "Commands waiting now, in their slots, for an earlier command of their wallet to settle.",
+		}),
 	}
 	reg.MustRegister(m.commands, m.redeliveries, m.retries, m.deadLetters, m.inFlight, m.handling, m.age, m.claimWaits, m.noTimeLefts,
-		m.breaker, m.transitions, m.probes, m.held)
+		m.breaker, m.transitions, m.probes, m.held, m.orderWaits, m.orderWaiting)
 	for _, s := range breakerStateNames {
 		m.transitions.WithLabelValues(s)
 	}
@@ -107,7 +118,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		OutcomeInvalid, OutcomeLedgerRejected, OutcomeRetriesExhausted} {
 		m.commands.WithLabelValues(o) // every series shows from the start, at 0
 	}
-	for _, r := range []string{retryTransient, retryDeferred, retryShutdown} {
+	for _, r := range []string{retryTransient, retryDeferred, retryShutdown, retryOrder} {
 		m.retries.WithLabelValues(r)
 	}
 	for _, c := range []messages.Code{messages.CodeInvalidCommand, messages.CodeLedgerRejected, messages.CodeRetriesExhausted} {
@@ -198,4 +209,16 @@ func (m *Metrics) holding(delta int) {
 		return
 	}
 	m.held.Add(float64(delta))
+}
+
+// orderWait counts a delivery that waits for its wallet's line; waiting(-1)
+// when it stops waiting.
+func (m *Metrics) orderWait(delta int) {
+	if m == nil {
+		return
+	}
+	if delta > 0 {
+		m.orderWaits.Inc()
+	}
+	m.orderWaiting.Add(float64(delta))
 }

@@ -34,6 +34,14 @@ type delivery struct {
 	span       trace.Span // the consumer span, once handling started (trace.go)
 	lease      lease
 
+	// sub is the subscriber that pulled the delivery (nil in tests that
+	// build deliveries by hand); aside is set while the delivery waits for
+	// its wallet's line outside a slot (stepAside).
+	sub   *subscriber
+	aside bool
+	// stepped is set once the delivery gave its room back (stepAside).
+	stepped bool
+
 	// Used by the breaker, from the goroutine handling the delivery.
 	heldIn        int // the outage during which the delivery last waited
 	trialFailures int // failed trials during that outage
@@ -85,6 +93,9 @@ type subscriber struct {
 	room     chan struct{}  // a token per command held: in a slot or queued
 	queue    chan *delivery // received, waiting for a slot
 	slots    chan struct{}
+	// aside is a token per command waiting for its wallet's line outside
+	// a slot, so that waiters leave room for the commands they wait for.
+	aside chan struct{}
 	inflight sync.WaitGroup
 
 	mu       sync.Mutex
@@ -113,6 +124,7 @@ func (s *subscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.M
 	s.room = make(chan struct{}, 2*s.concurrency)
 	s.queue = make(chan *delivery, 2*s.concurrency)
 	s.slots = make(chan struct{}, s.concurrency)
+	s.aside = make(chan struct{}, asideFactor*s.concurrency)
 	s.closing = make(chan struct{})
 	s.pulled = make(chan struct{})
 	s.closed = make(chan struct{})
@@ -159,6 +171,7 @@ func (s *subscriber) pull() {
 			for m := range batch.Messages() {
 				got++
 				d := newDelivery(m, time.Now())
+				d.sub = s
 				startLease(d, s.leasePeriod, s.log)
 				s.queue <- d // never blocks: the queue has room for every token
 			}
@@ -272,9 +285,48 @@ func (s *subscriber) release(d *delivery, handBack bool) {
 		s.handBack(d)
 	}
 	d.lease.stop()
-	<-s.room
+	if !d.stepped {
+		<-s.room
+	}
 }
 
+// asideFactor times Concurrency is how many commands a worker lets wait for
+// their wallets' lines outside its slots.
+const asideFactor = 64
+
+// stepAside gives d's slot and room back while it waits for its wallet's
+// line, if fewer than asideFactor*Concurrency commands wait so already, and
+// reports whether it did. The subscriber may then pull and run other
+// commands, among them the ones d waits for.
+func (d *delivery) stepAside() bool {
+	s := d.sub
+	if s == nil || d.aside {
+		return d.aside
+	}
+	select {
+	case s.aside <- struct{}{}:
+	default:
+		return false
+	}
+	d.aside = true
+	<-s.slots
+	if !d.stepped {
+		d.stepped = true
+		<-s.room
+	}
+	return true
+}
+
+// stepIn takes a slot again for a delivery that stepped aside, waiting for
+// one (the commands in the slots settle, or a drain ends them).
+func (d *delivery) stepIn() {
+	if !d.aside {
+		return
+	}
+	d.sub.slots <- struct{}{}
+	d.aside = false
+	<-d.sub.aside
+}
 // handBackQueued hands back what was pulled but not started, once the last
 // pull is over.
 func (s *subscriber) handBackQueued() {

@@ -40,6 +40,7 @@ type Worker struct {
 	abortWork context.CancelCauseFunc
 
 	breaker *breaker
+	line    *line
 	stats   Stats
 
 	// hooks lets tests inject faults at the settle seam.
@@ -61,6 +62,9 @@ type Stats struct {
 	// Held counts the deliveries that waited for the ledger while the
 	// breaker was open (once per delivery and outage).
 	Held atomic.Int64
+	// OrderWaits counts the deliveries that waited for an earlier command
+	// of their wallet (once per delivery).
+	OrderWaits atomic.Int64
 }
 
 // New returns a Worker of the given kinds. cfg is validated after defaults
@@ -83,6 +87,7 @@ func New(js jetstream.JetStream, kinds handlers.Kinds, cfg Config, log *slog.Log
 	}
 	w := &Worker{cfg: cfg, js: js, kinds: kinds, spans: spans, log: log, tracer: tracerFrom(cfg.TracerProvider), work: work, abortWork: abort}
 	w.breaker = newBreaker(cfg.Breaker, cfg.HandlerTimeout, log, cfg.Metrics, &w.stats)
+	w.line = newLine(cfg.Order, js, cfg.AckWait)
 	return w, nil
 }
 
@@ -198,6 +203,14 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 		return
 	}
 
+	// Its turn in its wallet's line (SPEC §8): every earlier command of the
+	// wallet settled. A settle here wakes the wallet's waiters.
+	wallet := messages.WalletFromSubject(d.subject)
+	defer w.line.left(wallet)
+	if !w.awaitTurn(ctx, d, key, wallet) {
+		return
+	}
+
 	// An attempt window: HandlerTimeout counts from the moment the
 	// delivery gets a slot, and again from the moment it leaves a hold (its
 	// lease covered the wait). Claim deferrals wait within the window.
@@ -282,6 +295,49 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 	}
 }
 
+// awaitTurn waits until d is the head of its wallet's line, its lease held
+// meanwhile. It returns false when d was handed back instead: drained, or
+// after a whole AckWait (its slot is then given up so that the head, if it
+// is to be redelivered, can be pulled).
+func (w *Worker) awaitTurn(ctx context.Context, d *delivery, key, wallet string) bool {
+	d.lease.holdUntil(time.Time{})
+	var behind uint64
+	waited, err := w.line.await(ctx, d, wallet, func(head uint64) {
+		if behind == 0 {
+			w.stats.OrderWaits.Add(1)
+			w.cfg.Metrics.orderWait(1)
+			w.log.Debug("waiting for an earlier command of the wallet", w.logAttrs(d, key, "wallet", wallet, "head_seq", head)...)
+			if d.span != nil {
+				d.span.AddEvent("waiting for the wallet's line")
+			}
+			d.stepAside() // its slot to others meanwhile
+		}
+		behind = max(head, behind, 1)
+	})
+	d.stepIn()
+	if behind != 0 {
+		w.cfg.Metrics.orderWait(-1)
+		if waited >= time.Second {
+			w.log.Info("command waited for an earlier command of its wallet", w.logAttrs(d, key, "wallet", wallet,
+				"waited", waited.Round(time.Millisecond).String(), "head_seq", behind)...)
+		}
+	}
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errLineWait) && w.canHandBack(d):
+		w.log.Warn("command handed back after waiting a whole ack wait for its wallet's line", w.logAttrs(d, key, "wallet", wallet, "head_seq", behind)...)
+		w.nak(d, time.Second, retryOrder)
+	case errors.Is(err, errLineWait):
+		return true // JetStream would not deliver it again: go ahead
+	case w.canHandBack(d):
+		w.handBack(d)
+	default:
+		w.handle(context.WithoutCancel(w.work), d)
+	}
+	return false
+}
+
 // failed settles a delivery whose handling failed transiently, or that waited
 // for another command's claim until its deadline.
 func (w *Worker) failed(ctx context.Context, d *delivery, key string, kind handlers.Kind, cmd handlers.Command, err error) {
@@ -333,6 +389,7 @@ const (
 	retryTransient = "transient"
 	retryDeferred  = "deferred"
 	retryShutdown  = "shutdown"
+	retryOrder     = "order" // waited a whole AckWait for its wallet's line
 )
 
 func (w *Worker) nak(d *delivery, delay time.Duration, reason string) {

@@ -79,6 +79,11 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.DurationVar(&f.w.AckWait, "ack-wait", def.AckWait, "JetStream ack wait of the consumer: a command not settled by then goes to another worker")
 	fs.DurationVar(&f.w.HandlerTimeout, "handler-timeout", 0, "deadline of one attempt at a command, counted from when it gets a slot (or the ledger is back); below --ack-wait (default 2/3 of --ack-wait)")
 	fs.IntVar(&f.w.MaxDeliver, "max-deliver", def.MaxDeliver, "deliveries before a still-failing command is dead-lettered as RETRIES_EXHAUSTED")
+	fs.Func("order", "order of the commands of one wallet: wallet (applied in their stream order, across every worker) or none (as soon as a slot is free) (default wallet)", func(v string) error {
+		o, err := worker.ParseOrder(v)
+		f.w.Order = o
+		return err
+	})
 	fs.IntVar(&f.w.MaxAckPending, "max-ack-pending", def.MaxAckPending, "commands handed out and not settled, across all workers (0: no cap for the fleet, each worker holding at most its --concurrency)")
 	fs.DurationVar(&f.w.DuplicateWindow, "duplicate-window", def.DuplicateWindow, "JetStream deduplication window of the streams")
 	fs.IntVar(&f.w.StreamReplicas, "stream-replicas", def.StreamReplicas, "replicas of the streams and the consumer (3 on a cluster)")

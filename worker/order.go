@@ -1,0 +1,221 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// Order is how the commands of one wallet are ordered (SPEC §8).
+type Order string
+
+const (
+	// OrderWallet applies the commands of one wallet in their
+	// WALLETS_COMMANDS order, whichever worker holds them (the default).
+	OrderWallet Order = "wallet"
+	// OrderNone applies every command as soon as a slot is free.
+	OrderNone Order = "none"
+)
+
+// ParseOrder parses an --order value.
+func ParseOrder(s string) (Order, error) {
+	switch o := Order(s); o {
+	case OrderWallet, OrderNone:
+		return o, nil
+	}
+	return "", fmt.Errorf("order %q: want %q or %q", s, OrderWallet, OrderNone)
+}
+
+// A wallet's line is its commands still in WALLETS_COMMANDS, a work queue:
+// a command leaves it when it is settled (acknowledged: applied, rejected or
+// dead-lettered), and stays in it while it waits for a retry. The first
+// command stored on wallets.commands.*.<wallet> is therefore the head of the
+// wallet's line, and the stream answers which one it is: a message get of
+// the first message on that filter, served by the stream's leader, so never
+// stale. A delivery is applied only when it is its wallet's head; until then
+// it waits in its slot, its lease renewed, woken when a command of the same
+// wallet settles in this process and polling otherwise (another worker holds
+// the head). A command of one wallet thus never overtakes an earlier one,
+// through redeliveries, retries and worker deaths (the head of a dead
+// worker is redelivered after AckWait and the line resumes).
+//
+// The cost: one message get per command (a request to the stream's leader);
+// a wallet's commands one at a time; and a waiting command holds a slot, so
+// a worker that holds many commands of one busy wallet has fewer slots for
+// the others. A waiter that has waited a whole AckWait is handed back, so
+// that slots full of waiters cannot keep a redelivered head from being
+// pulled.
+type line struct {
+	order   Order
+	stream  func(ctx context.Context) (jetstream.Stream, error)
+	maxWait time.Duration
+
+	mu    sync.Mutex
+	s     jetstream.Stream
+	wakes map[string]chan struct{} // by wallet: closed when one of its commands settles here
+	// waiting are the sequences of the commands waiting here, by wallet:
+	// only the first of a wallet asks the stream, the others wait for it.
+	waiting map[string]map[uint64]struct{}
+}
+
+// Poll intervals of a waiter whose head is held elsewhere.
+const (
+	linePollMin = 2 * time.Millisecond
+	linePollMax = 50 * time.Millisecond
+)
+
+// errLineWait is returned when a delivery waited maxWait for its turn.
+var errLineWait = errors.New("waited a whole ack wait for an earlier command of the wallet")
+
+func newLine(order Order, js jetstream.JetStream, maxWait time.Duration) *line {
+	return &line{
+		order:   order,
+		maxWait: maxWait,
+		wakes:   map[string]chan struct{}{},
+		waiting: map[string]map[uint64]struct{}{},
+		stream: func(ctx context.Context) (jetstream.Stream, error) {
+			return js.Stream(ctx, messages.StreamCommands)
+		},
+	}
+}
+
+// head returns the stream sequence of the first command of wallet still in
+// WALLETS_COMMANDS, 0 if there is none.
+func (l *line) head(ctx context.Context, wallet string) (uint64, error) {
+	l.mu.Lock()
+	s := l.s
+	l.mu.Unlock()
+	if s == nil {
+		var err error
+		if s, err = l.stream(ctx); err != nil {
+			return 0, err
+		}
+		l.mu.Lock()
+		l.s = s
+		l.mu.Unlock()
+	}
+	m, err := s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(messages.SubjectCommandsPrefix+"*."+wallet))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return m.Sequence, nil
+}
+
+// wake returns the channel closed when a command of wallet settles here, and
+// whether a command of wallet earlier than seq waits here too.
+func (l *line) wake(wallet string, seq uint64) (<-chan struct{}, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	behindLocal := false
+	for s := range l.waiting[wallet] {
+		if s < seq {
+			behindLocal = true
+			break
+		}
+	}
+	c, ok := l.wakes[wallet]
+	if !ok {
+		c = make(chan struct{})
+		l.wakes[wallet] = c
+	}
+	return c, behindLocal
+}
+
+// enter and leave keep waiting.
+func (l *line) enter(wallet string, seq uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.waiting[wallet] == nil {
+		l.waiting[wallet] = map[uint64]struct{}{}
+	}
+	l.waiting[wallet][seq] = struct{}{}
+}
+
+func (l *line) leave(wallet string, seq uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.waiting[wallet], seq)
+	if len(l.waiting[wallet]) == 0 {
+		delete(l.waiting, wallet)
+	}
+}
+
+// left wakes the waiters of wallet: one of its commands was settled here.
+func (l *line) left(wallet string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c, ok := l.wakes[wallet]; ok {
+		close(c)
+		delete(l.wakes, wallet)
+	}
+}
+
+// await returns once d is the head of its wallet's line, with how long it
+// waited and the head it waited behind last (0 if none). It returns an error
+// when ctx ends or after maxWait.
+func (l *line) await(ctx context.Context, d *delivery, wallet string, waiting func(head uint64)) (time.Duration, error) {
+	if l.order == OrderNone || wallet == messages.UnknownWallet {
+		return 0, nil
+	}
+	start := time.Now()
+	poll := linePollMin
+	var failures int
+	l.enter(wallet, d.seq)
+	defer l.leave(wallet, d.seq)
+	for {
+		wake, behindLocal := l.wake(wallet, d.seq) // before the get: a settle after it wakes us
+		if behindLocal {
+			// An earlier command of the wallet waits here: it asks the
+			// stream; this one waits for it to settle (or for a while).
+			waiting(0)
+			select {
+			case <-wake:
+			case <-time.After(linePollMax):
+			case <-ctx.Done():
+				return time.Since(start), context.Cause(ctx)
+			}
+			if time.Since(start) >= l.maxWait {
+				return time.Since(start), errLineWait
+			}
+			continue
+		}
+		head, err := l.head(ctx, wallet)
+		switch {
+		case err == nil && (head == d.seq || head == 0 || head > d.seq):
+			// The head, or the line is gone (d itself settled elsewhere,
+			// a duplicate delivery): nothing earlier is left to wait for.
+			return time.Since(start), nil
+		case err == nil:
+			waiting(head)
+			failures = 0
+		default:
+			if ctx.Err() != nil {
+				return time.Since(start), context.Cause(ctx)
+			}
+			failures++
+			if failures == 3 {
+				waiting(0)
+			}
+		}
+		if time.Since(start) >= l.maxWait {
+			return time.Since(start), errLineWait
+		}
+		select {
+		case <-wake:
+			poll = linePollMin
+		case <-time.After(poll):
+			poll = min(2*poll, linePollMax)
+		case <-ctx.Done():
+			return time.Since(start), context.Cause(ctx)
+		}
+	}
+}

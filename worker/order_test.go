@@ -1,0 +1,152 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
+)
+
+// seqKind is a test kind whose commands carry their place in their wallet's
+// line (n); applying one records it, so the order of application can be
+// read back. Every command whose n is 3 mod 7 fails once, transiently.
+type seqKind struct{ rec *applied }
+
+type seqCmd struct {
+	WalletID string `json:"walletID"`
+	N        int    `json:"n"`
+	rec      *applied
+}
+
+type applied struct {
+	mu     sync.Mutex
+	order  map[string][]int // by wallet, as applied
+	failed map[string]bool
+	total  int
+}
+
+func (seqKind) Name() string { return "seq" }
+
+func (k seqKind) Decode(subject string, data []byte) (handlers.Command, error) {
+	c := seqCmd{rec: k.rec}
+	if err := json.Unmarshal(data, &c); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+func (seqKind) Reject(key, subject string, _ handlers.Command, code messages.Code, message string) handlers.Result {
+	return pingResult{event: "seq-rejected", wallet: messages.WalletFromSubject(subject), code: code, reason: message,
+		body: map[string]any{"key": key, "code": code}}
+}
+
+func (c seqCmd) Handle(context.Context, string) (handlers.Result, error) {
+	time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
+	id := fmt.Sprintf("%s/%d", c.WalletID, c.N)
+	c.rec.mu.Lock()
+	defer c.rec.mu.Unlock()
+	if c.N%7 == 3 && !c.rec.failed[id] {
+		c.rec.failed[id] = true
+		return nil, &handlers.RetryError{Err: errors.New("first attempt fails")}
+	}
+	c.rec.order[c.WalletID] = append(c.rec.order[c.WalletID], c.N)
+	c.rec.total++
+	return pingResult{event: "seq-applied", wallet: c.WalletID, body: map[string]any{"n": c.N}}, nil
+}
+
+// runOrdered publishes wallets×perWallet interleaved commands to three
+// workers and returns, by wallet, the order in which they were applied.
+func runOrdered(t *testing.T, order Order, wallets, perWallet int) map[string][]int {
+	rec := &applied{order: map[string][]int{}, failed: map[string]bool{}}
+	kind := seqKind{rec: rec}
+	configure := func(c *Config) { c.Order = order; c.Concurrency = 8 }
+	b := setup(t, withKinds(kind), withConfig(configure))
+	for range 2 {
+		cfg := testConfig()
+		configure(&cfg)
+		w, err := New(b.js, handlers.NewKinds(kind), cfg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})))
+		require.NoError(t, err)
+		ctx, stop := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		t.Cleanup(func() { stop(); <-done })
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var acks []jetstream.PubAckFuture
+	for n := range perWallet {
+		for w := range wallets {
+			wallet := fmt.Sprintf("w%d", w)
+			f, err := b.js.PublishMsgAsync(kindMsg("seq", wallet, fmt.Sprintf("%s-%d", wallet, n), fmt.Sprintf(`{"walletID":%q,"n":%d}`, wallet, n)))
+			require.NoError(t, err)
+			acks = append(acks, f)
+		}
+	}
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			t.Fatal(err)
+		case <-ctx.Done():
+			t.Fatal("publish not acknowledged")
+		}
+	}
+	require.Eventually(t, func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return rec.total >= wallets*perWallet
+	}, time.Minute, 20*time.Millisecond)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	return rec.order
+}
+
+// TestOrderWithinAWallet: three workers, 30 wallets, 20 commands each
+// published interleaved, random handling times and one command in seven
+// failing once: every wallet's commands are applied in publish order, a
+// failing one keeping its place through its retry, and each exactly once.
+func TestOrderWithinAWallet(t *testing.T) {
+	t.Parallel()
+	got := runOrdered(t, OrderWallet, 30, 20)
+	want := make([]int, 20)
+	for i := range want {
+		want[i] = i
+	}
+	require.Len(t, got, 30)
+	for wallet, order := range got {
+		require.Equal(t, want, order, "wallet %s applied out of publish order", wallet)
+	}
+}
+
+// TestOrderNoneReorders: the same with --order none: commands of a wallet
+// overtake one another (a retried one at least falls behind its successors),
+// which is what TestOrderWithinAWallet would see if the line were broken.
+func TestOrderNoneReorders(t *testing.T) {
+	t.Parallel()
+	got := runOrdered(t, OrderNone, 30, 20)
+	outOfOrder := 0
+	for _, order := range got {
+		for i := 1; i < len(order); i++ {
+			if order[i] < order[i-1] {
+				outOfOrder++
+				break
+			}
+		}
+	}
+	require.Positive(t, outOfOrder, "no wallet applied out of order without the line")
+	t.Logf("%d of %d wallets applied out of publish order", outOfOrder, len(got))
+}
+
+var _ = testutil.NATS
