@@ -16,7 +16,6 @@ import (
 
 	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/messages"
-	"github.com/wallets-worker/wallets-worker/internal/testutil"
 )
 
 // seqKind is a test kind whose commands carry their place in their wallet's
@@ -149,4 +148,3 @@ func TestOrderNoneReorders(t *testing.T) {
 	t.Logf("%d of %d wallets applied out of publish order", outOfOrder, len(got))
 }
 
-var _ = testutil.NATS

@@ -90,12 +90,12 @@ type subscriber struct {
 	// to be pulled (the ledger is unavailable), or nil.
 	paused func() <-chan struct{}
 
-	room     chan struct{}  // a token per command held: in a slot or queued
-	queue    chan *delivery // received, waiting for a slot
-	slots    chan struct{}
+	room  chan struct{}  // a token per command held: in a slot or queued
+	queue chan *delivery // received, waiting for a slot
+	slots chan struct{}
 	// aside is a token per command waiting for its wallet's line outside
 	// a slot, so that waiters leave room for the commands they wait for.
-	aside chan struct{}
+	aside    chan struct{}
 	inflight sync.WaitGroup
 
 	mu       sync.Mutex
@@ -327,6 +327,7 @@ func (d *delivery) stepIn() {
 	d.aside = false
 	<-d.sub.aside
 }
+
 // handBackQueued hands back what was pulled but not started, once the last
 // pull is over.
 func (s *subscriber) handBackQueued() {
