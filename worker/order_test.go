@@ -147,4 +147,3 @@ func TestOrderNoneReorders(t *testing.T) {
 	require.Positive(t, outOfOrder, "no wallet applied out of order without the line")
 	t.Logf("%d of %d wallets applied out of publish order", outOfOrder, len(got))
 }
-
