@@ -8,6 +8,7 @@ import (
 	"flag"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -270,4 +271,20 @@ func TestTransactionsWorkload(t *testing.T) {
 	}
 	require.Error(t, Command(context.Background(), []string{"--workload=transactions", "--ledger", "null"}, &out, &log), "the null ledger has no transactions")
 	require.Error(t, Command(context.Background(), []string{"--workload", "nope"}, &out, &log))
+}
+
+// TestOrderWorkload: a small order run applies every credit in each phase,
+// on the embedded ledger, and the hot wallet's commands wait for one
+// another (they are ordered) while the spread ones run.
+func TestOrderWorkload(t *testing.T) {
+	res, err := RunOrder(context.Background(), OrderConfig{LedgerName: "bench-order-test", Commands: 200, Wallets: 50,
+		HotCommands: 40, Workers: 2, Concurrency: 8, TxConcurrency: 8, Timeout: 10 * time.Second})
+	require.NoError(t, err)
+	require.Len(t, res.Phases, 5)
+	for _, p := range res.Phases {
+		require.Equal(t, p.Commands, p.Applied, "%s: every credit applied", p.Name)
+		require.Zero(t, p.Rejected, p.Name)
+	}
+	require.Positive(t, res.Phases[2].Waits, "hot-ordered: no command waited for its wallet's line")
+	require.Positive(t, res.SpreadRatio)
 }

@@ -86,24 +86,12 @@ func RunTransactions(ctx context.Context, cfg TxConfig) (TxResult, error) {
 	res := TxResult{Ledger: "embedded", LedgerName: cfg.LedgerName}
 	base := cfg.LedgerURL
 	if base == "" {
-		dir, err := os.MkdirTemp("", "wallets-worker-bench-")
+		url, stop, err := serveEmbeddedLedger()
 		if err != nil {
 			return res, err
 		}
-		defer os.RemoveAll(dir)
-		l, err := embeddedledger.Open(dir)
-		if err != nil {
-			return res, err
-		}
-		defer l.Close()
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return res, err
-		}
-		srv := &http.Server{Handler: l.Handler(), ReadHeaderTimeout: 10 * time.Second}
-		go func() { _ = srv.Serve(ln) }()
-		defer srv.Close()
-		base = "http://" + ln.Addr().String()
+		defer stop()
+		base = url
 	} else {
 		res.Ledger = base
 	}
@@ -205,6 +193,29 @@ func RunTransactions(ctx context.Context, cfg TxConfig) (TxResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// serveEmbeddedLedger serves an embedded ledger in a temporary directory
+// over loopback HTTP and returns its URL and what stops it.
+func serveEmbeddedLedger() (string, func(), error) {
+	dir, err := os.MkdirTemp("", "wallets-worker-bench-")
+	if err != nil {
+		return "", nil, err
+	}
+	l, err := embeddedledger.Open(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		l.Close()
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: l.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String(), func() { srv.Close(); l.Close(); os.RemoveAll(dir) }, nil
 }
 
 // committedCredits counts the credits of a phase the ledger holds: the
