@@ -46,8 +46,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wallets_worker_commands_total",
-			Help: "Commands settled, by outcome (created, replayed, already_exists, key_reused, invalid, ledger_rejected, retries_exhausted).",
-		}, []string{"outcome"}),
+			Help: "Commands settled, by kind (create-balance, credit-wallet, ...; unknown) and outcome (created, replayed, key_reused, invalid, ledger_rejected, retries_exhausted, and each rejection code of the kind in lower case).",
+		}, []string{"kind", "outcome"}),
 		redeliveries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wallets_worker_redeliveries_total",
 			Help: "Deliveries received that were not a command's first delivery.",
@@ -58,8 +58,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wallets_worker_dead_letters_total",
-			Help: "Commands copied to the dead-letter stream, by code.",
-		}, []string{"code"}),
+			Help: "Commands copied to the dead-letter stream, by kind and code.",
+		}, []string{"kind", "code"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wallets_worker_commands_in_flight",
 			Help: "Commands being handled or settled by this process.",
@@ -114,17 +114,32 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.probes.WithLabelValues(probeOK)
 	m.probes.WithLabelValues(probeFailed)
-	for _, o := range []string{OutcomeCreated, OutcomeReplayed, OutcomeAlreadyExists, OutcomeKeyReused,
-		OutcomeInvalid, OutcomeLedgerRejected, OutcomeRetriesExhausted} {
-		m.commands.WithLabelValues(o) // every series shows from the start, at 0
-	}
 	for _, r := range []string{retryTransient, retryDeferred, retryShutdown, retryOrder} {
 		m.retries.WithLabelValues(r)
 	}
-	for _, c := range []messages.Code{messages.CodeInvalidCommand, messages.CodeLedgerRejected, messages.CodeRetriesExhausted} {
-		m.deadLetters.WithLabelValues(string(c))
-	}
 	return m
+}
+
+// kinds makes every usual series of the kinds show from the start, at 0.
+func (m *Metrics) kinds(names []string) {
+	if m == nil {
+		return
+	}
+	for _, k := range append(names, messages.KindUnknown) {
+		for _, o := range []string{OutcomeCreated, OutcomeReplayed, OutcomeKeyReused, OutcomeInvalid,
+			OutcomeLedgerRejected, OutcomeRetriesExhausted} {
+			if k == messages.KindUnknown && o != OutcomeInvalid {
+				continue
+			}
+			m.commands.WithLabelValues(k, o)
+		}
+		for _, c := range []messages.Code{messages.CodeInvalidCommand, messages.CodeLedgerRejected, messages.CodeRetriesExhausted} {
+			if k == messages.KindUnknown && c != messages.CodeInvalidCommand {
+				continue
+			}
+			m.deadLetters.WithLabelValues(k, string(c))
+		}
+	}
 }
 
 func (m *Metrics) received(d *delivery) {
@@ -148,9 +163,13 @@ func (m *Metrics) settled(d *delivery, o handlers.Result, now time.Time) {
 	if m == nil {
 		return
 	}
-	m.commands.WithLabelValues(o.Label()).Inc()
+	kind := d.kind
+	if kind == "" {
+		kind = messages.KindUnknown
+	}
+	m.commands.WithLabelValues(kind, o.Label()).Inc()
 	if code := o.Code(); code.DeadLetters() {
-		m.deadLetters.WithLabelValues(string(code)).Inc()
+		m.deadLetters.WithLabelValues(kind, string(code)).Inc()
 	}
 	m.handling.Observe(now.Sub(d.receivedAt).Seconds())
 	if !d.published.IsZero() {

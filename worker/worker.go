@@ -82,9 +82,12 @@ func New(js jetstream.JetStream, kinds handlers.Kinds, cfg Config, log *slog.Log
 	}
 	work, abort := context.WithCancelCause(context.Background())
 	spans := map[string]spanNames{}
+	names := make([]string, 0, len(kinds))
 	for name := range kinds {
 		spans[name] = newSpanNames(name)
+		names = append(names, name)
 	}
+	cfg.Metrics.kinds(names)
 	w := &Worker{cfg: cfg, js: js, kinds: kinds, spans: spans, log: log, tracer: tracerFrom(cfg.TracerProvider), work: work, abortWork: abort}
 	w.breaker = newBreaker(cfg.Breaker, cfg.HandlerTimeout, log, cfg.Metrics, &w.stats)
 	w.line = newLine(cfg.Order, js, cfg.AckWait)

@@ -87,11 +87,27 @@ func TestMetricsCountEachOutcome(t *testing.T) {
 		"created": 2, "replayed": 1, "already_exists": 1, "key_reused": 1, "invalid": 2,
 		"ledger_rejected": 0, "retries_exhausted": 0,
 	} {
-		require.Equal(t, want, m["wallets_worker_commands_total{outcome="+outcome+"}"], outcome)
+		require.Equal(t, want, m["wallets_worker_commands_total{kind=create-balance}{outcome="+outcome+"}"], outcome)
 	}
-	require.Equal(t, 2.0, m["wallets_worker_dead_letters_total{code=INVALID_COMMAND}"])
-	require.Equal(t, 7.0, m["wallets_worker_handling_seconds_count"])
-	require.Equal(t, 7.0, m["wallets_worker_command_age_seconds_count"])
+	require.Equal(t, 2.0, m["wallets_worker_dead_letters_total{code=INVALID_COMMAND}{kind=create-balance}"])
+	// Each kind is counted under its own label, one no worker has under
+	// "unknown".
+	for _, c := range []struct{ subject, key, body string }{
+		{"wallets.commands.credit-wallet.w1", "cr", `{"walletID":"w1","amount":{"asset":"USD/2","amount":5}}`},
+		{"wallets.commands.transfer.w1", "tr", `{}`},
+	} {
+		msg := &nats.Msg{Subject: c.subject, Data: []byte(c.body), Header: nats.Header{}}
+		msg.Header.Set(messages.HeaderMsgID, c.key)
+		_, err := js.PublishMsg(context.Background(), msg)
+		require.NoError(t, err)
+	}
+	m = wait(9)
+	require.Equal(t, 1.0, m["wallets_worker_commands_total{kind=credit-wallet}{outcome=created}"])
+	require.Equal(t, 0.0, m["wallets_worker_commands_total{kind=credit-wallet}{outcome=invalid}"], "every kind's series shows from the start")
+	require.Equal(t, 1.0, m["wallets_worker_commands_total{kind=unknown}{outcome=invalid}"])
+	require.Equal(t, 1.0, m["wallets_worker_dead_letters_total{code=INVALID_COMMAND}{kind=unknown}"])
+	require.Equal(t, 9.0, m["wallets_worker_handling_seconds_count"])
+	require.Equal(t, 9.0, m["wallets_worker_command_age_seconds_count"])
 	require.Equal(t, 0.0, m["wallets_worker_commands_in_flight"])
 	// 5 valid commands read their account, once more after each wait for
 	// another command's claim ("c" may race "a"); 2 of them wrote it.
