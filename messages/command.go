@@ -199,15 +199,9 @@ func ValidateKey(key string) error {
 // subject's last token must equal walletID.
 func DecodeCreateBalance(subject string, body []byte) (CreateBalance, error) {
 	var c CreateBalance
-	subjectWallet, ok := strings.CutPrefix(subject, subjectCreateBalancePrefix)
-	if !ok || subjectWallet == "" || strings.Contains(subjectWallet, ".") {
-		return c, invalid(FieldSubject, "%q is not %s<walletID>", truncate(subject), subjectCreateBalancePrefix)
-	}
-	if len(body) > MaxBodyBytes {
-		return c, invalid(FieldBody, "is %d bytes, at most %d allowed", len(body), MaxBodyBytes)
-	}
-	if !utf8.Valid(body) {
-		return c, invalid(FieldBody, "is not valid UTF-8")
+	subjectWallet, err := envelope(subject, subjectCreateBalancePrefix, body)
+	if err != nil {
+		return c, err
 	}
 	if err := decodeFields(body, c.setField); err != nil {
 		return c, err
@@ -219,6 +213,23 @@ func DecodeCreateBalance(subject string, body []byte) (CreateBalance, error) {
 		return c, invalid(FieldWalletID, "%q differs from the subject's wallet %q", c.WalletID, truncate(subjectWallet))
 	}
 	return c, nil
+}
+
+// envelope checks what every command shares: a subject of prefix and one
+// wallet token, a body of at most MaxBodyBytes in UTF-8. It returns the
+// subject's wallet.
+func envelope(subject, prefix string, body []byte) (string, error) {
+	wallet, ok := strings.CutPrefix(subject, prefix)
+	if !ok || wallet == "" || strings.Contains(wallet, ".") {
+		return "", invalid(FieldSubject, "%q is not %s<walletID>", truncate(subject), prefix)
+	}
+	if len(body) > MaxBodyBytes {
+		return wallet, invalid(FieldBody, "is %d bytes, at most %d allowed", len(body), MaxBodyBytes)
+	}
+	if !utf8.Valid(body) {
+		return wallet, invalid(FieldBody, "is not valid UTF-8")
+	}
+	return wallet, nil
 }
 
 // decodeFields walks the top-level object token by token so that field names

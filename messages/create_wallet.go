@@ -2,9 +2,7 @@ package messages
 
 import (
 	"encoding/json"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -86,18 +84,12 @@ func CreateWalletSubject(key string) string { return subjectCreateWalletPrefix +
 // That the subject's wallet is the key's is checked where the key is known.
 func DecodeCreateWallet(subject string, body []byte) (CreateWallet, error) {
 	var c CreateWallet
-	wallet, ok := strings.CutPrefix(subject, subjectCreateWalletPrefix)
-	if !ok || wallet == "" || strings.Contains(wallet, ".") {
-		return c, invalid(FieldSubject, "%q is not %s<walletID>", truncate(subject), subjectCreateWalletPrefix)
-	}
+	wallet, err := envelope(subject, subjectCreateWalletPrefix, body)
 	c.WalletID = wallet
-	if len(body) > MaxBodyBytes {
-		return c, invalid(FieldBody, "is %d bytes, at most %d allowed", len(body), MaxBodyBytes)
+	if err != nil {
+		return c, err
 	}
-	if !utf8.Valid(body) {
-		return c, invalid(FieldBody, "is not valid UTF-8")
-	}
-	err := decodeFields(body, func(name string, raw json.RawMessage) error {
+	err = decodeFields(body, func(name string, raw json.RawMessage) error {
 		switch name {
 		case FieldName:
 			if raw[0] != '"' || json.Unmarshal(raw, &c.Name) != nil {

@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"math/big"
 	"regexp"
-	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // The credit-wallet kind (SPEC §7): the wallets service's
@@ -96,15 +94,9 @@ func CreditWalletSubject(walletID string) string { return subjectCreditWalletPre
 // allows it, not negative.
 func DecodeCreditWallet(subject string, body []byte) (CreditWallet, error) {
 	var c CreditWallet
-	subjectWallet, ok := strings.CutPrefix(subject, subjectCreditWalletPrefix)
-	if !ok || subjectWallet == "" || strings.Contains(subjectWallet, ".") {
-		return c, invalid(FieldSubject, "%q is not %s<walletID>", truncate(subject), subjectCreditWalletPrefix)
-	}
-	if len(body) > MaxBodyBytes {
-		return c, invalid(FieldBody, "is %d bytes, at most %d allowed", len(body), MaxBodyBytes)
-	}
-	if !utf8.Valid(body) {
-		return c, invalid(FieldBody, "is not valid UTF-8")
+	subjectWallet, err := envelope(subject, subjectCreditWalletPrefix, body)
+	if err != nil {
+		return c, err
 	}
 	if err := decodeFields(body, c.setField); err != nil {
 		return c, err

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // The debit-wallet kind (SPEC §7): the wallets service's
@@ -74,17 +73,11 @@ func DebitWalletSubject(walletID string) string { return subjectDebitWalletPrefi
 // invalid.
 func DecodeDebitWallet(subject string, body []byte) (DebitWallet, error) {
 	var c DebitWallet
-	subjectWallet, ok := strings.CutPrefix(subject, subjectDebitWalletPrefix)
-	if !ok || subjectWallet == "" || strings.Contains(subjectWallet, ".") {
-		return c, invalid(FieldSubject, "%q is not %s<walletID>", truncate(subject), subjectDebitWalletPrefix)
+	subjectWallet, err := envelope(subject, subjectDebitWalletPrefix, body)
+	if err != nil {
+		return c, err
 	}
-	if len(body) > MaxBodyBytes {
-		return c, invalid(FieldBody, "is %d bytes, at most %d allowed", len(body), MaxBodyBytes)
-	}
-	if !utf8.Valid(body) {
-		return c, invalid(FieldBody, "is not valid UTF-8")
-	}
-	err := decodeFields(body, func(name string, raw json.RawMessage) error {
+	err = decodeFields(body, func(name string, raw json.RawMessage) error {
 		isNull := string(raw) == "null"
 		switch name {
 		case FieldWalletID, "description", "reference":

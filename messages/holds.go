@@ -3,8 +3,6 @@ package messages
 import (
 	"encoding/json"
 	"math/big"
-	"strings"
-	"unicode/utf8"
 )
 
 // The confirm-hold and void-hold kinds (SPEC §7): the wallets service's
@@ -66,15 +64,9 @@ func VoidHoldSubject(walletID string) string {
 // UUID's characters), and the confirm's amount and final when confirm.
 func decodeHoldCommand(kind, subject string, body []byte, confirm *ConfirmHold) (wallet, holdID string, err error) {
 	prefix := SubjectCommandsPrefix + kind + "."
-	wallet, ok := strings.CutPrefix(subject, prefix)
-	if !ok || wallet == "" || strings.Contains(wallet, ".") {
-		return "", "", invalid(FieldSubject, "%q is not %s<walletID>", truncate(subject), prefix)
-	}
-	if len(body) > MaxBodyBytes {
-		return wallet, "", invalid(FieldBody, "is %d bytes, at most %d allowed", len(body), MaxBodyBytes)
-	}
-	if !utf8.Valid(body) {
-		return wallet, "", invalid(FieldBody, "is not valid UTF-8")
+	wallet, err = envelope(subject, prefix, body)
+	if err != nil {
+		return wallet, "", err
 	}
 	err = decodeFields(body, func(name string, raw json.RawMessage) error {
 		switch {

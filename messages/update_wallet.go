@@ -2,8 +2,6 @@ package messages
 
 import (
 	"encoding/json"
-	"strings"
-	"unicode/utf8"
 )
 
 // The update-wallet kind (SPEC §7): the wallets service's
@@ -42,17 +40,11 @@ func UpdateWalletSubject(walletID string) string {
 func DecodeUpdateWallet(subject string, body []byte) (UpdateWallet, error) {
 	var c UpdateWallet
 	prefix := SubjectCommandsPrefix + KindUpdateWallet + "."
-	wallet, ok := strings.CutPrefix(subject, prefix)
-	if !ok || wallet == "" || strings.Contains(wallet, ".") {
-		return c, invalid(FieldSubject, "%q is not %s<walletID>", truncate(subject), prefix)
+	wallet, err := envelope(subject, prefix, body)
+	if err != nil {
+		return c, err
 	}
-	if len(body) > MaxBodyBytes {
-		return c, invalid(FieldBody, "is %d bytes, at most %d allowed", len(body), MaxBodyBytes)
-	}
-	if !utf8.Valid(body) {
-		return c, invalid(FieldBody, "is not valid UTF-8")
-	}
-	err := decodeFields(body, func(name string, raw json.RawMessage) error {
+	err = decodeFields(body, func(name string, raw json.RawMessage) error {
 		switch name {
 		case FieldWalletID:
 			if raw[0] != '"' || json.Unmarshal(raw, &c.WalletID) != nil {
