@@ -56,6 +56,10 @@ type line struct {
 	stream  func(ctx context.Context) (jetstream.Stream, error)
 	maxWait time.Duration
 
+	// draining is closed when the worker drains.
+	draining chan struct{}
+	drain    sync.Once
+
 	mu    sync.Mutex
 	s     jetstream.Stream
 	wakes map[string]chan struct{} // by wallet: closed when one of its commands settles here
@@ -70,15 +74,20 @@ const (
 	linePollMax = 50 * time.Millisecond
 )
 
+// errDraining is returned to a waiting delivery when its worker drains: it
+// has not started, so it is handed back at once.
+var errDraining = errors.New("draining")
+
 // errLineWait is returned when a delivery waited maxWait for its turn.
 var errLineWait = errors.New("waited a whole ack wait for an earlier command of the wallet")
 
 func newLine(order Order, js jetstream.JetStream, maxWait time.Duration) *line {
 	return &line{
-		order:   order,
-		maxWait: maxWait,
-		wakes:   map[string]chan struct{}{},
-		waiting: map[string]map[uint64]struct{}{},
+		order:    order,
+		maxWait:  maxWait,
+		draining: make(chan struct{}),
+		wakes:    map[string]chan struct{}{},
+		waiting:  map[string]map[uint64]struct{}{},
 		stream: func(ctx context.Context) (jetstream.Stream, error) {
 			return js.Stream(ctx, messages.StreamCommands)
 		},
@@ -182,6 +191,8 @@ func (l *line) await(ctx context.Context, d *delivery, wallet string, waiting fu
 			case <-time.After(linePollMax):
 			case <-ctx.Done():
 				return time.Since(start), context.Cause(ctx)
+			case <-l.draining:
+				return time.Since(start), errDraining
 			}
 			if time.Since(start) >= l.maxWait {
 				return time.Since(start), errLineWait
@@ -216,6 +227,11 @@ func (l *line) await(ctx context.Context, d *delivery, wallet string, waiting fu
 			poll = min(2*poll, linePollMax)
 		case <-ctx.Done():
 			return time.Since(start), context.Cause(ctx)
+		case <-l.draining:
+			return time.Since(start), errDraining
 		}
 	}
 }
+
+// stop hands every waiting delivery back: the worker drains.
+func (l *line) stop() { l.drain.Do(func() { close(l.draining) }) }

@@ -147,3 +147,68 @@ func TestOrderNoneReorders(t *testing.T) {
 	require.Positive(t, outOfOrder, "no wallet applied out of order without the line")
 	t.Logf("%d of %d wallets applied out of publish order", outOfOrder, len(got))
 }
+
+// blockKind's commands block until released, except those with n > 0.
+type blockKind struct{ release chan struct{} }
+
+func (blockKind) Name() string { return "block" }
+func (k blockKind) Decode(subject string, data []byte) (handlers.Command, error) {
+	var c struct {
+		N int `json:"n"`
+	}
+	err := json.Unmarshal(data, &c)
+	return blockCmd{n: c.N, release: k.release, wallet: messages.WalletFromSubject(subject)}, err
+}
+func (blockKind) Reject(key, subject string, _ handlers.Command, code messages.Code, message string) handlers.Result {
+	return pingResult{event: "block-rejected", wallet: messages.WalletFromSubject(subject), code: code, body: map[string]any{"key": key}}
+}
+
+type blockCmd struct {
+	n       int
+	wallet  string
+	release chan struct{}
+}
+
+func (c blockCmd) Handle(ctx context.Context, _ string) (handlers.Result, error) {
+	if c.n == 0 {
+		select {
+		case <-c.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return pingResult{event: "blocked", wallet: c.wallet, body: map[string]any{"n": c.n}}, nil
+}
+
+// TestDrainHandsBackWaiters: a worker that drains hands back at once the
+// commands waiting for their wallet's line behind a head another worker
+// holds, rather than keep them until its drain budget runs out.
+func TestDrainHandsBackWaiters(t *testing.T) {
+	t.Parallel()
+	kind := blockKind{release: make(chan struct{})}
+	defer close(kind.release)
+	b := setup(t, withKinds(kind), withConfig(func(c *Config) { c.Concurrency = 1 }))
+	b.publish(t, kindMsg("block", "w1", "k0", `{"n":0}`)) // the head, held by b's worker in its slot
+	b.publish(t, kindMsg("block", "w2", "kx", `{"n":0}`)) // queued there: b's worker has no room left
+	require.Eventually(t, func() bool { return b.consumerInfo(t).NumAckPending == 2 }, 5*time.Second, 10*time.Millisecond)
+
+	cfg := testConfig()
+	w, err := New(b.js, handlers.NewKinds(kind), cfg, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	b.publish(t, kindMsg("block", "w1", "k1", `{"n":1}`)) // waits behind k0, in the second worker
+	require.Eventually(t, func() bool { return w.Stats().OrderWaits.Load() == 1 }, 5*time.Second, 10*time.Millisecond)
+
+	stop()
+	start := time.Now()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(cfg.DrainTimeout + 2*time.Second):
+		t.Fatal("Run did not return")
+	}
+	require.Less(t, time.Since(start), cfg.DrainTimeout/2, "the drain waited for the waiter")
+	require.GreaterOrEqual(t, w.Stats().HandedBack.Load(), int64(1), "the waiter was handed back")
+}

@@ -145,6 +145,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		once.Do(func() {
 			w.log.Info("draining: no new commands; waiting for those in flight", "budget", w.cfg.DrainTimeout.String())
 			w.breaker.stop() // the commands held for the ledger are handed back at once
+			w.line.stop()    // and so are those waiting for their wallet's line
 			drainTimer = time.AfterFunc(w.cfg.DrainTimeout, func() {
 				w.log.Warn("drain budget spent; handing back the commands still in flight")
 				w.Abort()
