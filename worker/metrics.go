@@ -46,7 +46,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wallets_worker_commands_total",
-			Help: "Commands settled, by kind (create-balance, credit-wallet, ...; unknown) and outcome (created, replayed, key_reused, invalid, ledger_rejected, retries_exhausted, and each rejection code of the kind in lower case).",
+			Help: "Commands settled, by kind (the subject's kind token; unknown for a kind no worker has) and outcome (created, replayed, key_reused, invalid, ledger_rejected, retries_exhausted, and each rejection code of the kind in lower case).",
 		}, []string{"kind", "outcome"}),
 		redeliveries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wallets_worker_redeliveries_total",
