@@ -11,10 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -211,4 +214,36 @@ func TestDrainHandsBackWaiters(t *testing.T) {
 	}
 	require.Less(t, time.Since(start), cfg.DrainTimeout/2, "the drain waited for the waiter")
 	require.GreaterOrEqual(t, w.Stats().HandedBack.Load(), int64(1), "the waiter was handed back")
+}
+
+// TestOrderNeedsItsGrant: a worker whose NATS user may not read the
+// commands stream's messages (an authorization from before --order) fails
+// at start, naming the grant and --order none, rather than let every
+// command wait a whole ack wait.
+func TestOrderNeedsItsGrant(t *testing.T) {
+	t.Parallel()
+	ns := testutil.NATSServer(t, &server.Options{JetStream: true, Users: []*server.User{
+		{Username: "admin", Password: "admin-pw"},
+		{Username: "worker", Password: "worker-pw", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.MSG.GET.>"}},
+		}},
+	}})
+	_, admin := testutil.Connect(t, ns.ClientURL(), nats.UserInfo("admin", "admin-pw"))
+	cfg := testConfig()
+	require.NoError(t, Provision(context.Background(), admin, cfg))
+	_, js := testutil.Connect(t, ns.ClientURL(), nats.UserInfo("worker", "worker-pw"))
+	w, err := New(js, handlers.NewKinds(pingKind{}), cfg, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = w.Run(ctx)
+	require.ErrorContains(t, err, "$JS.API.STREAM.MSG.GET.WALLETS_COMMANDS")
+	require.ErrorContains(t, err, "--order none")
+
+	cfg.Order = OrderNone // without the line, the grant is not needed
+	w, err = New(js, handlers.NewKinds(pingKind{}), cfg, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	runCtx, stop := context.WithTimeout(context.Background(), time.Second)
+	defer stop()
+	require.NoError(t, w.Run(runCtx))
 }

@@ -121,6 +121,21 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("bind consumer %s on %s: %w", messages.ConsumerName, messages.StreamCommands, err)
 	}
+	if w.cfg.Order == OrderWallet {
+		// The line asks the stream for each wallet's head: refused (a user
+		// without the grant), every command would wait a whole ack wait.
+		// Found out now, not command by command.
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := w.line.head(pctx, messages.UnknownWallet)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("order within a wallet: read the first command of a wallet from %s (grant $JS.API.STREAM.INFO.%s and $JS.API.STREAM.MSG.GET.%s, or run with --order none): %w",
+				messages.StreamCommands, messages.StreamCommands, messages.StreamCommands, err)
+		}
+	}
 	sub := &subscriber{
 		consumer:    consumer,
 		concurrency: w.cfg.Concurrency,
