@@ -247,3 +247,32 @@ func TestOrderNeedsItsGrant(t *testing.T) {
 	defer stop()
 	require.NoError(t, w.Run(runCtx))
 }
+
+// TestWaiterGetsASlotBackWhenIdle: a worker of one slot whose only command
+// waited for its wallet's line (the head at another worker) gets its slot
+// back once the head settles, though nothing else arrives: an idle worker
+// must not hold its one slot while it waits for commands.
+func TestWaiterGetsASlotBackWhenIdle(t *testing.T) {
+	t.Parallel()
+	kind := blockKind{release: make(chan struct{})}
+	b := setup(t, withKinds(kind), withConfig(func(c *Config) { c.Concurrency = 1 }))
+	b.publish(t, kindMsg("block", "w1", "k0", `{"n":0}`)) // the head, held by b's worker in its slot
+	b.publish(t, kindMsg("block", "w2", "kx", `{"n":2}`)) // queued there: b's worker has no room left
+	require.Eventually(t, func() bool { return b.consumerInfo(t).NumAckPending == 2 }, 5*time.Second, 10*time.Millisecond)
+
+	cfg := testConfig()
+	cfg.Concurrency = 1
+	w, err := New(b.js, handlers.NewKinds(kind), cfg, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { stop(); <-done }()
+	b.publish(t, kindMsg("block", "w1", "k1", `{"n":1}`)) // waits behind k0, in w
+	require.Eventually(t, func() bool { return w.Stats().OrderWaits.Load() == 1 }, 5*time.Second, 10*time.Millisecond)
+
+	close(kind.release) // k0 settles at b's worker
+	require.Eventually(t, func() bool { return w.Stats().Created.Load()+b.worker.Stats().Created.Load() == 3 },
+		cfg.AckWait, 10*time.Millisecond, "k1 was not applied once k0 settled")
+	require.Equal(t, int64(1), w.Stats().Created.Load(), "k1 applied by the worker that waited")
+}
