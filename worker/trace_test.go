@@ -298,3 +298,35 @@ func TestLogLinesCarryTraceIDs(t *testing.T) {
 	attrs = w.logAttrs(&delivery{subject: "s"}, "k1")
 	require.NotContains(t, attrs, "trace_id")
 }
+
+// TestTraceOfAnyKind: a command of another kind is traced as create-balance
+// is: its consumer span, named after its kind, is the producer span's child,
+// with its event's publish and its ack beneath it, and its event carries the
+// trace.
+func TestTraceOfAnyKind(t *testing.T) {
+	t.Parallel()
+	b := setupTraced(t, nil, withKinds(pingKind{}))
+	m := kindMsg("ping", "w1", "k-ping", `{"walletID":"w1"}`)
+	m.Header.Set("traceparent", producerTraceparent)
+	b.publish(t, m)
+	ev := single(t, b.events.wait(t, 1))
+	require.Equal(t, "wallets.events.pinged.w1", ev.Subject)
+
+	var span sdktrace.ReadOnlySpan
+	require.Eventually(t, func() bool {
+		for _, s := range b.spans.Ended() {
+			if s.Name() == "process wallets.commands.ping" && attr(s, "messaging.message.id") == "k-ping" {
+				span = s
+				return true
+			}
+		}
+		return false
+	}, waitFor, tick)
+	require.Equal(t, producerSpanID, span.Parent().SpanID().String())
+	require.Equal(t, "wallets.commands.ping.w1", attr(span, "messaging.destination.name"))
+	kids := b.children(span)
+	for _, name := range []string{"send wallets.events.pinged", "ack wallets.commands.ping"} {
+		require.Contains(t, kids, name, "child spans of the consumer span")
+	}
+	require.Equal(t, span.SpanContext().SpanID(), traceparentOf(t, ev.Header).SpanID(), "the event carries the worker's span")
+}
