@@ -223,8 +223,8 @@ func runOrder(t *testing.T, order string, wallets, commands, kills int) orderRes
 // TestOrderThroughTheBinary: three `run` processes, 100 wallets, 5,000
 // credits and debits published interleaved, every debit covered only by the
 // credit just before it: no INSUFFICIENT_FUNDS, and every wallet's ledger
-// transactions in publish order; then the same while workers are SIGKILLed
-// and restarted.
+// transactions in publish order; then 2,000 over 50 wallets while workers
+// are SIGKILLed and restarted.
 func TestOrderThroughTheBinary(t *testing.T) {
 	t.Run("steady", func(t *testing.T) {
 		res := runOrder(t, "wallet", 100, 5000, 0)
@@ -232,7 +232,10 @@ func TestOrderThroughTheBinary(t *testing.T) {
 		require.Empty(t, res.outOfOrder)
 	})
 	t.Run("kills", func(t *testing.T) {
-		res := runOrder(t, "wallet", 100, 5000, 3)
+		// 2,000 money commands over 50 wallets, as a crash test of them:
+		// every wallet's transactions equal to the plan is none lost and
+		// none applied twice.
+		res := runOrder(t, "wallet", 50, 2000, 3)
 		require.Empty(t, res.rejected)
 		require.Empty(t, res.outOfOrder)
 	})

@@ -249,9 +249,10 @@ func TestOrderNeedsItsGrant(t *testing.T) {
 }
 
 // TestWaiterGetsASlotBackWhenIdle: a worker of one slot whose only command
-// waited for its wallet's line (the head at another worker) gets its slot
-// back once the head settles, though nothing else arrives: an idle worker
-// must not hold its one slot while it waits for commands.
+// waits for its wallet's line (the head at another worker) applies it once
+// the head settles, though nothing else arrives. Its dispatcher holds the
+// one slot while it waits for commands, so a command of a one-slot worker
+// keeps its slot rather than step aside and never get it back.
 func TestWaiterGetsASlotBackWhenIdle(t *testing.T) {
 	t.Parallel()
 	kind := blockKind{release: make(chan struct{})}

@@ -224,7 +224,7 @@ func (s *subscriber) reserve(have int) int {
 	return have
 }
 
-// dispatch takes the next queued delivery, then a slot, and hands it to the
+// dispatch takes a slot, then the next queued delivery, and hands it to the
 // router. Once closing, it hands every queued delivery back to JetStream.
 func (s *subscriber) dispatch(out chan<- *message.Message) {
 	defer func() {
@@ -233,20 +233,17 @@ func (s *subscriber) dispatch(out chan<- *message.Message) {
 		close(s.closed)
 	}()
 	for {
-		// The next delivery first, then a slot: an idle worker holds no
-		// slot while it waits for commands, so that a command that stepped
-		// aside for its wallet's line always gets one back.
-		var d *delivery
 		select {
-		case d = <-s.queue:
+		case s.slots <- struct{}{}:
 		case <-s.closing:
 			s.handBackQueued()
 			return
 		}
+		var d *delivery
 		select {
-		case s.slots <- struct{}{}:
+		case d = <-s.queue:
 		case <-s.closing:
-			s.release(d, true)
+			<-s.slots
 			s.handBackQueued()
 			return
 		}
@@ -305,6 +302,11 @@ func (d *delivery) stepAside() bool {
 	s := d.sub
 	if s == nil || d.aside {
 		return d.aside
+	}
+	if s.concurrency < 2 {
+		// The one slot: dispatch holds it while it waits for a command,
+		// and a command stepped aside could not get it back.
+		return false
 	}
 	select {
 	case s.aside <- struct{}{}:
