@@ -213,7 +213,7 @@ func (p *Producer) AwaitCommand(ctx context.Context, ack CommandAck) (Event, err
 			return Event{}, fmt.Errorf("producer: the original of command %d: %w", ack.Seq, orCause(ctx, err))
 		}
 	}
-	e, err := p.eventOf(ctx, ack)
+	e, err := p.commandEvent(ctx, ack)
 	if err != nil || !compare {
 		return e, err
 	}
@@ -269,8 +269,8 @@ func agrees(body, event []byte) bool {
 	return true
 }
 
-// eventOf waits for the event of the command stored at ack.Seq.
-func (p *Producer) eventOf(ctx context.Context, ack CommandAck) (Event, error) {
+// commandEvent waits for the event of the command stored at ack.Seq.
+func (p *Producer) commandEvent(ctx context.Context, ack CommandAck) (Event, error) {
 	seq := ack.Seq
 	want := strconv.FormatUint(seq, 10)
 	subjects := []string{"wallets.events.*." + ack.Command.WalletID}
@@ -283,42 +283,20 @@ func (p *Producer) eventOf(ctx context.Context, ack CommandAck) (Event, error) {
 		}
 		subjects, since = []string{messages.SubjectEvents}, &s
 	}
-	oc, err := p.js.OrderedConsumer(ctx, messages.StreamEvents, orderedFrom(subjects, since))
+	m, err := p.scanMsg(ctx, subjects, since, func(m jetstream.Msg) bool { return m.Headers().Get(messages.HeaderCommandSeq) == want })
 	if err != nil {
-		return Event{}, orCause(ctx, err)
+		return Event{}, fmt.Errorf("producer: outcome of command %d: %w", seq, err)
 	}
-	iter, err := oc.Messages()
-	if err != nil {
-		return Event{}, orCause(ctx, err)
-	}
-	defer iter.Stop()
-	for {
-		m, err := iter.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			return Event{}, fmt.Errorf("producer: outcome of command %d: %w", seq, orCause(ctx, err))
+	e := Event{Subject: m.Subject(), Data: append(json.RawMessage(nil), m.Data()...)}
+	e.Name = strings.Split(m.Subject(), ".")[2]
+	if strings.HasSuffix(e.Name, "-rejected") {
+		var r struct {
+			Code messages.Code `json:"code"`
 		}
-		if m.Headers().Get(messages.HeaderCommandSeq) != want {
-			continue
-		}
-		e := Event{Subject: m.Subject(), Data: append(json.RawMessage(nil), m.Data()...)}
-		e.Name = strings.Split(m.Subject(), ".")[2]
-		if strings.HasSuffix(e.Name, "-rejected") {
-			var r struct {
-				Code messages.Code `json:"code"`
-			}
-			_ = json.Unmarshal(m.Data(), &r)
-			e.Code = r.Code
-		}
-		return e, nil
+		_ = json.Unmarshal(m.Data(), &r)
+		e.Code = r.Code
 	}
-}
-
-func orderedFrom(subjects []string, since *time.Time) jetstream.OrderedConsumerConfig {
-	occ := jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverAllPolicy}
-	if since != nil {
-		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, since
-	}
-	return occ
+	return e, nil
 }
 
 // sameJSON tells two JSON bodies of the same value apart from two of

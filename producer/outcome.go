@@ -128,29 +128,40 @@ var allWallets = []string{messages.SubjectBalanceCreatedAll, messages.SubjectBal
 // scan reads the outcome events on subjects, from since (nil: the start of
 // the stream), until one matches.
 func (p *Producer) scan(ctx context.Context, subjects []string, since *time.Time, match func(nats.Header) bool) (Outcome, error) {
+	m, err := p.scanMsg(ctx, subjects, since, func(m jetstream.Msg) bool {
+		_, ok := eventOf(m)
+		return match(m.Headers()) && ok
+	})
+	if err != nil {
+		return Outcome{}, err
+	}
+	e, _ := eventOf(m)
+	return e.outcome()
+}
+
+// scanMsg reads WALLETS_EVENTS on subjects, from since (nil: the start of
+// the stream), and returns the first message that matches.
+func (p *Producer) scanMsg(ctx context.Context, subjects []string, since *time.Time, match func(jetstream.Msg) bool) (jetstream.Msg, error) {
 	occ := jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverAllPolicy}
 	if since != nil {
 		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, since
 	}
 	oc, err := p.js.OrderedConsumer(ctx, messages.StreamEvents, occ)
 	if err != nil {
-		return Outcome{}, orCause(ctx, err)
+		return nil, orCause(ctx, err)
 	}
 	iter, err := oc.Messages()
 	if err != nil {
-		return Outcome{}, orCause(ctx, err)
+		return nil, orCause(ctx, err)
 	}
 	defer iter.Stop()
 	for {
 		m, err := iter.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			return Outcome{}, orCause(ctx, err)
+			return nil, orCause(ctx, err)
 		}
-		if !match(m.Headers()) {
-			continue
-		}
-		if e, ok := eventOf(m); ok {
-			return e.outcome()
+		if match(m) {
+			return m, nil
 		}
 	}
 }

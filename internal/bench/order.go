@@ -72,17 +72,12 @@ type OrderResult struct {
 // ledger (embedded unless cfg.LedgerURL).
 func RunOrder(ctx context.Context, cfg OrderConfig) (OrderResult, error) {
 	res := OrderResult{Ledger: "embedded", LedgerName: cfg.LedgerName}
-	base := cfg.LedgerURL
-	if base == "" {
-		url, stop, err := serveEmbeddedLedger()
-		if err != nil {
-			return res, err
-		}
-		defer stop()
-		base = url
-	} else {
-		res.Ledger = base
+	base, label, stop, err := ledgerAt(cfg.LedgerURL)
+	if err != nil {
+		return res, err
 	}
+	defer stop()
+	res.Ledger = label
 	dir, err := os.MkdirTemp("", "wallets-worker-bench-order-")
 	if err != nil {
 		return res, err

@@ -84,17 +84,12 @@ type TxResult struct {
 // net/http: as many single requests in flight as the cap, and one at a time.
 func RunTransactions(ctx context.Context, cfg TxConfig) (TxResult, error) {
 	res := TxResult{Ledger: "embedded", LedgerName: cfg.LedgerName}
-	base := cfg.LedgerURL
-	if base == "" {
-		url, stop, err := serveEmbeddedLedger()
-		if err != nil {
-			return res, err
-		}
-		defer stop()
-		base = url
-	} else {
-		res.Ledger = base
+	base, label, stop, err := ledgerAt(cfg.LedgerURL)
+	if err != nil {
+		return res, err
 	}
+	defer stop()
+	res.Ledger = label
 	var logger *slog.Logger
 	if cfg.Log != nil {
 		logger = slog.New(slog.NewTextHandler(cfg.Log, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -193,6 +188,16 @@ func RunTransactions(ctx context.Context, cfg TxConfig) (TxResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// ledgerAt is the ledger a workload writes to: url, or an embedded one
+// served for the run when url is empty. label names it in reports.
+func ledgerAt(url string) (base, label string, stop func(), err error) {
+	if url != "" {
+		return url, url, func() {}, nil
+	}
+	base, stop, err = serveEmbeddedLedger()
+	return base, "embedded", stop, err
 }
 
 // serveEmbeddedLedger serves an embedded ledger in a temporary directory
