@@ -198,8 +198,9 @@ type bulkOptions struct {
 // the savepoint taken before its first element. An error is a storage
 // failure: the whole request then answers 500.
 func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, opts bulkOptions) ([]bulkResult, error) {
-	arrival := l.races.arrive()
-	defer l.races.depart(arrival)
+	arrival, depart := l.arrivalOf(ctx)
+	defer depart()
+	created := false
 	// One origin for the request, or one per element when they are
 	// concurrent: origins[0] is the first of len(elems) reserved ones.
 	last := l.origins.Add(uint64(max(len(elems), 1)))
@@ -212,6 +213,8 @@ func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, 
 
 	results := make([]bulkResult, len(elems))
 	j := &job{ctx: ctx, weight: max(len(elems), 1), run: func(g *groupTx) error {
+		before := len(g.created.list)
+		defer func() { created = created || len(g.created.list) > before }()
 		var m groupMark
 		if opts.atomic {
 			var err error
@@ -266,6 +269,9 @@ func (l *Ledger) bulk(ctx context.Context, ledgerID int64, elems []bulkElement, 
 	if err := l.submit(j); err != nil {
 		return nil, err
 	}
+	if created {
+		l.races.linger(ctx, arrival)
+	}
 	return results, nil
 }
 
@@ -300,7 +306,7 @@ func elementErrorCode(err error) string {
 // bulkElement applies one element in the group transaction. It returns the
 // element's log and, for a transaction, the transaction created (or, on an
 // idempotency hit, first created).
-func (l *Ledger) bulkElement(g *groupTx, ledgerID int64, el bulkElement, opts bulkOptions, tip *logTip, arrival, origin uint64) (int64, *transactionView, error) {
+func (l *Ledger) bulkElement(g *groupTx, ledgerID int64, el bulkElement, opts bulkOptions, tip *logTip, arrival arrival, origin uint64) (int64, *transactionView, error) {
 	if opts.schemaVersion != "" {
 		// No schema can be inserted here, so every version is unknown.
 		return 0, nil, &elementError{code: codeNotFound, message: fmt.Sprintf("schema %s not found", opts.schemaVersion)}

@@ -74,6 +74,12 @@ func validationError(format string, args ...any) *httpError {
 
 func (l *Ledger) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
+	if r.Method == http.MethodPost {
+		// A write begins when its request arrives (see errRacingCreate).
+		var depart func()
+		r, depart = l.withArrival(r)
+		defer depart()
+	}
 	if err := l.route(w, r); err != nil {
 		writeError(w, err)
 	}

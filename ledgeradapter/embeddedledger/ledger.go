@@ -43,9 +43,10 @@ const (
 type Option func(*options)
 
 type options struct {
-	syncFull bool
-	now      func() time.Time
-	log      *slog.Logger
+	syncFull   bool
+	raceWindow time.Duration
+	now        func() time.Time
+	log        *slog.Logger
 }
 
 // WithSyncFull makes every commit fsync the write-ahead log
@@ -56,6 +57,12 @@ func WithSyncFull() Option { return func(o *options) { o.syncFull = true } }
 // WithLogger sets where the causes of 500 answers are logged (default: a
 // logger that discards).
 func WithLogger(log *slog.Logger) Option { return func(o *options) { o.log = log } }
+
+// WithRaceWindow sets how long a write that creates an account counts as
+// open at least, for the writes that race it (see errRacingCreate; default
+// 5 ms, 0 for none: then only writes that truly overlap race). It applies to
+// requests over a connection, not to those handed over by Transport.
+func WithRaceWindow(d time.Duration) Option { return func(o *options) { o.raceWindow = max(d, 0) } }
 
 // WithClock replaces time.Now for the dates the ledger records (tests).
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
@@ -101,11 +108,11 @@ type Ledger struct {
 // dir == "" the ledger lives in memory and vanishes on Close, which is meant
 // for tests that do not exercise durability.
 func Open(dir string, opts ...Option) (*Ledger, error) {
-	o := options{now: time.Now, log: slog.New(slog.DiscardHandler)}
+	o := options{now: time.Now, log: slog.New(slog.DiscardHandler), raceWindow: defaultRaceWindow}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	l := &Ledger{now: o.now, log: o.log, ledgers: map[string]ledgerRow{}, stmts: map[stmtKey]*sql.Stmt{}, races: newRaceTracker(),
+	l := &Ledger{now: o.now, log: o.log, ledgers: map[string]ledgerRow{}, stmts: map[stmtKey]*sql.Stmt{}, races: newRaceTracker(o.raceWindow),
 		queue: newWriteQueue(), tips: map[int64]logTip{}}
 
 	syncMode := "NORMAL"

@@ -20,7 +20,7 @@ func (t *raceTracker) inFlight() int {
 	defer t.mu.Unlock()
 	n := 0
 	for _, c := range t.pending {
-		n += c
+		n += c.n
 	}
 	return n
 }
@@ -268,4 +268,47 @@ func TestParallelBulkElementsRace(t *testing.T) {
 			require.Equal(t, []string{"ADD_METADATA"}, bulkResults(t, bulk))
 		}
 	})
+}
+
+// TestRacingWritesSentTogether: twelve first writes of one account with one
+// key, sent together over HTTP with nothing holding them back, answer as
+// the real ledger answered that probe (CONTRACT §9): one applies, and the
+// ones that arrived while it was open answer 500 INTERNAL, which a retry
+// turns into an Idempotency-Hit. Without the race window the embedded
+// writes are over before most of the others arrive, and every round can
+// come back with eleven hits.
+func TestRacingWritesSentTogether(t *testing.T) {
+	t.Parallel()
+	b := setupRace(t)
+	for round := range 5 {
+		path, key := fmt.Sprintf("/v2/l/accounts/together:%d/metadata", round), fmt.Sprint("k", round)
+		answers := make([]raceAnswer, 12)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range answers {
+			wg.Go(func() {
+				<-start
+				answers[i] = b.post(t, path, `{"a":"1"}`, key)
+			})
+		}
+		close(start)
+		wg.Wait()
+		applied, lost := 0, 0
+		for _, a := range answers {
+			switch {
+			case a == raceAnswer{status: http.StatusNoContent}:
+				applied++
+			case a == raceAnswer{status: http.StatusInternalServerError, body: internal500}:
+				lost++
+			default:
+				require.Equal(t, raceAnswer{status: http.StatusNoContent, hit: "true"}, a, "round %d", round)
+			}
+		}
+		require.Equal(t, 1, applied, "round %d: %v", round, answers)
+		require.Positive(t, lost, "round %d: no write raced the first one: %v", round, answers)
+		require.Equal(t, raceAnswer{status: http.StatusNoContent, hit: "true"}, b.post(t, path, `{"a":"1"}`, key),
+			"round %d: the retry of a lost write", round)
+	}
+	require.Eventually(t, func() bool { return b.l.races.remembered() == 0 }, 5*time.Second, time.Millisecond,
+		"nothing kept once no write is in flight")
 }

@@ -217,7 +217,7 @@ type write struct {
 	// arrival and origin place the write among concurrent ones (see
 	// raceTracker): when its request arrived, and which request (or
 	// element of a parallel bulk) it belongs to.
-	arrival uint64
+	arrival arrival
 	origin  uint64
 }
 
@@ -226,12 +226,16 @@ type write struct {
 // an *httpError, an *idempotencyMismatchError or errRacingCreate; anything
 // else is a storage failure.
 func (l *Ledger) write(ctx context.Context, w write) (logID int64, hit bool, err error) {
-	w.arrival = l.races.arrive()
-	defer l.races.depart(w.arrival)
+	a, depart := l.arrivalOf(ctx)
+	defer depart()
+	w.arrival = a
 	w.origin = l.origins.Add(1)
 
 	var answer error
+	created := false
 	j := &job{ctx: ctx, weight: 1, run: func(g *groupTx) error {
+		before := len(g.created.list)
+		defer func() { created = created || len(g.created.list) > before }()
 		var m groupMark
 		if w.dryRun {
 			var err error
@@ -251,6 +255,9 @@ func (l *Ledger) write(ctx context.Context, w write) (logID int64, hit bool, err
 	}}
 	if err := l.submit(j); err != nil {
 		return 0, false, err
+	}
+	if created {
+		l.races.linger(ctx, a)
 	}
 	return logID, hit, answer
 }
@@ -331,7 +338,7 @@ func (l *Ledger) forge(ctx context.Context, tx *preparedTx, w write, tip *logTip
 	}
 	tip.id, tip.hash = row.ID, row.Hash
 	if createdAccount {
-		created.add(accountKey{w.ledgerID, w.account}, w.origin)
+		created.add(accountKey{w.ledgerID, w.account}, w.origin, l.races.until(w.arrival))
 	}
 	return row.ID, false, nil
 }

@@ -23,6 +23,9 @@ func HandlerTransport(h http.Handler) http.RoundTripper { return inProcess{h: h}
 
 type inProcess struct{ h http.Handler }
 
+// inProcessAddr is the RemoteAddr of a request handed over by Transport.
+const inProcessAddr = "in-process"
+
 func (t inProcess) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := req.Context().Err(); err != nil {
 		closeBody(req)
@@ -32,7 +35,7 @@ func (t inProcess) RoundTrip(req *http.Request) (*http.Response, error) {
 	// body that is never nil, the request URI, a server-side request.
 	in := req.Clone(req.Context())
 	in.RequestURI = req.URL.RequestURI()
-	in.RemoteAddr = "in-process"
+	in.RemoteAddr = inProcessAddr
 	if req.Body == nil {
 		in.Body = http.NoBody
 	}
