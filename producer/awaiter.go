@@ -35,6 +35,7 @@ const DefaultRetain = 100_000
 //
 // An Awaiter is safe for concurrent use. Stop it when done.
 type Awaiter struct {
+	js      jetstream.JetStream
 	cc      jetstream.ConsumeContext
 	retain  int
 	stopped chan struct{}
@@ -81,7 +82,9 @@ func NewAwaiter(ctx context.Context, js jetstream.JetStream, opts ...AwaiterOpti
 		o(&cfg)
 	}
 	occ := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{messages.SubjectBalanceCreatedAll, messages.SubjectBalanceRejectedAll},
+		// Every kind's outcomes: AwaitMany reads create-balance ones,
+		// AwaitCommands any kind's.
+		FilterSubjects: []string{messages.SubjectEvents},
 		DeliverPolicy:  jetstream.DeliverNewPolicy,
 	}
 	if !cfg.lookbackSet || cfg.lookback > 0 {
@@ -100,6 +103,7 @@ func NewAwaiter(ctx context.Context, js jetstream.JetStream, opts ...AwaiterOpti
 		return nil, fmt.Errorf("producer: awaiter: consumer on %s: %w", messages.StreamEvents, err)
 	}
 	a := &Awaiter{
+		js:      js,
 		retain:  cfg.retain,
 		stopped: make(chan struct{}),
 		seen:    make(map[uint64]event),
@@ -152,7 +156,25 @@ func (a *Awaiter) Await(ctx context.Context, seq uint64) (Outcome, error) {
 // returns the outcomes that arrived (a zero Outcome for the others) and an
 // error that wraps the cause.
 func (a *Awaiter) AwaitMany(ctx context.Context, seqs []uint64) ([]Outcome, error) {
-	b := &batch{out: make([]Outcome, len(seqs)), pos: make(map[uint64][]int, len(seqs)), done: make(chan struct{})}
+	evs, err := a.awaitEvents(ctx, seqs)
+	out := make([]Outcome, len(seqs))
+	for i, e := range evs {
+		if e.subject == "" {
+			continue
+		}
+		o, derr := e.outcome()
+		out[i] = o
+		if derr != nil {
+			err = errors.Join(err, derr)
+		}
+	}
+	return out, err
+}
+
+// awaitEvents is AwaitMany without the decoding: the events of the commands
+// stored at seqs, a zero event for those that did not arrive.
+func (a *Awaiter) awaitEvents(ctx context.Context, seqs []uint64) ([]event, error) {
+	b := &batch{out: make([]event, len(seqs)), pos: make(map[uint64][]int, len(seqs)), done: make(chan struct{})}
 	a.mu.Lock()
 	for i, s := range seqs {
 		if e, ok := a.seen[s]; ok {
@@ -167,13 +189,13 @@ func (a *Awaiter) AwaitMany(ctx context.Context, seqs []uint64) ([]Outcome, erro
 	pending := len(b.pos)
 	a.mu.Unlock()
 	if pending == 0 {
-		return b.out, b.err
+		return b.out, nil
 	}
 
 	var cause error
 	select {
 	case <-b.done:
-		return b.out, b.err
+		return b.out, nil
 	case <-ctx.Done():
 		cause = context.Cause(ctx)
 	case <-a.stopped:
@@ -182,7 +204,7 @@ func (a *Awaiter) AwaitMany(ctx context.Context, seqs []uint64) ([]Outcome, erro
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(b.pos) == 0 { // completed meanwhile
-		return b.out, b.err
+		return b.out, nil
 	}
 	for s := range b.pos {
 		ws := a.waiting[s]
@@ -198,7 +220,7 @@ func (a *Awaiter) AwaitMany(ctx context.Context, seqs []uint64) ([]Outcome, erro
 			a.waiting[s] = ws
 		}
 	}
-	return b.out, errors.Join(fmt.Errorf("producer: %d of %d outcomes not received: %w", len(b.pos), len(seqs), cause), b.err)
+	return b.out, fmt.Errorf("producer: %d of %d outcomes not received: %w", len(b.pos), len(seqs), cause)
 }
 
 // receive is the ordered consumer's handler; it runs on one goroutine.
@@ -239,19 +261,12 @@ func (a *Awaiter) evict() {
 	}
 }
 
-// batch is one AwaitMany call: where each awaited sequence goes in out, and
-// the sequences still missing (pos's keys).
+// batch is one awaitEvents call: where each awaited sequence goes in out,
+// and the sequences still missing (pos's keys).
 type batch struct {
-	out  []Outcome
+	out  []event
 	pos  map[uint64][]int
-	err  error
 	done chan struct{}
 }
 
-func (b *batch) set(i int, e event) {
-	o, err := e.outcome()
-	b.out[i] = o
-	if err != nil && b.err == nil {
-		b.err = err
-	}
-}
+func (b *batch) set(i int, e event) { b.out[i] = e }

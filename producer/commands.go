@@ -197,30 +197,92 @@ func (e Event) Rejected() bool { return e.Code != "" }
 // original is the same command, and with KEY_REUSED, decided here, when it
 // is another.
 func (p *Producer) AwaitCommand(ctx context.Context, ack CommandAck) (Event, error) {
-	compare := false // the original is gone: compare it by its event
-	if ack.Duplicate {
-		original, err := p.js.Stream(ctx, messages.StreamCommands)
-		if err == nil {
-			var m *jetstream.RawStreamMsg
-			if m, err = original.GetMsg(ctx, ack.Seq); err == nil && (m.Subject != ack.Command.Subject() || !sameJSON(m.Data, ack.Command.Body)) {
-				return keyReused(ack, m.Subject), nil
-			}
-		}
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			compare, err = true, nil
-		}
-		if err != nil {
-			return Event{}, fmt.Errorf("producer: the original of command %d: %w", ack.Seq, orCause(ctx, err))
-		}
+	reused, compare, err := judgeDuplicate(ctx, p.js, ack)
+	if err != nil || reused != nil {
+		return orZero(reused), err
 	}
 	e, err := p.commandEvent(ctx, ack)
 	if err != nil || !compare {
 		return e, err
 	}
-	if e.Subject != messages.EventSubject(e.Name, ack.Command.WalletID) || !sameKind(e.Name, ack.Command.Kind) || !agrees(ack.Command.Body, e.Data) {
-		return keyReused(ack, e.Subject), nil
+	return byOriginal(ack, e), nil
+}
+
+// AwaitCommands returns the outcome events of published commands of any
+// kind, in the order of acks, once all have arrived, judging duplicates as
+// AwaitCommand does. When ctx ends first, or the Awaiter stops, it returns
+// the events that arrived (a zero Event, with an empty Name, for the others)
+// and an error that wraps the cause.
+func (a *Awaiter) AwaitCommands(ctx context.Context, acks []CommandAck) ([]Event, error) {
+	out := make([]Event, len(acks))
+	compare := make([]bool, len(acks))
+	var seqs []uint64
+	var idx []int
+	for i, ack := range acks {
+		reused, cmp, err := judgeDuplicate(ctx, a.js, ack)
+		if err != nil {
+			return out, err
+		}
+		if reused != nil {
+			out[i] = *reused
+			continue
+		}
+		compare[i] = cmp
+		seqs, idx = append(seqs, ack.Seq), append(idx, i)
 	}
-	return e, nil
+	evs, err := a.awaitEvents(ctx, seqs)
+	for j, e := range evs {
+		if e.subject == "" {
+			continue
+		}
+		i := idx[j]
+		out[i] = newEvent(e.subject, e.data)
+		if compare[i] {
+			out[i] = byOriginal(acks[i], out[i])
+		}
+	}
+	return out, err
+}
+
+// judgeDuplicate judges a duplicate publish by its original while it is
+// still in WALLETS_COMMANDS: reused is the KEY_REUSED to answer when the
+// original was another command. compare is set when the original has left
+// the work queue, to be judged by its event (byOriginal).
+func judgeDuplicate(ctx context.Context, js jetstream.JetStream, ack CommandAck) (reused *Event, compare bool, err error) {
+	if !ack.Duplicate {
+		return nil, false, nil
+	}
+	original, err := js.Stream(ctx, messages.StreamCommands)
+	if err == nil {
+		var m *jetstream.RawStreamMsg
+		if m, err = original.GetMsg(ctx, ack.Seq); err == nil && (m.Subject != ack.Command.Subject() || !sameJSON(m.Data, ack.Command.Body)) {
+			e := keyReused(ack, m.Subject)
+			return &e, false, nil
+		}
+	}
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, true, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("producer: the original of command %d: %w", ack.Seq, orCause(ctx, err))
+	}
+	return nil, false, nil
+}
+
+// byOriginal is the outcome of a duplicate publish given its original's
+// event e: e itself when the original was the same command, else KEY_REUSED.
+func byOriginal(ack CommandAck, e Event) Event {
+	if e.Subject != messages.EventSubject(e.Name, ack.Command.WalletID) || !sameKind(e.Name, ack.Command.Kind) || !agrees(ack.Command.Body, e.Data) {
+		return keyReused(ack, e.Subject)
+	}
+	return e
+}
+
+func orZero(e *Event) Event {
+	if e == nil {
+		return Event{}
+	}
+	return *e
 }
 
 // keyReused is the KEY_REUSED of a duplicate publish whose original, told by
@@ -287,16 +349,32 @@ func (p *Producer) commandEvent(ctx context.Context, ack CommandAck) (Event, err
 	if err != nil {
 		return Event{}, fmt.Errorf("producer: outcome of command %d: %w", seq, err)
 	}
-	e := Event{Subject: m.Subject(), Data: append(json.RawMessage(nil), m.Data()...)}
-	e.Name = strings.Split(m.Subject(), ".")[2]
+	return newEvent(m.Subject(), m.Data()), nil
+}
+
+// newEvent is the Event stored on subject with data.
+func newEvent(subject string, data []byte) Event {
+	e := Event{Subject: subject, Data: append(json.RawMessage(nil), data...)}
+	if parts := strings.Split(subject, "."); len(parts) > 2 {
+		e.Name = parts[2]
+	}
 	if strings.HasSuffix(e.Name, "-rejected") {
 		var r struct {
 			Code messages.Code `json:"code"`
 		}
-		_ = json.Unmarshal(m.Data(), &r)
+		_ = json.Unmarshal(data, &r)
 		e.Code = r.Code
 	}
-	return e, nil
+	return e
+}
+
+// Replayed tells a success that an earlier delivery or publish of the same
+// command had applied (the event's "replayed").
+func (e Event) Replayed() bool {
+	var r struct {
+		Replayed bool `json:"replayed"`
+	}
+	return !e.Rejected() && json.Unmarshal(e.Data, &r) == nil && r.Replayed
 }
 
 // sameJSON tells two JSON bodies of the same value apart from two of

@@ -66,8 +66,16 @@ func Main(ctx context.Context, args []string, env Env) int {
 	case "run":
 		err = runCommand(ctx, args[1:], env)
 	case "publish":
+		if len(args) >= 2 && strings.HasPrefix(args[1], "-") {
+			// publish --from-file FILE: every line names its kind.
+			code := publishFileCommand(ctx, args[1:], env)
+			if code == ExitUsage {
+				code = ExitError
+			}
+			return code
+		}
 		if len(args) < 2 || (args[1] != messages.KindCreateBalance && !slices.Contains(producer.Kinds(), args[1])) {
-			fmt.Fprintf(env.Stderr, "usage: wallets-worker publish (%s) [flags]\n", strings.Join(append([]string{messages.KindCreateBalance}, producer.Kinds()...), " | "))
+			fmt.Fprintf(env.Stderr, "usage: wallets-worker publish (%s) [flags]\n       wallets-worker publish --from-file FILE.jsonl [flags]\n", strings.Join(append([]string{messages.KindCreateBalance}, producer.Kinds()...), " | "))
 			return ExitUsage
 		}
 		var code int

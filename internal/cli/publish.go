@@ -17,6 +17,9 @@ import (
 )
 
 type publishFlags struct {
+	// kind is the kind of a --from-file line that names none ("": every
+	// line must).
+	kind                         string
 	wallet, name, expiresAt, key string
 	priority                     int64
 	wait                         bool
@@ -59,7 +62,7 @@ func resultOf(o producer.Outcome) *outcomeResult {
 }
 
 func publishCommand(ctx context.Context, args []string, env Env) int {
-	f := &publishFlags{}
+	f := &publishFlags{kind: messages.KindCreateBalance}
 	fs := flag.NewFlagSet("publish create-balance", flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	fs.StringVar(&f.wallet, "wallet", "", "wallet ID (required)")
@@ -80,7 +83,7 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 		}
 		return exitStatus(usageError("%v", err), env.Stderr)
 	}
-	if err := checkFileFlags(fs, f); err != nil {
+	if err := checkFileFlags(fs, f, commandFlags); err != nil {
 		return exitStatus(err, env.Stderr)
 	}
 	if f.fromFile != "" {
@@ -161,4 +164,32 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 		return ExitOK
 	}
 	return ExitRejected
+}
+
+// publishFileCommand runs `publish --from-file FILE`: lines of any kind,
+// each naming its own.
+func publishFileCommand(ctx context.Context, args []string, env Env) int {
+	f := &publishFlags{}
+	fs := flag.NewFlagSet("publish --from-file", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	fs.BoolVar(&f.wait, "wait", false, "wait for every outcome, and print their counts")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "how long to wait for each publish, and with --wait for the outcomes still missing after the last publish")
+	fs.StringVar(&f.nats.URL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
+	registerFileFlags(fs, f)
+	natsconn.Register(fs, &f.nats)
+	natsconn.RegisterInboxPrefix(fs, &f.nats)
+	fs.Usage = usage(fs, publishFileSynopsis)
+	if err := parse(fs, args, env.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		return exitStatus(usageError("%v", err), env.Stderr)
+	}
+	if f.fromFile == "" {
+		return exitStatus(usageError("--from-file is required (or name a kind: publish KIND)"), env.Stderr)
+	}
+	if err := checkFileFlags(fs, f, nil); err != nil {
+		return exitStatus(err, env.Stderr)
+	}
+	return publishFile(ctx, f, env)
 }

@@ -8,10 +8,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,6 +46,9 @@ writes it). Identical commands on two lines are therefore one command, the
 second reported as a duplicate. An invalid line is reported on standard error
 with its number, counted as failed and never published; the others still are.
 
+A line may also name its "kind" (see publish --from-file --help): the lines
+of a file can mix every kind of command.
+
 At the end one JSON object is printed: {"file","lines","published",
 "duplicates","failed","seconds"} ("lines" counts command lines: published +
 duplicates + failed), and with --wait "outcomes":{"created","replayed",
@@ -52,6 +57,41 @@ duplicates + failed), and with --wait "outcomes":{"created","replayed",
 was another command under the same key). Exit status: 1 if a line was
 invalid or failed to publish, else 4 if an outcome did not arrive in time,
 else 3 if one was rejected, else 0.`
+
+// publishFileSynopsis is the help of `publish --from-file`, lines of any
+// kind.
+const publishFileSynopsis = `wallets-worker publish --from-file FILE.jsonl [--wait] [flags]
+
+Publishes every command of FILE ("-": standard input), one JSON object a
+line: the command's wire body (docs/wire.md) with
+more fields: "kind", the command's kind; "key", its idempotency key; and,
+for confirm-hold and void-hold, whose body names no wallet, "wallet":
+  {"kind":"create-wallet","key":"w-alice","name":"alice"}
+  {"kind":"create-balance","walletID":"1e5…","name":"savings"}
+  {"kind":"credit-wallet","key":"c-1","walletID":"1e5…","amount":{"asset":"USD/2","amount":100}}
+  {"kind":"debit-wallet","key":"d-1","walletID":"1e5…","amount":{"asset":"USD/2","amount":30},"pending":true}
+  {"kind":"confirm-hold","key":"f-1","wallet":"1e5…","holdID":"9c0…","final":true}
+The body is checked as strictly as the worker decodes it; the subject's
+wallet is "wallet", else the body's walletID, or for create-wallet the one the
+key derives (holds derive from their debit's key: messages.HoldIDOf).
+"key" is required for every kind but create-balance, whose line without a key
+gets one derived from the command (publish create-balance --help): two equal
+credits on two lines are two credits, and a key derived from a line's content
+would make them one. The lines of one wallet are published one after
+another, in line order, so the worker applies them in that order; the lines
+of different wallets go --in-flight at a time. "publish KIND --from-file"
+takes KIND for the lines without "kind". Blank lines and lines starting with # are skipped; an invalid
+line is reported on standard error with its number, counted as failed and
+never published; the others still are.
+
+At the end one JSON object is printed: {"file","lines","published",
+"duplicates","failed","seconds"}, and with --wait "outcomes":{"created",
+"applied","replayed","rejected":{CODE:n},"timedOut"}: "created" counts the
+balances and wallets created, "applied" the other commands applied,
+"replayed" those an earlier publish had applied. Exit status as for
+publish create-balance --from-file: 1 if a line was invalid or failed to
+publish, else 4 if an outcome did not arrive in time, else 3 if one was
+rejected, else 0.`
 
 // Bulk publishing settings.
 const (
@@ -64,8 +104,12 @@ const (
 	maxLineBytes = 1 << 20
 	// progressEvery is how often the progress line is redrawn.
 	progressEvery = 100 * time.Millisecond
-	// lineKeyField is the field of a --from-file line that holds the key.
-	lineKeyField = "key"
+	// lineKeyField is the field of a --from-file line that holds the key,
+	// lineKindField the one that holds the kind, lineWalletField the
+	// subject's wallet of a kind whose body names none (the holds').
+	lineKeyField    = "key"
+	lineKindField   = "kind"
+	lineWalletField = "wallet"
 )
 
 // Values of --progress.
@@ -75,11 +119,13 @@ const (
 	progressNever  = "never"
 )
 
-// commandFlags are the single-command flags that --from-file excludes;
+// commandFlags and kindCommandFlags are the single-command flags of
+// publish create-balance and publish KIND that --from-file excludes;
 // fileFlags are the flags that only --from-file uses.
 var (
-	commandFlags = []string{"wallet", "name", "priority", "expires-at", "key"}
-	fileFlags    = []string{"results", "key-namespace", "in-flight", "progress"}
+	commandFlags     = []string{"wallet", "name", "priority", "expires-at", "key"}
+	kindCommandFlags = []string{"body", "wallet", "key"}
+	fileFlags        = []string{"results", "key-namespace", "in-flight", "progress"}
 )
 
 // registerFileFlags adds the --from-file flags to the flags of publish.
@@ -93,12 +139,12 @@ func registerFileFlags(fs *flag.FlagSet, f *publishFlags) {
 
 // checkFileFlags refuses the flags that do not go with the presence or
 // absence of --from-file.
-func checkFileFlags(fs *flag.FlagSet, f *publishFlags) error {
+func checkFileFlags(fs *flag.FlagSet, f *publishFlags, single []string) error {
 	set := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
 	var errs []error
 	if f.fromFile != "" {
-		for _, n := range commandFlags {
+		for _, n := range single {
 			if set[n] {
 				errs = append(errs, fmt.Errorf("--%s and --from-file are mutually exclusive", n))
 			}
@@ -137,7 +183,11 @@ type fileSummary struct {
 
 // outcomeCounts counts the outcomes of the published and duplicate lines.
 type outcomeCounts struct {
+	// Created counts balances and wallets created, Applied the commands of
+	// the other kinds applied; Replayed counts those of any kind an earlier
+	// publish had applied.
 	Created  int64                   `json:"created"`
+	Applied  int64                   `json:"applied,omitempty"`
 	Replayed int64                   `json:"replayed"`
 	Rejected map[messages.Code]int64 `json:"rejected"`
 	TimedOut int64                   `json:"timedOut"`
@@ -152,7 +202,8 @@ type lineResult struct {
 	Key       string `json:"key,omitempty"`
 	Seq       uint64 `json:"seq,omitempty"`
 	Duplicate bool   `json:"duplicate"`
-	// Outcome is created, replayed, rejected or timedOut, with --wait.
+	Kind      string `json:"kind,omitempty"`
+	// Outcome is created, applied, replayed, rejected or timedOut, with --wait.
 	Outcome string        `json:"outcome,omitempty"`
 	Code    messages.Code `json:"code,omitempty"`
 	// DecidedBy is "publisher" on a KEY_REUSED no worker published.
@@ -161,18 +212,27 @@ type lineResult struct {
 	Error string `json:"error,omitempty"`
 }
 
-// job is a valid command line on its way to JetStream.
+// job is a valid command line on its way to JetStream: a create-balance
+// command (cmd) or one of another kind (command).
 type job struct {
-	line int
-	cmd  messages.CreateBalance
-	key  string
+	line    int
+	kind    string
+	cmd     messages.CreateBalance
+	command producer.Command
+	key     string
 }
 
-// acked is a job JetStream acknowledged.
+// acked is a job JetStream acknowledged: ack for a create-balance, cack for
+// another kind.
 type acked struct {
 	job
-	ack producer.Ack
+	ack  producer.Ack
+	cack producer.CommandAck
 }
+
+func (a acked) seq() uint64 { return max(a.ack.Seq, a.cack.Seq) }
+
+func (a acked) duplicate() bool { return a.ack.Duplicate || a.cack.Duplicate }
 
 // bulkRun is one `publish create-balance --from-file` run. Its counters are
 // read by the progress line while the run updates them.
@@ -189,14 +249,14 @@ type bulkRun struct {
 	size      int64 // bytes in FILE, 0 when unknown
 	read      atomic.Int64
 
-	lines, published, duplicates, failed          atomic.Int64
-	created, replayed, rejected, timedOut, unread atomic.Int64
+	lines, published, duplicates, failed                   atomic.Int64
+	created, applied, replayed, rejected, timedOut, unread atomic.Int64
 
 	mu    sync.Mutex
 	codes map[messages.Code]int64
 }
 
-// publishFile runs `publish create-balance --from-file`.
+// publishFile runs `publish [KIND] --from-file`.
 func publishFile(ctx context.Context, f *publishFlags, env Env) int {
 	r := &bulkRun{f: f, name: f.fromFile, namespace: f.keyNamespace, start: time.Now(), codes: map[messages.Code]int64{}}
 	var in io.Reader
@@ -273,7 +333,6 @@ func publishFile(ctx context.Context, f *publishFlags, env Env) int {
 // run publishes and, with --wait, awaits every line, and returns the exit
 // status.
 func (r *bulkRun) run(ctx context.Context) int {
-	jobs := make(chan job, r.f.inFlight)
 	var acks chan acked
 	if r.aw != nil {
 		acks = make(chan acked, r.f.inFlight)
@@ -291,12 +350,20 @@ func (r *bulkRun) run(ctx context.Context) int {
 		}()
 	}
 
+	// One lane a publisher, each wallet's lines on one lane: a wallet's
+	// commands are published one after another, in line order, so that they
+	// are stored, and applied (SPEC §8), in that order; different wallets go
+	// in parallel.
+	lanes := make([]chan job, r.f.inFlight)
 	var publishers sync.WaitGroup
-	for range r.f.inFlight {
-		publishers.Go(func() { r.publish(ctx, jobs, acks) })
+	for i := range lanes {
+		lanes[i] = make(chan job, 1)
+		publishers.Go(func() { r.publish(ctx, lanes[i], acks) })
 	}
-	readErr := r.readLines(ctx, jobs)
-	close(jobs)
+	readErr := r.readLines(ctx, func(j job) { lanes[laneOf(j, len(lanes))] <- j })
+	for _, l := range lanes {
+		close(l)
+	}
 	publishers.Wait()
 	if readErr != nil {
 		r.out.printf("wallets-worker: %v\n", readErr)
@@ -324,9 +391,20 @@ func (r *bulkRun) run(ctx context.Context) int {
 	return ExitOK
 }
 
-// readLines reads the input and hands each valid command to jobs. It returns
-// an error only when the input cannot be read.
-func (r *bulkRun) readLines(ctx context.Context, jobs chan<- job) error {
+// laneOf is the lane of j's wallet among n.
+func laneOf(j job, n int) int {
+	wallet := j.command.WalletID
+	if j.kind == messages.KindCreateBalance {
+		wallet = j.cmd.WalletID
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(wallet))
+	return int(h.Sum32() % uint32(n))
+}
+
+// readLines reads the input and hands each valid command to send, in line
+// order. It returns an error only when the input cannot be read.
+func (r *bulkRun) readLines(ctx context.Context, send func(job)) error {
 	br := bufio.NewReaderSize(r.in, 64<<10)
 	for n := 1; ; n++ {
 		if ctx.Err() != nil {
@@ -350,12 +428,13 @@ func (r *bulkRun) readLines(ctx context.Context, jobs chan<- job) error {
 		case len(line) == 0 || line[0] == '#':
 		default:
 			r.lines.Add(1)
-			cmd, key, perr := parseLine(line, r.namespace)
+			j, perr := parseLine(line, r.f.kind, r.namespace)
 			if perr != nil {
-				r.fail(n, key, perr)
+				r.fail(n, j.key, perr)
 				break
 			}
-			jobs <- job{line: n, cmd: cmd, key: key}
+			j.line = n
+			send(j)
 		}
 		if err == io.EOF {
 			return nil
@@ -381,49 +460,69 @@ func readLine(br *bufio.Reader, max int, read *atomic.Int64) (line []byte, tooLo
 }
 
 // parseLine decodes one command line: a JSON object with the fields of the
-// command body and an optional "key". The body fields are decoded by the
-// worker's own decoder, so a line is refused for exactly what the worker
-// would refuse. Without a key, one is derived from the command.
-func parseLine(line []byte, namespace string) (cmd messages.CreateBalance, key string, err error) {
+// command body, an optional "key" and an optional "kind" (kind when absent).
+// The body fields are decoded by the worker's own decoder, so a line is
+// refused for exactly what the worker would refuse. A create-balance line
+// without a key gets one derived from the command; the other kinds need one.
+func parseLine(line []byte, kind, namespace string) (job, error) {
 	notJSON := func(err error) error { return fmt.Errorf("not a JSON object: %v", err) }
 	dec := json.NewDecoder(bytes.NewReader(line))
 	tok, err := dec.Token()
 	if err != nil {
-		return cmd, "", notJSON(err)
+		return job{}, notJSON(err)
 	}
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return cmd, "", errors.New("not a JSON object")
+		return job{}, errors.New("not a JSON object")
 	}
-	// The body is the object without "key", its other fields copied as
-	// written, duplicates included, for the worker's decoder to judge.
+	// The body is the object without "key" and "kind", its other fields
+	// copied as written, duplicates included, for the worker's decoder to
+	// judge.
 	body := append(make([]byte, 0, len(line)), '{')
-	var wallet string
-	hasKey, sawKey := false, false
+	var wallet, subjectWallet, key string
+	hasKey, sawKey, sawKind, sawWallet := false, false, false, false
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return cmd, "", notJSON(err)
+			return job{}, notJSON(err)
 		}
 		name := tok.(string) // inside an object the decoder only yields string keys
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
-			return cmd, "", notJSON(err)
+			return job{}, notJSON(err)
 		}
-		if name == lineKeyField {
+		switch name {
+		case lineKeyField:
 			if sawKey {
-				return cmd, "", fmt.Errorf("%q appears more than once", lineKeyField)
+				return job{}, fmt.Errorf("%q appears more than once", lineKeyField)
 			}
 			sawKey = true
 			if string(raw) == "null" {
 				continue
 			}
 			if raw[0] != '"' || json.Unmarshal(raw, &key) != nil {
-				return cmd, "", fmt.Errorf("%q must be a string or null", lineKeyField)
+				return job{}, fmt.Errorf("%q must be a string or null", lineKeyField)
 			}
 			hasKey = true
 			continue
-		}
-		if name == messages.FieldWalletID {
+		case lineWalletField:
+			if sawWallet {
+				return job{}, fmt.Errorf("%q appears more than once", lineWalletField)
+			}
+			sawWallet = true
+			if raw[0] != '"' || json.Unmarshal(raw, &subjectWallet) != nil {
+				return job{}, fmt.Errorf("%q must be a string", lineWalletField)
+			}
+			continue
+		case lineKindField:
+			if sawKind {
+				return job{}, fmt.Errorf("%q appears more than once", lineKindField)
+			}
+			sawKind = true
+			if raw[0] != '"' || json.Unmarshal(raw, &kind) != nil {
+				return job{}, fmt.Errorf("%q must be a string", lineKindField)
+			}
+			continue
+		case messages.FieldWalletID:
 			_ = json.Unmarshal(raw, &wallet) // judged by the decoder below
 		}
 		if len(body) > 1 {
@@ -433,20 +532,47 @@ func parseLine(line []byte, namespace string) (cmd messages.CreateBalance, key s
 		body = append(append(append(body, quoted...), ':'), raw...)
 	}
 	if _, err := dec.Token(); err != nil {
-		return cmd, "", notJSON(err)
+		return job{}, notJSON(err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return cmd, "", errors.New("data after the JSON object")
+		return job{}, errors.New("data after the JSON object")
 	}
 	body = append(body, '}')
 
+	j := job{kind: kind, key: key}
+	switch {
+	case kind == "":
+		return j, fmt.Errorf("%q is required (one of %s), or name it: publish KIND --from-file", lineKindField, strings.Join(allKinds(), ", "))
+	case kind == messages.KindCreateBalance && sawWallet:
+		return j, fmt.Errorf("%q is not a field of a create-balance line: its wallet is %s", lineWalletField, messages.FieldWalletID)
+	case kind == messages.KindCreateBalance:
+		j.cmd, j.key, err = createBalanceLine(body, wallet, key, hasKey, namespace)
+		return j, err
+	case !slices.Contains(producer.Kinds(), kind):
+		return j, fmt.Errorf("unknown kind %q (known: %s)", kind, strings.Join(allKinds(), ", "))
+	case !hasKey:
+		return j, fmt.Errorf("%q is required for a %s command: each line is one command, and equal lines are as many commands", lineKeyField, kind)
+	}
+	if err := messages.ValidateKey(key); err != nil {
+		return j, err
+	}
+	j.command, err = producer.NewCommand(kind, subjectWallet, body, key)
+	return j, err
+}
+
+// allKinds are the kinds publish knows, create-balance first.
+func allKinds() []string { return append([]string{messages.KindCreateBalance}, producer.Kinds()...) }
+
+// createBalanceLine decodes the body of a create-balance line, deriving
+// its key when the line has none.
+func createBalanceLine(body []byte, wallet, key string, hasKey bool, namespace string) (messages.CreateBalance, string, error) {
 	// The subject is made from the wallet so that the decoder's own
 	// diagnosis of a bad walletID is the one reported.
 	subjectWallet := messages.UnknownWallet
 	if wallet != "" && !strings.Contains(wallet, ".") {
 		subjectWallet = wallet
 	}
-	cmd, err = messages.DecodeCreateBalance(messages.CreateBalanceSubject(subjectWallet), body)
+	cmd, err := messages.DecodeCreateBalance(messages.CreateBalanceSubject(subjectWallet), body)
 	if err != nil {
 		return cmd, key, err
 	}
@@ -471,22 +597,28 @@ func parseLine(line []byte, namespace string) (cmd messages.CreateBalance, key s
 func (r *bulkRun) publish(ctx context.Context, jobs <-chan job, acks chan<- acked) {
 	for j := range jobs {
 		pctx, cancel := context.WithTimeout(ctx, r.f.timeout)
-		ack, err := r.p.Publish(pctx, j.cmd, j.key)
+		a := acked{job: j}
+		var err error
+		if j.kind == messages.KindCreateBalance {
+			a.ack, err = r.p.Publish(pctx, j.cmd, j.key)
+		} else {
+			a.cack, err = r.p.PublishCommand(pctx, j.command, j.key)
+		}
 		cancel()
 		if err != nil {
 			r.fail(j.line, j.key, err)
 			continue
 		}
-		if ack.Duplicate {
+		if a.duplicate() {
 			r.duplicates.Add(1)
 		} else {
 			r.published.Add(1)
 		}
 		if acks != nil {
-			acks <- acked{job: j, ack: ack}
+			acks <- a
 			continue
 		}
-		r.results.write(lineResult{Line: j.line, Key: j.key, Seq: ack.Seq, Duplicate: ack.Duplicate})
+		r.results.write(lineResult{Line: j.line, Kind: j.kind, Key: j.key, Seq: a.seq(), Duplicate: a.duplicate()})
 	}
 }
 
@@ -525,15 +657,33 @@ func (r *bulkRun) awaitAll(ctx context.Context, acks <-chan acked) {
 	}
 }
 
-// await awaits and records the outcomes of one batch.
+// await awaits and records the outcomes of one batch, create-balance
+// commands and the others each through their own call.
 func (r *bulkRun) await(ctx context.Context, b []acked) {
+	var balances, others []acked
+	for _, a := range b {
+		if a.kind == messages.KindCreateBalance {
+			balances = append(balances, a)
+		} else {
+			others = append(others, a)
+		}
+	}
+	if len(balances) > 0 {
+		r.awaitBalances(ctx, balances)
+	}
+	if len(others) > 0 {
+		r.awaitCommands(ctx, others)
+	}
+}
+
+func (r *bulkRun) awaitBalances(ctx context.Context, b []acked) {
 	acks := make([]producer.Ack, len(b))
 	for i, a := range b {
 		acks[i] = a.ack
 	}
 	outs, err := r.aw.AwaitAcks(ctx, acks) // the outcomes that came, whatever err says
 	for i, o := range outs {
-		res := lineResult{Line: b[i].line, Key: b[i].key, Seq: b[i].ack.Seq, Duplicate: b[i].ack.Duplicate}
+		res := lineResult{Line: b[i].line, Kind: b[i].kind, Key: b[i].key, Seq: b[i].ack.Seq, Duplicate: b[i].ack.Duplicate}
 		switch {
 		case o.Created != nil && o.Created.Replayed:
 			r.replayed.Add(1)
@@ -542,14 +692,7 @@ func (r *bulkRun) await(ctx context.Context, b []acked) {
 			r.created.Add(1)
 			res.Outcome = "created"
 		case o.Rejected != nil:
-			r.rejected.Add(1)
-			r.mu.Lock()
-			r.codes[o.Rejected.Code]++
-			r.mu.Unlock()
-			res.Outcome, res.Code = "rejected", o.Rejected.Code
-			if o.ByPublisher {
-				res.DecidedBy = decidedByPublisher
-			}
+			r.reject(&res, o.Rejected.Code, o.ByPublisher)
 		case o.Subject != "": // arrived, but not decodable
 			r.unread.Add(1)
 			res.Outcome, res.Error = "unreadable", fmt.Sprint(err)
@@ -559,6 +702,46 @@ func (r *bulkRun) await(ctx context.Context, b []acked) {
 			res.Outcome = "timedOut"
 		}
 		r.results.write(res)
+	}
+}
+
+func (r *bulkRun) awaitCommands(ctx context.Context, b []acked) {
+	acks := make([]producer.CommandAck, len(b))
+	for i, a := range b {
+		acks[i] = a.cack
+	}
+	evs, _ := r.aw.AwaitCommands(ctx, acks) // the outcomes that came, whatever the error says
+	for i, e := range evs {
+		res := lineResult{Line: b[i].line, Kind: b[i].kind, Key: b[i].key, Seq: b[i].cack.Seq, Duplicate: b[i].cack.Duplicate}
+		switch {
+		case e.Name == "":
+			r.timedOut.Add(1)
+			res.Outcome = "timedOut"
+		case e.Rejected():
+			r.reject(&res, e.Code, e.DecidedBy != "")
+		case e.Replayed():
+			r.replayed.Add(1)
+			res.Outcome = "replayed"
+		case b[i].kind == messages.KindCreateWallet:
+			r.created.Add(1)
+			res.Outcome = "created"
+		default:
+			r.applied.Add(1)
+			res.Outcome = "applied"
+		}
+		r.results.write(res)
+	}
+}
+
+// reject records a rejected outcome with code.
+func (r *bulkRun) reject(res *lineResult, code messages.Code, byPublisher bool) {
+	r.rejected.Add(1)
+	r.mu.Lock()
+	r.codes[code]++
+	r.mu.Unlock()
+	res.Outcome, res.Code = "rejected", code
+	if byPublisher {
+		res.DecidedBy = decidedByPublisher
 	}
 }
 
@@ -587,6 +770,7 @@ func (r *bulkRun) summary() fileSummary {
 		r.mu.Unlock()
 		s.Outcomes = &outcomeCounts{
 			Created:    r.created.Load(),
+			Applied:    r.applied.Load(),
 			Replayed:   r.replayed.Load(),
 			Rejected:   codes,
 			TimedOut:   r.timedOut.Load(),
@@ -609,7 +793,7 @@ func (r *bulkRun) progressLine() string {
 	fmt.Fprintf(&b, "lines %d  published %d  duplicates %d  failed %d",
 		r.lines.Load(), r.published.Load(), r.duplicates.Load(), r.failed.Load())
 	if r.aw != nil {
-		fmt.Fprintf(&b, "  outcomes %d/%d", r.created.Load()+r.replayed.Load()+r.rejected.Load()+r.timedOut.Load()+r.unread.Load(), sent)
+		fmt.Fprintf(&b, "  outcomes %d/%d", r.created.Load()+r.applied.Load()+r.replayed.Load()+r.rejected.Load()+r.timedOut.Load()+r.unread.Load(), sent)
 	}
 	if s := time.Since(r.start).Seconds(); s > 0 {
 		fmt.Fprintf(&b, "  %.0f/s", float64(sent+r.failed.Load())/s)

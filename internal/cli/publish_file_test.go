@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/messages"
 	"github.com/wallets-worker/wallets-worker/producer"
 )
 
@@ -233,9 +234,9 @@ func TestParseLine(t *testing.T) {
 	t.Parallel()
 	key := func(line, ns string) string {
 		t.Helper()
-		_, k, err := parseLine([]byte(line), ns)
+		j, err := parseLine([]byte(line), messages.KindCreateBalance, ns)
 		require.NoError(t, err, line)
-		return k
+		return j.key
 	}
 	base := key(`{"walletID":"w1","name":"n","expiresAt":"2027-01-01T00:00:00Z"}`, "file:a")
 	require.Len(t, base, 64)
@@ -246,8 +247,9 @@ func TestParseLine(t *testing.T) {
 	require.NotEqual(t, base, key(`{"walletID":"w1","name":"n","priority":1,"expiresAt":"2027-01-01T00:00:00Z"}`, "file:a"))
 	require.Equal(t, "k-1", key(`{"walletID":"w1","name":"n","key":"k-1"}`, "file:a"))
 
-	cmd, _, err := parseLine([]byte(`{"walletID":"w1","name":"n","priority":-3}`), "ns")
+	j, err := parseLine([]byte(`{"walletID":"w1","name":"n","priority":-3}`), messages.KindCreateBalance, "ns")
 	require.NoError(t, err)
+	cmd := j.cmd
 	require.Equal(t, "w1", cmd.WalletID)
 	require.Equal(t, int64(-3), cmd.Priority)
 	require.Nil(t, cmd.ExpiresAt)
@@ -267,7 +269,49 @@ func TestParseLine(t *testing.T) {
 		`{"walletID":"w1","name":"n","priority":1.5}`: "priority:",
 		fmt.Sprintf(`{"walletID":"w1","name":"n","key":%q}`, strings.Repeat("k", 201)): "Nats-Msg-Id:",
 	} {
-		_, _, err := parseLine([]byte(line), "ns")
+		_, err := parseLine([]byte(line), messages.KindCreateBalance, "ns")
+		require.ErrorContains(t, err, want, line)
+	}
+}
+
+// TestParseLineOfAnyKind: a line names its kind, or takes the one given on
+// the command line; the kinds beside create-balance need a key and are
+// decoded by the worker's decoder of their kind.
+func TestParseLineOfAnyKind(t *testing.T) {
+	t.Parallel()
+	credit := `{"kind":"credit-wallet","key":"c-1","walletID":"w1","amount":{"asset":"USD/2","amount":100}}`
+	j, err := parseLine([]byte(credit), "", "ns")
+	require.NoError(t, err)
+	require.Equal(t, messages.KindCreditWallet, j.kind)
+	require.Equal(t, "c-1", j.key)
+	require.Equal(t, "wallets.commands.credit-wallet.w1", j.command.Subject())
+	require.JSONEq(t, `{"walletID":"w1","amount":{"asset":"USD/2","amount":100}}`, string(j.command.Body), "kind and key are not in the body")
+
+	j, err = parseLine([]byte(`{"kind":"void-hold","key":"v-1","wallet":"w1","holdID":"h1"}`), "", "ns")
+	require.NoError(t, err)
+	require.Equal(t, "wallets.commands.void-hold.w1", j.command.Subject())
+	require.JSONEq(t, `{"holdID":"h1"}`, string(j.command.Body))
+
+	// The kind from the command line, overridden by the line's.
+	j, err = parseLine([]byte(`{"key":"w-alice","name":"alice"}`), messages.KindCreateWallet, "ns")
+	require.NoError(t, err)
+	require.Equal(t, messages.WalletIDOf("w-alice"), j.command.WalletID, "create-wallet's wallet derives from the key")
+	j, err = parseLine([]byte(`{"kind":"create-balance","walletID":"w1","name":"n"}`), messages.KindCreateWallet, "ns")
+	require.NoError(t, err)
+	require.Equal(t, messages.KindCreateBalance, j.kind)
+	require.Len(t, j.key, 64, "a create-balance line without a key gets a derived one")
+
+	for line, want := range map[string]string{
+		`{"walletID":"w1","name":"n"}`:                                                                      `"kind" is required`,
+		`{"kind":"mint","key":"k"}`:                                                                         `unknown kind "mint"`,
+		`{"kind":7,"key":"k"}`:                                                                              `"kind" must be a string`,
+		`{"kind":"credit-wallet","kind":"credit-wallet","key":"k"}`:                                         `"kind" appears more than once`,
+		`{"kind":"credit-wallet","walletID":"w1","amount":{"asset":"USD/2","amount":1}}`:                    `"key" is required for a credit-wallet command`,
+		`{"kind":"credit-wallet","key":"k","walletID":"w1"}`:                                                "amount",
+		`{"kind":"debit-wallet","key":"k","walletID":"w1","amount":{"asset":"USD/2","amount":1},"extra":1}`: "extra",
+		`{"kind":"create-wallet","key":"","name":"a"}`:                                                      "Nats-Msg-Id: is empty",
+	} {
+		_, err := parseLine([]byte(line), "", "ns")
 		require.ErrorContains(t, err, want, line)
 	}
 }
@@ -339,4 +383,77 @@ func TestPublishFromFileTwoThousandLines(t *testing.T) {
 
 	t.Logf("%d lines published and awaited in %s (%.0f/s); %d more published without --wait in %s (%.0f/s)",
 		n, awaited.Round(time.Millisecond), n/awaited.Seconds(), n, published.Round(time.Millisecond), n/published.Seconds())
+}
+
+// TestPublishFromFileEveryKind: `publish --from-file` with a line of every
+// kind, each naming its own, their outcomes counted by kind; a wallet's lines
+// go out in line order, so the hold made on line 4 is there for line 5 and the
+// credit of line 3 covers the debits after it.
+func TestPublishFromFileEveryKind(t *testing.T) {
+	b := setup(t)
+	w := messages.WalletIDOf("f-w")
+	hold1, hold2 := messages.HoldIDOf("f-d1"), messages.HoldIDOf("f-d2")
+	eur := func(n int) string { return fmt.Sprintf(`{"asset":"EUR/2","amount":%d}`, n) }
+	path := writeLines(t, "mixed.jsonl",
+		`{"kind":"create-wallet","key":"f-w","name":"frank"}`,
+		`{"kind":"create-balance","walletID":"`+w+`","name":"savings"}`,
+		`{"kind":"credit-wallet","key":"f-c1","walletID":"`+w+`","amount":`+eur(1000)+`}`,
+		`{"kind":"debit-wallet","key":"f-d1","walletID":"`+w+`","amount":`+eur(300)+`,"pending":true}`,
+		`{"kind":"confirm-hold","key":"f-cf","wallet":"`+w+`","holdID":"`+hold1+`","final":true}`,
+		`{"kind":"debit-wallet","key":"f-d2","walletID":"`+w+`","amount":`+eur(200)+`,"pending":true}`,
+		`{"kind":"void-hold","key":"f-v","wallet":"`+w+`","holdID":"`+hold2+`"}`,
+		`{"kind":"debit-wallet","key":"f-d3","walletID":"`+w+`","amount":`+eur(5000)+`}`,
+		`{"kind":"credit-wallet","key":"f-c1","walletID":"`+w+`","amount":`+eur(1000)+`}`,
+		`{"kind":"credit-wallet","key":"f-c1","walletID":"`+w+`","amount":`+eur(7)+`}`,
+		`{"kind":"update-wallet","key":"f-u","walletID":"`+w+`","metadata":{"tier":"gold"}}`,
+		`{"walletID":"`+w+`","name":"no-kind"}`,
+	)
+	results := filepath.Join(t.TempDir(), "results.jsonl")
+	var stdout, stderr bytes.Buffer
+	code := Main(context.Background(), []string{"publish", "--nats-url", b.addrs.NATSURL, "--from-file", path, "--wait", "--timeout", "30s", "--results", results},
+		Env{Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }})
+	require.Equal(t, ExitError, code, "a line without a kind fails the run: %s", stderr.String())
+	require.Contains(t, stderr.String(), `mixed.jsonl:12: "kind" is required`)
+	out := decodeLines(t, stdout.String())
+	require.Len(t, out, 1)
+	delete(out[0], "seconds")
+	require.Equal(t, map[string]any{"file": path, "lines": 12.0, "published": 9.0, "duplicates": 2.0, "failed": 1.0,
+		"outcomes": map[string]any{"created": 2.0, "applied": 7.0, "replayed": 0.0, "timedOut": 0.0,
+			"rejected": map[string]any{"INSUFFICIENT_FUNDS": 1.0, "KEY_REUSED": 1.0}}}, out[0])
+
+	byLine := readResults(t, results)
+	want := map[int][2]string{ // kind, outcome
+		1: {"create-wallet", "created"}, 2: {"create-balance", "created"}, 3: {"credit-wallet", "applied"},
+		4: {"debit-wallet", "applied"}, 5: {"confirm-hold", "applied"}, 6: {"debit-wallet", "applied"},
+		7: {"void-hold", "applied"}, 8: {"debit-wallet", "rejected"}, 9: {"credit-wallet", "applied"},
+		10: {"credit-wallet", "rejected"}, 11: {"update-wallet", "applied"},
+	}
+	for line, kw := range want {
+		require.Equal(t, kw[0], byLine[line]["kind"], "line %d", line)
+		require.Equal(t, kw[1], byLine[line]["outcome"], "line %d: %v", line, byLine[line])
+	}
+	require.Equal(t, "INSUFFICIENT_FUNDS", byLine[8]["code"])
+	require.Equal(t, true, byLine[9]["duplicate"])
+	require.Equal(t, "publisher", byLine[10]["decidedBy"])
+	require.Contains(t, byLine[12]["error"], `"kind" is required`)
+
+	// Lines without a kind take the one on the command line; two equal
+	// credits with their own keys are two credits.
+	path = writeLines(t, "credits.jsonl",
+		`{"key":"f-c2","walletID":"`+w+`","amount":`+eur(5)+`}`,
+		`{"key":"f-c3","walletID":"`+w+`","amount":`+eur(5)+`}`,
+		`{"kind":"debit-wallet","key":"f-d4","walletID":"`+w+`","amount":`+eur(710)+`}`,
+	)
+	stdout.Reset()
+	stderr.Reset()
+	code = Main(context.Background(), []string{"publish", "credit-wallet", "--nats-url", b.addrs.NATSURL, "--from-file", path, "--wait", "--timeout", "30s"},
+		Env{Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }})
+	require.Equal(t, ExitOK, code, stderr.String())
+	out = decodeLines(t, stdout.String())
+	require.Len(t, out, 1)
+	delete(out[0], "seconds")
+	// 1000 credited, 300 held and confirmed, 200 held and voided: 700 left,
+	// and the two credits of 5 make the debit of 710 exact.
+	require.Equal(t, map[string]any{"file": path, "lines": 3.0, "published": 3.0, "duplicates": 0.0, "failed": 0.0,
+		"outcomes": map[string]any{"created": 0.0, "applied": 3.0, "replayed": 0.0, "timedOut": 0.0, "rejected": map[string]any{}}}, out[0])
 }

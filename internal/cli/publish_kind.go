@@ -24,6 +24,7 @@ import (
 // publishKindSynopsis is the help of `publish <kind>` for the kinds beside
 // create-balance (SPEC §7).
 const publishKindSynopsis = `wallets-worker publish KIND --body JSON [--wallet ID] [--key KEY] [--wait] [flags]
+       wallets-worker publish KIND --from-file FILE.jsonl [--wait] [flags]
 
 KIND is one of create-wallet, update-wallet, credit-wallet, debit-wallet,
 confirm-hold, void-hold. --body is the command's wire body (docs/wire.md):
@@ -35,7 +36,11 @@ else the body's walletID; for create-wallet it is the wallet the key derives
 Prints the publish acknowledgement as one JSON object, and with --wait the
 outcome event as a second. Exit 0: published (with --wait: applied);
 3: rejected; 4: no acknowledgement or outcome within --timeout; 1: any other
-error.`
+error.
+
+--from-file publishes every command of FILE as "publish --from-file" does
+(see wallets-worker publish --from-file --help), its lines of kind KIND
+unless they name another.`
 
 // kindAck is the first JSON object `publish <kind>` prints.
 type kindAck struct {
@@ -50,22 +55,19 @@ type kindAck struct {
 }
 
 func publishKindCommand(ctx context.Context, kind string, args []string, env Env) int {
-	var (
-		wallet, body, key string
-		wait              bool
-		timeout           time.Duration
-		nc                natsconn.Config
-	)
+	var wallet, body, key string
+	f := &publishFlags{kind: kind}
 	fs := flag.NewFlagSet("publish "+kind, flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
-	fs.StringVar(&body, "body", "", "the command's JSON body, @FILE, or - for standard input (required)")
+	fs.StringVar(&body, "body", "", "the command's JSON body, @FILE, or - for standard input (required without --from-file)")
 	fs.StringVar(&wallet, "wallet", "", "wallet ID of the subject (empty: the body's walletID; create-wallet: derived from the key)")
 	fs.StringVar(&key, "key", "", "idempotency key, sent as Nats-Msg-Id (empty: a new random key)")
-	fs.BoolVar(&wait, "wait", false, "wait for the command's outcome event and print it")
-	fs.DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the publish and, with --wait, the outcome")
-	fs.StringVar(&nc.URL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
-	natsconn.Register(fs, &nc)
-	natsconn.RegisterInboxPrefix(fs, &nc)
+	fs.BoolVar(&f.wait, "wait", false, "wait for the command's outcome event and print it (with --from-file: for every outcome, and print their counts)")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "how long to wait for the publish and, with --wait, the outcome\n(with --from-file: for each publish, and with --wait for the outcomes still missing after the last publish)")
+	fs.StringVar(&f.nats.URL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
+	registerFileFlags(fs, f)
+	natsconn.Register(fs, &f.nats)
+	natsconn.RegisterInboxPrefix(fs, &f.nats)
 	fs.Usage = usage(fs, strings.ReplaceAll(publishKindSynopsis, "KIND", kind))
 	if err := parse(fs, args, env.Getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -73,6 +75,13 @@ func publishKindCommand(ctx context.Context, kind string, args []string, env Env
 		}
 		return exitStatus(usageError("%v", err), env.Stderr)
 	}
+	if err := checkFileFlags(fs, f, kindCommandFlags); err != nil {
+		return exitStatus(err, env.Stderr)
+	}
+	if f.fromFile != "" {
+		return publishFile(ctx, f, env)
+	}
+	wait, timeout, nc := f.wait, f.timeout, f.nats
 	raw, err := readBody(body)
 	if err != nil {
 		return exitStatus(usageError("--body: %v", err), env.Stderr)
