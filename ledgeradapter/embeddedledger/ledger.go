@@ -22,7 +22,7 @@ const FileName = "ledger.db"
 
 // schemaVersion is stored in PRAGMA user_version; Open refuses a file written
 // by a newer layout rather than guessing.
-const schemaVersion = 2
+const schemaVersion = 3
 
 const (
 	// DefaultPageSize and MaxPageSize mirror the real server's
@@ -206,7 +206,7 @@ func (l *Ledger) Close() error {
 }
 
 // migrations[i] takes the schema from version i to i+1.
-var migrations = []string{ddlAccountsAndLogs, ddlTransactions}
+var migrations = []string{ddlAccountsAndLogs, ddlTransactions, ddlTransactionAccounts}
 
 const ddlAccountsAndLogs = `
 CREATE TABLE ledgers (
@@ -269,6 +269,29 @@ CREATE TABLE transaction_ids (
 	ledger_id INTEGER PRIMARY KEY REFERENCES ledgers (id),
 	last      INTEGER NOT NULL
 );
+`
+
+// ddlTransactionAccounts indexes transactions by the accounts their
+// postings move, as source, destination or both, so that a list filtered on
+// one account reads that account's transactions rather than the whole
+// ledger's; the transactions already stored are indexed from their JSON.
+const ddlTransactionAccounts = `
+CREATE TABLE transaction_accounts (
+	ledger_id   INTEGER NOT NULL REFERENCES ledgers (id),
+	address     TEXT    NOT NULL,
+	id          INTEGER NOT NULL,
+	source      INTEGER NOT NULL,
+	destination INTEGER NOT NULL,
+	PRIMARY KEY (ledger_id, address, id)
+) WITHOUT ROWID;
+INSERT INTO transaction_accounts (ledger_id, address, id, source, destination)
+	SELECT t.ledger_id, json_extract(p.value, '$.source'), t.id, 1, 0
+	FROM transactions t, json_each(t.data, '$.postings') p WHERE true
+	ON CONFLICT (ledger_id, address, id) DO NOTHING;
+INSERT INTO transaction_accounts (ledger_id, address, id, source, destination)
+	SELECT t.ledger_id, json_extract(p.value, '$.destination'), t.id, 0, 1
+	FROM transactions t, json_each(t.data, '$.postings') p WHERE true
+	ON CONFLICT (ledger_id, address, id) DO UPDATE SET destination = 1;
 `
 
 func (l *Ledger) migrate(ctx context.Context) error {

@@ -70,7 +70,7 @@ const (
 
 var (
 	writeQueries = []string{qIdempotencyHash, qLastLog, qInsertLog, qAccountMetadata, qInsertAccount, qUpdateAccount,
-		qVolume, qVolumesOf, qUpsertVolume, qLastTxID, qSetLastTxID, qReferenceTaken, qInsertTx, qTouchAccount}
+		qVolume, qVolumesOf, qUpsertVolume, qLastTxID, qSetLastTxID, qReferenceTaken, qInsertTx, qIndexTx, qTouchAccount}
 	readQueries = []string{qLedgerByName, qAccount, qLogsFrom, qLogsUpTo, qOlderLogExists, qNewerLogExists, qTransaction, qLogData, qVolumesRead}
 )
 

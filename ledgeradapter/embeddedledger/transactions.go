@@ -350,6 +350,7 @@ const (
 	qSetLastTxID    = `INSERT INTO transaction_ids (ledger_id, last) VALUES (?, ?) ON CONFLICT (ledger_id) DO UPDATE SET last = excluded.last`
 	qReferenceTaken = `SELECT EXISTS (SELECT 1 FROM transactions WHERE ledger_id = ? AND reference = ?)`
 	qInsertTx       = `INSERT INTO transactions (ledger_id, id, data, reference, timestamp) VALUES (?, ?, ?, ?, ?)`
+	qIndexTx        = `INSERT INTO transaction_accounts (ledger_id, address, id, source, destination) VALUES (?, ?, ?, ?, ?)`
 	qTouchAccount   = `INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) VALUES (?, ?, '{}', ?, ?, ?) ON CONFLICT (ledger_id, address) DO UPDATE SET first_usage = min(first_usage, excluded.first_usage)`
 )
 
@@ -736,5 +737,35 @@ func applyTransaction(ctx context.Context, tx querier, ledgerID int64, req txReq
 	if _, err := tx.ExecContext(ctx, qInsertTx, ledgerID, id, string(data), nullString(req.Reference), timestamp.UnixMicro()); err != nil {
 		return newTransactionPayload{}, fmt.Errorf("insert transaction: %w", err)
 	}
+	if err := indexTransaction(ctx, tx, ledgerID, id, res.postings); err != nil {
+		return newTransactionPayload{}, err
+	}
 	return newTransactionPayload{Transaction: view, AccountMetadata: res.accountMetadata}, nil
+}
+
+// indexTransaction records the accounts a transaction's postings move (see
+// ddlTransactionAccounts).
+func indexTransaction(ctx context.Context, tx querier, ledgerID, id int64, postings []postingView) error {
+	type roles struct{ source, destination int }
+	moved := map[string]*roles{}
+	var order []string
+	role := func(a string) *roles {
+		r, ok := moved[a]
+		if !ok {
+			r = &roles{}
+			moved[a] = r
+			order = append(order, a)
+		}
+		return r
+	}
+	for _, p := range postings {
+		role(p.Source).source = 1
+		role(p.Destination).destination = 1
+	}
+	for _, a := range order {
+		if _, err := tx.ExecContext(ctx, qIndexTx, ledgerID, a, id, moved[a].source, moved[a].destination); err != nil {
+			return fmt.Errorf("index transaction: %w", err)
+		}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package embeddedledger
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -37,6 +38,51 @@ type txCursor struct {
 
 const qTransactionsUpTo = `SELECT data FROM transactions WHERE ledger_id = ? AND id <= ? ORDER BY id DESC`
 
+// qTransactionsOfAccount lists the transactions that move an account, in
+// a role: %s is "", "AND a.source = 1" or "AND a.destination = 1".
+const qTransactionsOfAccount = `SELECT t.data FROM transaction_accounts a JOIN transactions t ON t.ledger_id = a.ledger_id AND t.id = a.id
+WHERE a.ledger_id = ? AND a.address = ? AND a.id <= ? %s ORDER BY a.id DESC`
+
+// accountHint is a filter's condition that every listed transaction moves
+// one account (a $match on account, source or destination with a full
+// address, at the top or in a top-level $and): the list then reads that
+// account's transactions only, and still applies the whole filter.
+type accountHint struct {
+	address string
+	field   string // account, source or destination
+}
+
+func accountHintOf(raw json.RawMessage) (accountHint, bool) {
+	var node map[string]json.RawMessage
+	if len(raw) == 0 || json.Unmarshal(raw, &node) != nil || len(node) != 1 {
+		return accountHint{}, false
+	}
+	if items, ok := node["$and"]; ok {
+		var list []json.RawMessage
+		if json.Unmarshal(items, &list) != nil {
+			return accountHint{}, false
+		}
+		for _, it := range list {
+			if h, ok := accountHintOf(it); ok {
+				return h, true
+			}
+		}
+		return accountHint{}, false
+	}
+	var leaf map[string]json.RawMessage
+	if json.Unmarshal(node["$match"], &leaf) != nil || len(leaf) != 1 {
+		return accountHint{}, false
+	}
+	for field, value := range leaf {
+		var address string
+		if (field == "account" || field == "source" || field == "destination") &&
+			json.Unmarshal(value, &address) == nil && !isPartialAddress(address) {
+			return accountHint{address: address, field: field}, true
+		}
+	}
+	return accountHint{}, false
+}
+
 // listTransactionsHandler is GET /v2/{ledger}/transactions: the
 // transactions the filter selects (in the "query" parameter, which the real
 // ledger reads first, or the body), newest first. It reads the ledger's
@@ -70,7 +116,8 @@ func (l *Ledger) listTransactionsHandler(w http.ResponseWriter, r *http.Request,
 	if err != nil {
 		return validationError("%s", err)
 	}
-	page, hasMore, err := l.listTransactions(r.Context(), lg.ID, q, match)
+	hint, _ := accountHintOf(q.Filter)
+	page, hasMore, err := l.listTransactions(r.Context(), lg.ID, q, match, hint)
 	if err != nil {
 		return l.internalError(err)
 	}
@@ -85,12 +132,21 @@ func (l *Ledger) listTransactionsHandler(w http.ResponseWriter, r *http.Request,
 	return nil
 }
 
-func (l *Ledger) listTransactions(ctx context.Context, ledgerID int64, q txQuery, match func(*transactionView) bool) ([]transactionView, bool, error) {
+func (l *Ledger) listTransactions(ctx context.Context, ledgerID int64, q txQuery, match func(*transactionView) bool, hint accountHint) ([]transactionView, bool, error) {
 	maxID := q.MaxID
 	if maxID == 0 {
 		maxID = 1<<63 - 1
 	}
-	rows, err := l.r.QueryContext(ctx, qTransactionsUpTo, ledgerID, maxID)
+	var rows *sql.Rows
+	var err error
+	switch hint.field {
+	case "":
+		rows, err = l.r.QueryContext(ctx, qTransactionsUpTo, ledgerID, maxID)
+	case "account":
+		rows, err = l.r.QueryContext(ctx, fmt.Sprintf(qTransactionsOfAccount, ""), ledgerID, hint.address, maxID)
+	default: // source or destination: a column of that name
+		rows, err = l.r.QueryContext(ctx, fmt.Sprintf(qTransactionsOfAccount, "AND a."+hint.field+" = 1"), ledgerID, hint.address, maxID)
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("list transactions: %w", err)
 	}
