@@ -288,3 +288,24 @@ func TestOrderWorkload(t *testing.T) {
 	require.Positive(t, res.Phases[2].Waits, "hot-ordered: no command waited for its wallet's line")
 	require.Positive(t, res.SpreadRatio)
 }
+
+// TestMixedWorkload: a small mixed run applies every command of every kind
+// through the worker (two workers, ordered by default) and through the
+// handlers called directly, on the embedded ledger; and the command prints
+// the table with its ratio.
+func TestMixedWorkload(t *testing.T) {
+	res, err := RunMixed(context.Background(), MixedConfig{LedgerName: "bench-mixed-test", Wallets: 30, Workers: 2,
+		Concurrency: 16, TxConcurrency: 8, Batch: true, Timeout: 10 * time.Second})
+	require.NoError(t, err)
+	require.Len(t, res.Phases, 2)
+	for _, p := range res.Phases {
+		require.Equal(t, 30*9, p.Commands, p.Name)
+		require.Equal(t, p.Commands, p.Applied, "%s: every command applied, none rejected (%v)", p.Name, p.Rejected)
+		require.Positive(t, p.PerSec, p.Name)
+	}
+	require.Positive(t, res.WorkerToDirect)
+
+	var out, log bytes.Buffer
+	require.NoError(t, Command(context.Background(), []string{"--workload", "mixed", "--wallets", "5", "--concurrency", "8"}, &out, &log), log.String())
+	require.Contains(t, out.String(), "worker ÷ handlers called directly")
+}

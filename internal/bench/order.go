@@ -7,18 +7,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
-	"path/filepath"
-	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
-	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/messages"
 	"github.com/wallets-worker/wallets-worker/worker"
@@ -72,123 +66,42 @@ type OrderResult struct {
 // ledger (embedded unless cfg.LedgerURL).
 func RunOrder(ctx context.Context, cfg OrderConfig) (OrderResult, error) {
 	res := OrderResult{Ledger: "embedded", LedgerName: cfg.LedgerName}
-	base, label, stop, err := ledgerAt(cfg.LedgerURL)
+	b, err := startDrainBench(ctx, cfg.LedgerURL, cfg.LedgerName, cfg.TxConcurrency, cfg.Timeout, cfg.Log)
 	if err != nil {
 		return res, err
 	}
-	defer stop()
-	res.Ledger = label
-	dir, err := os.MkdirTemp("", "wallets-worker-bench-order-")
-	if err != nil {
-		return res, err
-	}
-	defer os.RemoveAll(dir)
-	ns, err := embeddednats.Start(embeddednats.Options{StoreDir: filepath.Join(dir, "nats")})
-	if err != nil {
-		return res, err
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	var logger *slog.Logger = slog.New(slog.DiscardHandler)
-	if cfg.Log != nil {
-		logger = slog.New(slog.NewTextHandler(cfg.Log, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
-	client, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: base, TxConcurrency: cfg.TxConcurrency, Timeout: cfg.Timeout, Logger: logger})
-	if err != nil {
-		return res, err
-	}
-	defer client.CloseIdleConnections()
-	if err := client.EnsureLedger(ctx, cfg.LedgerName); err != nil {
-		return res, fmt.Errorf("ensure ledger: %w", err)
-	}
-	connect := func(name string) (jetstream.JetStream, func(), error) {
-		nc, err := nats.Connect(ns.ClientURL(), nats.Name("wallets-worker-bench-"+name))
-		if err != nil {
-			return nil, nil, err
-		}
-		js, err := jetstream.New(nc)
-		return js, nc.Close, err
-	}
-	admin, closeAdmin, err := connect("admin")
-	if err != nil {
-		return res, err
-	}
-	defer closeAdmin()
-	if err := worker.Provision(ctx, admin, worker.Config{Concurrency: cfg.Concurrency}); err != nil {
+	defer b.close()
+	res.Ledger = b.label
+	client := b.client
+	if err := worker.Provision(ctx, b.admin, worker.Config{Concurrency: cfg.Concurrency}); err != nil {
 		return res, err
 	}
 
 	phase := func(name string, order worker.Order, wallets, n int) (OrderPhase, error) {
 		ph := OrderPhase{Name: name, Order: string(order), Wallets: wallets, Commands: n}
 		// Store every command first.
+		msgs := make([]*nats.Msg, n)
 		for i := range n {
-			if i%500 == 499 {
-				select {
-				case <-admin.PublishAsyncComplete():
-				case <-ctx.Done():
-					return ph, ctx.Err()
-				}
-			}
 			wallet := fmt.Sprintf("%s-%s-%d", cfg.LedgerName, name, i%wallets)
 			m := &nats.Msg{Subject: messages.SubjectCommandsPrefix + messages.KindCreditWallet + "." + wallet, Header: nats.Header{},
 				Data: fmt.Appendf(nil, `{"walletID":%q,"amount":{"asset":"USD/2","amount":100}}`, wallet)}
 			m.Header.Set(messages.HeaderMsgID, fmt.Sprintf("%s-%s-%d", cfg.LedgerName, name, i))
-			if _, err := admin.PublishMsgAsync(m); err != nil {
-				return ph, err
-			}
+			msgs[i] = m
 		}
-		select {
-		case <-admin.PublishAsyncComplete():
-		case <-ctx.Done():
-			return ph, ctx.Err()
+		if err := b.store(ctx, msgs); err != nil {
+			return ph, err
 		}
-		events, err := admin.OrderedConsumer(ctx, messages.StreamEvents, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy})
+		kinds := func() handlers.Kinds {
+			return handlers.NewKinds(handlers.CreditWalletKind(&handlers.CreditWallet{Ledger: client, LedgerName: cfg.LedgerName}))
+		}
+		d, err := b.drain(ctx, name, cfg.Workers, worker.Config{Concurrency: cfg.Concurrency, Order: order}, kinds, n)
 		if err != nil {
 			return ph, err
 		}
-		wctx, stop := context.WithCancel(ctx)
-		var wg sync.WaitGroup
-		var ws []*worker.Worker
-		start := time.Now()
-		for i := range cfg.Workers {
-			js, closeConn, err := connect(fmt.Sprintf("%s-%d", name, i))
-			if err != nil {
-				stop()
-				return ph, err
-			}
-			defer closeConn()
-			l := &handlers.CreditWallet{Ledger: client, LedgerName: cfg.LedgerName}
-			w, err := worker.New(js, handlers.NewKinds(handlers.CreditWalletKind(l)), worker.Config{Concurrency: cfg.Concurrency, Order: order}, logger)
-			if err != nil {
-				stop()
-				return ph, err
-			}
-			ws = append(ws, w)
-			wg.Go(func() { _ = w.Run(wctx) })
-		}
-		for ph.Applied+ph.Rejected < n {
-			m, err := events.Next(jetstream.FetchMaxWait(2 * time.Minute))
-			if err != nil {
-				stop()
-				wg.Wait()
-				return ph, fmt.Errorf("%s: outcome %d of %d: %w", name, ph.Applied+ph.Rejected+1, n, err)
-			}
-			var e struct {
-				Code messages.Code `json:"code"`
-			}
-			_ = json.Unmarshal(m.Data(), &e)
-			if e.Code != "" {
-				ph.Rejected++
-			} else {
-				ph.Applied++
-			}
-		}
-		ph.Seconds = time.Since(start).Seconds()
+		ph.Seconds, ph.Waits = d.seconds, d.orderWaits
+		ph.Applied = d.byCode[""]
+		ph.Rejected = n - ph.Applied
 		ph.PerSec = float64(n) / ph.Seconds
-		stop()
-		wg.Wait()
-		for _, w := range ws {
-			ph.Waits += w.Stats().OrderWaits.Load()
-		}
 		if cfg.Log != nil {
 			fmt.Fprintf(cfg.Log, "%s: %d applied, %d rejected in %.2fs: %.0f commands/s\n", name, ph.Applied, ph.Rejected, ph.Seconds, ph.PerSec)
 		}

@@ -372,15 +372,8 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	// Every kind of command the worker applies, registered once. The money
 	// commands write transactions through the client: its cap on
 	// transactions in flight holds whatever the worker's concurrency.
-	kinds := handlers.NewKinds(
-		handlers.CreateBalanceKind(h),
-		handlers.CreditWalletKind(&handlers.CreditWallet{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
-		handlers.CreateWalletKind(&handlers.CreateWallet{Ledger: ledger, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
-		handlers.UpdateWalletKind(&handlers.UpdateWallet{Ledger: ledger, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
-		handlers.DebitWalletKind(&handlers.DebitWallet{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
-		handlers.ConfirmHoldKind(&handlers.ConfirmHold{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
-		handlers.VoidHoldKind(&handlers.VoidHold{Ledger: client, LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}),
-	)
+	kinds := handlers.Wallets{Balances: h, Writes: ledger, Transactions: client,
+		LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}.Kinds()
 	wk, err := worker.New(js, kinds, f.w, log)
 	if err != nil {
 		return usageError("%v", err)
