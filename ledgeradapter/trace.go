@@ -9,7 +9,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
-	"github.com/wallets-worker/wallets-worker/internal/telemetry"
+	"github.com/wallets-worker/wallets-worker/tracing"
 )
 
 // tracerName is the instrumentation scope of the Batcher's spans.
@@ -32,7 +32,7 @@ func tracedTransport(rt http.RoundTripper, tp trace.TracerProvider) http.RoundTr
 		otelhttp.WithFilter(func(r *http.Request) bool {
 			return trace.SpanContextFromContext(r.Context()).IsValid()
 		}),
-		otelhttp.WithPropagators(telemetry.Propagator),
+		otelhttp.WithPropagators(tracing.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
 			if op, ok := r.Context().Value(opKey{}).(string); ok {
 				return "ledger " + op

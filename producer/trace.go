@@ -10,7 +10,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/wallets-worker/wallets-worker/internal/telemetry"
+	"github.com/wallets-worker/wallets-worker/tracing"
 )
 
 const tracerName = "github.com/wallets-worker/wallets-worker/producer"
@@ -30,7 +30,7 @@ func (p *Producer) startSend(ctx context.Context, msg *nats.Msg, key string) (co
 	if tracer == nil {
 		tracer = otel.GetTracerProvider().Tracer(tracerName)
 	}
-	ctx, span := tracer.Start(ctx, "send "+telemetry.SubjectTemplate(msg.Subject), trace.WithSpanKind(trace.SpanKindProducer))
+	ctx, span := tracer.Start(ctx, "send "+tracing.SubjectTemplate(msg.Subject), trace.WithSpanKind(trace.SpanKindProducer))
 	if span.IsRecording() {
 		span.SetAttributes(
 			semconv.MessagingSystemKey.String("nats"),
@@ -41,7 +41,7 @@ func (p *Producer) startSend(ctx context.Context, msg *nats.Msg, key string) (co
 			semconv.MessagingMessageBodySize(len(msg.Data)),
 		)
 	}
-	telemetry.Inject(ctx, msg.Header)
+	tracing.Inject(ctx, msg.Header)
 	return ctx, span
 }
 

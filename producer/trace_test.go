@@ -10,9 +10,9 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/wallets-worker/wallets-worker/internal/telemetry"
 	"github.com/wallets-worker/wallets-worker/messages"
 	"github.com/wallets-worker/wallets-worker/producer"
+	"github.com/wallets-worker/wallets-worker/tracing"
 )
 
 // storedHeaders reads back the headers of the command stored at seq.
@@ -46,7 +46,7 @@ func TestPublishCarriesTraceContext(t *testing.T) {
 	require.Equal(t, trace.SpanKindProducer, send.SpanKind())
 	require.Equal(t, caller.SpanContext().SpanID(), send.Parent().SpanID(), "the producer span is the caller's child")
 
-	got := trace.SpanContextFromContext(telemetry.Extract(context.Background(), storedHeaders(t, s, ack.Seq)))
+	got := trace.SpanContextFromContext(tracing.Extract(context.Background(), storedHeaders(t, s, ack.Seq)))
 	require.True(t, got.IsValid(), "no traceparent on the stored command")
 	require.Equal(t, caller.SpanContext().TraceID(), got.TraceID())
 	require.Equal(t, send.SpanContext().SpanID(), got.SpanID(), "the command carries the producer span")
@@ -66,7 +66,7 @@ func TestPublishPassesTraceContextOnWithoutSDK(t *testing.T) {
 	s := setup(t, false)
 	p := producer.New(s.js)
 	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-	ctx := telemetry.Extract(testContext(t), nats.Header{"traceparent": {tp}})
+	ctx := tracing.Extract(testContext(t), nats.Header{"traceparent": {tp}})
 	ack, err := p.Publish(ctx, messages.CreateBalance{WalletID: "w1", Name: "savings"}, "trace-k2")
 	require.NoError(t, err)
 	require.Equal(t, tp, storedHeaders(t, s, ack.Seq).Get("traceparent"))

@@ -12,8 +12,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
-	"github.com/wallets-worker/wallets-worker/internal/telemetry"
 	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/tracing"
 )
 
 // maxReasonBytes bounds the Wallets-Dlq-Reason header.
@@ -40,7 +40,7 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 	code := o.Code()
 	if code.DeadLetters() {
 		dl := w.deadLetter(d, walletID, code, o.Reason())
-		telemetry.Inject(sctx, dl.Header) // replaces the command's traceparent with the worker span's
+		tracing.Inject(sctx, dl.Header) // replaces the command's traceparent with the worker span's
 		if err := w.publish(sctx, dl); err != nil {
 			w.log.Warn("dead letter publish failed; will retry", w.logAttrs(d, key, "error", err)...)
 			w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
@@ -51,7 +51,7 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 	ev.Header.Set(messages.HeaderCommandKey, key)
 	ev.Header.Set(messages.HeaderCommandSeq, strconv.FormatUint(d.seq, 10))
 	ev.Header.Set(messages.HeaderMsgID, messages.EventMsgID(key, d.seq))
-	telemetry.Inject(sctx, ev.Header)
+	tracing.Inject(sctx, ev.Header)
 	if err := w.publish(sctx, ev); err != nil {
 		w.log.Warn("outcome event publish failed; will retry", w.logAttrs(d, key, "error", err)...)
 		w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)

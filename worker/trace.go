@@ -13,8 +13,8 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
-	"github.com/wallets-worker/wallets-worker/internal/telemetry"
 	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/tracing"
 )
 
 // tracerName is the instrumentation scope of the worker's spans.
@@ -79,9 +79,9 @@ func tracerFrom(tp trace.TracerProvider) trace.Tracer {
 // command's span context on, so that its traceparent still reaches the ledger
 // and the outcome event.
 func (w *Worker) startSpan(ctx context.Context, d *delivery) context.Context {
-	ctx = telemetry.Extract(ctx, d.msg.Headers())
+	ctx = tracing.Extract(ctx, d.msg.Headers())
 	if !trace.SpanContextFromContext(ctx).IsValid() {
-		ctx = telemetry.WithTraceSeed(ctx, d)
+		ctx = tracing.WithTraceSeed(ctx, d)
 	}
 	ctx, span := w.tracer.Start(ctx, w.spanNamesOf(d.subject).process, trace.WithSpanKind(trace.SpanKindConsumer))
 	d.span = span
@@ -101,7 +101,7 @@ func (w *Worker) startSpan(ctx context.Context, d *delivery) context.Context {
 	return ctx
 }
 
-// TraceSeed implements telemetry.Seeder: what identifies the stored command
+// TraceSeed implements tracing.Seeder: what identifies the stored command
 // across its deliveries.
 func (d *delivery) TraceSeed() []byte {
 	return fmt.Appendf(nil, "%s\x00%d\x00%d", firstHeader(d, messages.HeaderMsgID), d.seq, d.published.UnixNano())
@@ -196,7 +196,7 @@ func (w *Worker) startPublish(ctx context.Context, m *nats.Msg) (context.Context
 	if !trace.SpanFromContext(ctx).IsRecording() {
 		return ctx, noop.Span{}
 	}
-	return w.startClient(ctx, "send "+telemetry.SubjectTemplate(m.Subject),
+	return w.startClient(ctx, "send "+tracing.SubjectTemplate(m.Subject),
 		semconv.MessagingOperationTypeSend, semconv.MessagingOperationName("send"),
 		semconv.MessagingDestinationName(m.Subject))
 }

@@ -12,8 +12,8 @@ import (
 
 	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/internal/embeddednats"
-	"github.com/wallets-worker/wallets-worker/internal/telemetry"
 	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/tracing"
 )
 
 // discardExporter drops every span: what recording and batching cost,
@@ -69,7 +69,7 @@ func BenchmarkTraceOverhead(b *testing.B) {
 		Balance: messages.Balance{Name: "savings"}, Ledger: "wallets-002", Account: "wallets:w1:savings"}}
 	ev := &nats.Msg{Subject: messages.BalanceCreatedSubject("w1")}
 
-	sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}), sdktrace.WithIDGenerator(telemetry.IDGenerator()))
+	sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}), sdktrace.WithIDGenerator(tracing.IDGenerator()))
 	defer func() { _ = sdk.Shutdown(ctx) }()
 	for _, tc := range []struct {
 		name   string
@@ -90,7 +90,7 @@ func BenchmarkTraceOverhead(b *testing.B) {
 				sctx := d.withSpan(w.startSpan(ctx, d))
 				d.traceSettled(o)
 				ev.Header = nats.Header{}
-				telemetry.Inject(sctx, ev.Header)
+				tracing.Inject(sctx, ev.Header)
 				_, span := w.startPublish(sctx, ev)
 				endClient(span, nil)
 				_, span = w.startAck(sctx, d)

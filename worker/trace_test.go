@@ -16,8 +16,8 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
-	"github.com/wallets-worker/wallets-worker/internal/telemetry"
 	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/tracing"
 )
 
 // The producer's span context of the traced commands.
@@ -73,7 +73,7 @@ func setupTraced(t *testing.T, tp trace.TracerProvider, opts ...option) *tracedB
 	t.Helper()
 	sr := tracetest.NewSpanRecorder()
 	if tp == nil {
-		tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr), sdktrace.WithIDGenerator(telemetry.IDGenerator()))
+		tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr), sdktrace.WithIDGenerator(tracing.IDGenerator()))
 	}
 	tap := &ledgerTap{}
 	opts = append(opts,
@@ -130,7 +130,7 @@ func attr(s sdktrace.ReadOnlySpan, key string) string {
 // traceparentOf parses the traceparent of h.
 func traceparentOf(t *testing.T, h nats.Header) trace.SpanContext {
 	t.Helper()
-	sc := trace.SpanContextFromContext(telemetry.Extract(context.Background(), h))
+	sc := trace.SpanContextFromContext(tracing.Extract(context.Background(), h))
 	require.True(t, sc.IsValid(), "no valid traceparent in %v", h)
 	return sc
 }
@@ -280,7 +280,7 @@ func TestTracePropagatesWithoutSDK(t *testing.T) {
 func TestLogLinesCarryTraceIDs(t *testing.T) {
 	t.Parallel()
 	tp := sdktrace.NewTracerProvider()
-	parent := telemetry.Extract(context.Background(), nats.Header{"traceparent": {producerTraceparent}})
+	parent := tracing.Extract(context.Background(), nats.Header{"traceparent": {producerTraceparent}})
 	_, span := tp.Tracer("test").Start(parent, "x")
 	defer span.End()
 	w := &Worker{}

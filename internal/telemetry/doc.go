@@ -1,7 +1,6 @@
-// Package telemetry is the tracing of wallets-worker: the OpenTelemetry SDK
-// set up from the standard OTEL_* environment variables (Start), and the W3C
-// trace context carried in NATS headers (Inject, Extract), as SPEC §5 fixes
-// it: `traceparent` and `tracestate`.
+// Package telemetry sets up the OpenTelemetry SDK of the command line from
+// the standard OTEL_* environment variables (Start), with the W3C trace
+// context of package tracing as its propagator.
 //
 // Without any OTEL_* variable nothing is set up and nothing is exported; the
 // packages that trace then use the global tracer provider, a no-op one whose
@@ -9,5 +8,6 @@
 // that arrives with a traceparent therefore still passes it on, to its ledger
 // requests and to its outcome event, at almost no cost.
 //
-// producer, worker and ledgeradapter import it; cmd wires Start and Shutdown.
+// Only the command line (internal/cli) imports it; producer, worker and
+// ledgeradapter share package tracing, beneath them.
 package telemetry

@@ -15,6 +15,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/wallets-worker/wallets-worker/tracing"
 )
 
 // DefaultServiceName is the service.name of the spans when OTEL_SERVICE_NAME
@@ -148,7 +150,7 @@ func Start(ctx context.Context, getenv func(string) string) (*Provider, error) {
 		sdk: sdktrace.NewTracerProvider(
 			sdktrace.WithBatcher(exp),
 			sdktrace.WithResource(res),
-			sdktrace.WithIDGenerator(IDGenerator()),
+			sdktrace.WithIDGenerator(tracing.IDGenerator()),
 		),
 		endpoint: endpoint,
 		protocol: protocol,
@@ -176,7 +178,7 @@ func (p *Provider) Install(log *slog.Logger) {
 		return
 	}
 	otel.SetTracerProvider(p.sdk)
-	otel.SetTextMapPropagator(Propagator)
+	otel.SetTextMapPropagator(tracing.Propagator)
 	if log != nil {
 		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
 			log.Warn("tracing", "error", err)
