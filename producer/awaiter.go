@@ -82,9 +82,11 @@ func NewAwaiter(ctx context.Context, js jetstream.JetStream, opts ...AwaiterOpti
 		o(&cfg)
 	}
 	occ := jetstream.OrderedConsumerConfig{
-		// Every kind's outcomes: AwaitMany reads create-balance ones,
-		// AwaitCommands any kind's.
-		FilterSubjects: []string{messages.SubjectEvents},
+		// No filter: the stream holds outcome events only, of every kind
+		// (AwaitMany reads create-balance ones, AwaitCommands any kind's);
+		// and a consumer without a filter is created on the API subject
+		// without one, $JS.API.CONSUMER.CREATE.WALLETS_EVENTS.<name>, the
+		// one auth.conf grants producers.
 		DeliverPolicy:  jetstream.DeliverNewPolicy,
 	}
 	if !cfg.lookbackSet || cfg.lookback > 0 {
