@@ -376,3 +376,139 @@ func TestNATSRestartIsRiddenOut(t *testing.T) {
 	require.Zero(t, rejected)
 	require.Zero(t, dlq)
 }
+
+// TestLedgerOutageMoneyCommands: the outage of the test above in the middle
+// of credits and debits, every debit covered only by the credit just before
+// it on its wallet. The worker holds them through the outage as it holds
+// balances, keeps each wallet's order across it, and applies each exactly
+// once: no rejection, no dead letter, and every wallet's ledger
+// transactions are its commands, in order, each once.
+func TestLedgerOutageMoneyCommands(t *testing.T) {
+	t.Parallel()
+	const (
+		wallets        = 40
+		before, during = 100, 300
+		outage         = 10 * time.Second
+	)
+	for _, mode := range []string{"503", "refused"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			b := outageSetup(t)
+			js := b.client(t)
+			type op struct {
+				wallet string
+				amount int
+				credit bool
+			}
+			var plan []op
+			for i := range (before + during) / 2 {
+				w, a := fmt.Sprintf("money-%s-%02d", mode, i%wallets), 1+i%97
+				plan = append(plan, op{w, a, true}, op{w, a, false})
+			}
+			publish := func(ops []op, from int) {
+				for i, o := range ops {
+					kind, body := messages.KindCreditWallet, fmt.Sprintf(`{"walletID":%q,"amount":{"asset":"USD/2","amount":%d}}`, o.wallet, o.amount)
+					if !o.credit {
+						kind = messages.KindDebitWallet
+					}
+					m := &nats.Msg{Subject: messages.SubjectCommandsPrefix + kind + "." + o.wallet, Header: nats.Header{}, Data: []byte(body)}
+					m.Header.Set(messages.HeaderMsgID, fmt.Sprintf("%s-%d", mode, from+i))
+					_, err := js.PublishMsg(context.Background(), m)
+					require.NoError(t, err)
+				}
+			}
+			settled := func() (applied, rejected int, dlq uint64) {
+				ctx := context.Background()
+				s, err := js.Stream(ctx, messages.StreamEvents)
+				require.NoError(t, err)
+				info, err := s.Info(ctx, jetstream.WithSubjectFilter(messages.SubjectEvents))
+				require.NoError(t, err)
+				for subj, n := range info.State.Subjects {
+					if strings.Contains(subj, "-rejected.") {
+						rejected += int(n)
+					} else {
+						applied += int(n)
+					}
+				}
+				d, err := js.Stream(ctx, messages.StreamDLQ)
+				require.NoError(t, err)
+				dinfo, err := d.Info(ctx)
+				require.NoError(t, err)
+				return applied, rejected, dinfo.State.Msgs
+			}
+			publish(plan[:before], 0)
+			require.Eventually(t, func() bool { a, r, _ := settled(); return a+r == before }, 60*time.Second, 50*time.Millisecond)
+
+			requestsAtDown := b.ledgerRequests(t)
+			down := time.Now()
+			if mode == "503" {
+				b.ledger.unavailable.Store(true)
+			} else {
+				b.ledger.refuse()
+			}
+			publish(plan[before:], before)
+			reported := false
+			for time.Now().Before(down.Add(outage)) {
+				status, body := b.readyzBody(t)
+				require.Equal(t, http.StatusOK, status, "%v", body)
+				reported = reported || body["ledger"] == "unavailable"
+				time.Sleep(250 * time.Millisecond)
+			}
+			require.True(t, reported, "/readyz reported the ledger unavailable")
+			requestsDuringOutage := b.ledgerRequests(t) - requestsAtDown
+			back := time.Now()
+			if mode == "503" {
+				b.ledger.unavailable.Store(false)
+			} else {
+				b.ledger.listen(t)
+			}
+			if !assert.Eventually(t, func() bool { a, r, _ := settled(); return a+r == before+during }, 90*time.Second, 50*time.Millisecond) {
+				a, r, _ := settled()
+				t.Fatalf("%d applied and %d rejected of %d, %s after the ledger came back; logs:\n%s", a, r, before+during, time.Since(back), b.logs.String())
+			}
+			t.Logf("ledger %s for %s: %d ledger requests during the outage; %d commands settled %s after it came back",
+				mode, outage, requestsDuringOutage, during, time.Since(back).Round(100*time.Millisecond))
+			applied, rejected, dlq := settled()
+			require.Equal(t, before+during, applied)
+			require.Zero(t, rejected, "a debit ran before the credit that covers it")
+			require.Zero(t, dlq)
+			require.LessOrEqual(t, requestsDuringOutage, 200, "requests that reached the failing ledger")
+
+			// The ledger: each wallet's transactions are its commands, in
+			// order, each once.
+			c, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: b.ledger.url()})
+			require.NoError(t, err)
+			defer c.CloseIdleConnections()
+			got := map[string][]string{}
+			cursor := ""
+			for {
+				page, err := c.ListTransactions(context.Background(), "wallets-002", nil, 100, cursor)
+				require.NoError(t, err)
+				for _, tx := range page.Data {
+					p := tx.Postings[0]
+					if p.Source == "world" {
+						w := strings.Split(p.Destination, ":")[1]
+						got[w] = append([]string{"+" + p.Amount.String()}, got[w]...)
+					} else {
+						w := strings.Split(p.Source, ":")[1]
+						got[w] = append([]string{"-" + p.Amount.String()}, got[w]...)
+					}
+				}
+				if page.Next == "" {
+					break
+				}
+				cursor = page.Next
+			}
+			want := map[string][]string{}
+			for _, o := range plan {
+				sign := "-"
+				if o.credit {
+					sign = "+"
+				}
+				w := strings.ReplaceAll(o.wallet, "-", "")
+				want[w] = append(want[w], fmt.Sprint(sign, o.amount))
+			}
+			require.Equal(t, want, got)
+		})
+	}
+}
