@@ -493,7 +493,9 @@ func startWorker(t *testing.T, cl *testCluster, name, first string, cfg worker.C
 	require.NoError(t, err)
 	h := &handlers.CreateBalance{Ledger: client, LedgerName: ledgerName, Claim: claims}
 	require.NoError(t, h.Validate())
-	w, err := worker.New(cn.js, handlers.NewKinds(handlers.CreateBalanceKind(h)), cfg, slog.New(logs.handler(name)))
+	// Every kind, as run registers them.
+	kinds := handlers.Wallets{Balances: h, Writes: client, Transactions: client, LedgerName: ledgerName}.Kinds()
+	w, err := worker.New(cn.js, kinds, cfg, slog.New(logs.handler(name)))
 	require.NoError(t, err)
 	runCtx, cancel := context.WithCancel(ctx)
 	rw := &runningWorker{name: name, conn: cn, w: w, cancel: cancel, done: make(chan error, 1)}
