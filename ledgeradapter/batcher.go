@@ -143,8 +143,10 @@ type Batcher struct {
 	mu       sync.Mutex
 	queues   map[queueKey]*queue
 	inFlight int
-	// kindInFlight counts the requests in flight by kind.
+	// kindInFlight counts the requests in flight by kind; lastDone is when
+	// one of the kind last came back.
 	kindInFlight [numKinds]int
+	lastDone     [numKinds]time.Time
 	// flights are the writes queued or in flight, by ledger and
 	// idempotency key: the same write arriving meanwhile waits for it.
 	flights map[flightKey]*flight
@@ -251,7 +253,6 @@ func (b *Batcher) GetAccount(ctx context.Context, ledger, address string) (Accou
 	if err := errors.Join(ValidateLedgerName(ledger), ValidateAddress(address)); err != nil {
 		return Account{}, false, notSent(op, err)
 	}
-	b.stats.reads.Add(1)
 	c := &call{address: address}
 	if err := b.await(ctx, op, queueKey{read: true, ledger: ledger}, c); err != nil {
 		return Account{}, false, err
@@ -266,7 +267,6 @@ func (b *Batcher) AddAccountMetadata(ctx context.Context, ledger, address string
 	if err := errors.Join(ValidateLedgerName(ledger), ValidateAddress(address), validateIdempotencyKey(idempotencyKey)); err != nil {
 		return WriteResult{}, notSent(op, err)
 	}
-	b.stats.writes.Add(1)
 	c := &call{address: address, metadata: metadata, key: idempotencyKey}
 	if err := b.await(ctx, op, queueKey{read: false, ledger: ledger}, c); err != nil {
 		return WriteResult{}, err
@@ -312,6 +312,8 @@ type batch struct {
 	// inFlight is how many requests of its kind were in flight once it
 	// was, itself included.
 	inFlight int
+	// stale says it went because the expected time was stale (dispatch).
+	stale bool
 }
 
 type queueKey struct {
@@ -372,6 +374,13 @@ func (b *Batcher) await(ctx context.Context, op string, key queueKey, c *call) e
 func (b *Batcher) enqueue(key queueKey, c *call) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	// Counted once queued, so that a caller who sees the count sees the
+	// call queued too.
+	if key.read {
+		b.stats.reads.Add(1)
+	} else {
+		b.stats.writes.Add(1)
+	}
 	b.enqueueLocked(key, c)
 	b.dispatch()
 }
@@ -488,12 +497,20 @@ func (b *Batcher) dispatch() {
 		// A call whose deadline comes before the request would be answered
 		// is not sent: its caller would leave mid-request, and a write whose
 		// answer is lost comes back as a replay of itself.
+		//
+		// The expected time is only evidence while requests come back: with
+		// none of the kind in flight and none back for longer than it would
+		// take, it is stale (one slow request after an outage set it, and
+		// refusing every call since sent nothing to correct it), and the
+		// calls go, to learn the time anew. Otherwise a slow patch would
+		// leave every later call refused, and nothing sent, for good.
 		k := q.key.kind()
 		need := noTimeLeftFactor * b.limiters[k].Expected()
 		now := time.Now()
+		stale := b.kindInFlight[k] == 0 && now.Sub(b.lastDone[k]) > need
 		keep := taken[:0:0]
 		for _, c := range taken {
-			if dl, ok := c.ctx.Deadline(); ok && need > 0 && dl.Sub(now) < need {
+			if dl, ok := c.ctx.Deadline(); ok && need > 0 && !stale && dl.Sub(now) < need {
 				b.refuse(q.key, c, fmt.Errorf("%w: %s left, a request takes about %s", ErrNoTimeLeft,
 					dl.Sub(now).Round(time.Millisecond), (need/noTimeLeftFactor).Round(time.Millisecond)))
 				continue
@@ -504,7 +521,7 @@ func (b *Batcher) dispatch() {
 			continue
 		}
 
-		bt := &batch{calls: make([]*call, 0, len(keep))}
+		bt := &batch{calls: make([]*call, 0, len(keep)), stale: stale && need > 0}
 		// The request carries the first call's values, not its
 		// cancellation: it is cancelled once no caller waits for it, and
 		// the client bounds it with the timeout for its size.
@@ -584,7 +601,7 @@ func (b *Batcher) send(q *queue, bt *batch) {
 		if errors.Is(err, ErrTimeout) {
 			b.stats.timeouts.Add(1)
 		}
-		sample := Sample{Latency: time.Since(start), Elements: len(bt.calls), InFlight: bt.inFlight, Overload: overload}
+		sample := Sample{Latency: time.Since(start), Elements: len(bt.calls), InFlight: bt.inFlight, Overload: overload, Stale: bt.stale}
 		if t, ok := b.next.(interface{ TimeoutFor(int) time.Duration }); ok {
 			sample.Timeout = t.TimeoutFor(len(bt.calls))
 		}
@@ -599,6 +616,7 @@ func (b *Batcher) send(q *queue, bt *batch) {
 	b.inFlight--
 	q.inFlight--
 	b.kindInFlight[k]--
+	b.lastDone[k] = time.Now()
 	b.dispatch()
 }
 

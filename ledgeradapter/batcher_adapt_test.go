@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -257,6 +258,46 @@ func TestBatcherSendsNothingItCannotFinish(t *testing.T) {
 		defer cancel()
 		_, err = b.AddAccountMetadata(ctx, "l", "a:2", nil, "k2")
 		require.NoError(t, err, "two seconds left is enough")
+		require.EqualValues(t, 1, b.Stats().NoTimeLeft)
+	})
+}
+
+// An expected time nothing has confirmed for longer than it lasts is not
+// evidence: a call with too little time left for it is sent when no request
+// of its kind has come back for that long and none is in flight, and the
+// answer corrects the estimate. Otherwise one slow request (after an
+// outage, under load) would leave every later call refused and nothing
+// sent, for good: the worker's commands would cycle through their backoff
+// until their budget ran out.
+func TestBatcherRelearnsAStaleExpectedTime(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		var slow atomic.Bool
+		slow.Store(true)
+		f.cost = func(_, n int) time.Duration {
+			if slow.Load() {
+				return 3 * time.Second
+			}
+			return 100 * time.Millisecond
+		}
+		b := newBatcher(t, f, ledgeradapter.BatcherConfig{})
+		_, err := b.AddAccountMetadata(context.Background(), "l", "a:0", nil, "k0")
+		require.NoError(t, err, "a slow patch: the ledger took 3 s")
+		slow.Store(false)
+
+		write := func(i int) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_, err := b.AddAccountMetadata(ctx, "l", fmt.Sprintf("a:%d", i), nil, fmt.Sprint("k", i))
+			return err
+		}
+		require.ErrorIs(t, write(1), ledgeradapter.ErrNoTimeLeft, "right after the slow answer, the estimate holds")
+		time.Sleep(7 * time.Second) // longer than twice the estimate, nothing sent meanwhile
+		require.NoError(t, write(2), "a stale estimate does not refuse: the call goes, and is answered in 100 ms")
+		for i := 3; i < 10; i++ {
+			require.NoError(t, write(i), "the estimate learned from it (call %d)", i)
+		}
 		require.EqualValues(t, 1, b.Stats().NoTimeLeft)
 	})
 }

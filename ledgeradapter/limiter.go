@@ -138,6 +138,10 @@ type Sample struct {
 	Overload bool
 	// Timeout is the request's timeout, 0 when unknown.
 	Timeout time.Duration
+	// Stale says the request was sent because the expected time had gone
+	// unconfirmed for longer than it lasts: its latency replaces the
+	// estimate rather than moving it.
+	Stale bool
 }
 
 // NewLimiter returns a Limiter at cfg.Initial.
@@ -198,7 +202,7 @@ func (l *Limiter) Observe(s Sample) {
 		l.shrink(l.cfg.Backoff)
 		return
 	}
-	if l.recent == 0 {
+	if l.recent == 0 || s.Stale {
 		l.recent = s.Latency
 	} else {
 		l.recent += time.Duration(recentWeight * float64(s.Latency-l.recent))

@@ -87,7 +87,7 @@ func NewAwaiter(ctx context.Context, js jetstream.JetStream, opts ...AwaiterOpti
 		// and a consumer without a filter is created on the API subject
 		// without one, $JS.API.CONSUMER.CREATE.WALLETS_EVENTS.<name>, the
 		// one auth.conf grants producers.
-		DeliverPolicy:  jetstream.DeliverNewPolicy,
+		DeliverPolicy: jetstream.DeliverNewPolicy,
 	}
 	if !cfg.lookbackSet || cfg.lookback > 0 {
 		lookback := cfg.lookback
