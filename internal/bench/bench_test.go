@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/messages"
 	"github.com/wallets-worker/wallets-worker/worker"
@@ -308,4 +309,27 @@ func TestMixedWorkload(t *testing.T) {
 	var out, log bytes.Buffer
 	require.NoError(t, Command(context.Background(), []string{"--workload", "mixed", "--wallets", "5", "--concurrency", "8"}, &out, &log), log.String())
 	require.Contains(t, out.String(), "worker ÷ handlers called directly")
+}
+
+// TestUserWorkload: `run` started as its own process, on its defaults,
+// creates every balance this process publishes to it, reports its peak RSS,
+// and the raw JetStream loop runs on its server; the command prints the
+// ratio.
+func TestUserWorkload(t *testing.T) {
+	bin, err := testutil.BuildWorker(t.TempDir(), false)
+	require.NoError(t, err)
+	res, err := RunUser(context.Background(), UserConfig{Binary: bin, Commands: 500, InFlight: 64})
+	require.NoError(t, err)
+	require.Equal(t, 500, res.Run.Created, "every balance created: %+v", res.Run)
+	require.Zero(t, res.Run.Replayed)
+	require.Zero(t, res.Run.Rejected)
+	require.Positive(t, res.Run.PerSec)
+	require.Positive(t, res.Run.PeakRSSMiB, "the run process's peak RSS")
+	require.Positive(t, res.RawJetStream)
+	require.InDelta(t, res.Run.PerSec/res.RawJetStream, res.ToRaw, 1e-9)
+	require.Empty(t, res.Baselines, "no ledger baselines without --ledger-url")
+
+	var out, log bytes.Buffer
+	require.NoError(t, Command(context.Background(), []string{"--workload", "user", "--binary", bin, "--commands", "200"}, &out, &log), log.String())
+	require.Contains(t, out.String(), "run ÷ raw JetStream")
 }

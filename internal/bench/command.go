@@ -42,8 +42,12 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 		fs.SetOutput(stderr)
 		return mixedCommand(ctx, fs, args, stdout, stderr)
+	case WorkloadUser:
+		fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		return userCommand(ctx, fs, args, stdout, stderr)
 	default:
-		return fmt.Errorf("%w: --workload must be %s, %s, %s or %s, not %q", ErrUsage, WorkloadCreates, WorkloadTransactions, WorkloadOrder, WorkloadMixed, w)
+		return fmt.Errorf("%w: --workload must be %s, %s, %s, %s or %s, not %q", ErrUsage, WorkloadCreates, WorkloadTransactions, WorkloadOrder, WorkloadMixed, WorkloadUser, w)
 	}
 	cfg := Config{Log: stderr}
 	var asJSON bool
@@ -51,7 +55,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var workload string
-	fs.StringVar(&workload, "workload", WorkloadCreates, "creates: CreateBalance commands through the worker, the flags below; transactions: credits through the ledger client (see --workload transactions --help); order: credit-wallet commands ordered and not (see --workload order --help); mixed: every kind of command (see --workload mixed --help)")
+	fs.StringVar(&workload, "workload", WorkloadCreates, "creates: CreateBalance commands through the worker, the flags below; transactions: credits through the ledger client (see --workload transactions --help); order: credit-wallet commands ordered and not (see --workload order --help); mixed: every kind of command (see --workload mixed --help); user: run as its own process, as a user meets it (see --workload user --help)")
 	fs.IntVar(&cfg.Commands, "commands", 10000, "commands to publish, duplicates included (with --ledger-url: 2000)")
 	fs.Float64Var(&cfg.Duplicates, "duplicates", 0.05, "share of the commands republished with the key and body of an earlier one (JetStream drops them; with --ledger-url: 0)")
 	fs.Float64Var(&cfg.Conflicts, "conflicts", 0.05, "share of the commands that use a new key for a balance already commanded (ALREADY_EXISTS; with --ledger-url: 0)")

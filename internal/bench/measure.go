@@ -85,8 +85,11 @@ type status struct {
 	rss, hwm uint64 // VmRSS, VmHWM (the peak RSS of the process's life)
 }
 
-func procStatus() (status, error) {
-	b, err := os.ReadFile("/proc/self/status")
+func procStatus() (status, error) { return procStatusOf("self") }
+
+// procStatusOf reads the status of process pid ("self": this one).
+func procStatusOf(pid string) (status, error) {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
 		return status{}, err
 	}

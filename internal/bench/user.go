@@ -1,0 +1,442 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// WorkloadUser measures what a user meets: `run` as a process of its own.
+const WorkloadUser = "user"
+
+// UserConfig is a run of the user workload: `wallets-worker run` started as
+// its own process on its defaults (everything embedded, or the ledger at
+// LedgerURL), this process publishing Commands create-balance commands to it
+// and timing them from the first publish to the last outcome event; then,
+// on the same NATS server, a raw JetStream loop doing the least a worker
+// that reports outcomes must do; with LedgerURL, the ledger baselines too,
+// before the commands, on the same ledger.
+type UserConfig struct {
+	Binary    string   // the wallets-worker to run (default: this one)
+	LedgerURL string   // empty: run's embedded ledger
+	Commands  int      // create-balance commands
+	RunArgs   []string // more flags for run
+	InFlight  int      // publishes awaiting their acknowledgement
+	Log       io.Writer
+}
+
+// UserResult is a run of the user workload.
+type UserResult struct {
+	Ledger   string `json:"ledger"`
+	Commands int    `json:"commands"`
+	// Run is the worker as a user meets it: creates per second from the
+	// first publish to the last outcome, and its outcomes.
+	Run struct {
+		Seconds  float64 `json:"seconds"`
+		PerSec   float64 `json:"perSecond"`
+		Created  int     `json:"created"`
+		Replayed int     `json:"replayed"`
+		Rejected int     `json:"rejected"`
+		// PeakRSS is the run process's peak resident set (VmHWM), NATS and
+		// the embedded ledger included when they are embedded.
+		PeakRSSMiB float64 `json:"peakRssMiB"`
+	} `json:"run"`
+	// RawJetStream is the loop's messages per second on the same server:
+	// publish, consume, publish an event, ack.
+	RawJetStream float64 `json:"rawJetStreamPerSecond"`
+	// Baselines are the ledger baselines (with LedgerURL), Best the best
+	// of their rates.
+	Baselines []LedgerBaseline `json:"ledgerBaselines,omitempty"`
+	// Ratios of the run's rate.
+	ToRaw           float64 `json:"runToRawJetStream"`
+	ToBestWrite     float64 `json:"runToBestWrite,omitempty"`
+	ToReadThenWrite float64 `json:"runToReadThenWrite,omitempty"`
+}
+
+// RunUser runs the user workload.
+func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
+	res := UserResult{Ledger: "embedded", Commands: cfg.Commands}
+	if cfg.LedgerURL != "" {
+		res.Ledger = cfg.LedgerURL
+	}
+	bin := cfg.Binary
+	if bin == "" {
+		var err error
+		if bin, err = os.Executable(); err != nil {
+			return res, err
+		}
+	}
+	dir, err := os.MkdirTemp("", "wallets-worker-bench-user-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	addrs, err := freeAddrs(3)
+	if err != nil {
+		return res, err
+	}
+	natsAddr, ledgerAddr, httpAddr := addrs[0], addrs[1], addrs[2]
+	args := []string{"run", "--data-dir", filepath.Join(dir, "data"), "--embedded-nats-addr", natsAddr,
+		"--embedded-ledger-addr", ledgerAddr, "--http-addr", httpAddr}
+	if cfg.LedgerURL != "" {
+		args = append(args, "--ledger-url", cfg.LedgerURL)
+	}
+	args = append(args, cfg.RunArgs...)
+	var runLog bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &syncWriter{w: &runLog}, &syncWriter{w: &runLog}
+	cmd.Env = os.Environ()
+	if err := cmd.Start(); err != nil {
+		return res, fmt.Errorf("start run: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopped := false
+	stop := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			return err
+		case <-time.After(time.Minute):
+			_ = cmd.Process.Kill()
+			return errors.New("run did not stop within a minute of SIGTERM")
+		}
+	}
+	defer func() { _ = stop() }()
+	if err := waitReady(ctx, "http://"+httpAddr+"/readyz", exited); err != nil {
+		return res, fmt.Errorf("%w; run's output:\n%s", err, runLog.String())
+	}
+	logf := func(format string, a ...any) {
+		if cfg.Log != nil {
+			fmt.Fprintf(cfg.Log, format, a...)
+		}
+	}
+
+	if cfg.LedgerURL != "" {
+		// The ledger baselines first, and the worker right after them, on
+		// the ledger run created.
+		p := newLedgerProber(cfg.LedgerURL, "wallets-002", DefaultBaselineTimeout)
+		defer p.close()
+		for _, b := range []func() LedgerBaseline{
+			func() LedgerBaseline { return p.single(ctx, cfg.Commands, 64) },
+			func() LedgerBaseline { return p.readThenWrite(ctx, cfg.Commands, ReadThenWriteInFlight) },
+			func() LedgerBaseline { return p.bulk(ctx, cfg.Commands, BulkBaselineSize, BulkBaselineInFlight) },
+		} {
+			lb := b()
+			logf("baseline %s: %d created in %.2fs: %.0f/s\n", lb.Name, lb.Created, lb.Seconds, lb.CreatesPerSecond)
+			res.Baselines = append(res.Baselines, lb)
+		}
+	}
+
+	nc, err := nats.Connect("nats://"+natsAddr, nats.Name("wallets-worker-bench-user"))
+	if err != nil {
+		return res, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return res, err
+	}
+	if err := publishAndAwait(ctx, js, cfg, &res); err != nil {
+		return res, fmt.Errorf("%w; run's output:\n%s", err, runLog.String())
+	}
+	logf("run: %d created, %d replayed, %d rejected in %.2fs: %.0f/s\n", res.Run.Created, res.Run.Replayed, res.Run.Rejected, res.Run.Seconds, res.Run.PerSec)
+	if st, err := procStatusOf(strconv.Itoa(cmd.Process.Pid)); err == nil {
+		res.Run.PeakRSSMiB = float64(st.hwm) / (1 << 20)
+	}
+
+	raw, err := rawJetStream(ctx, js, cfg.Commands)
+	if err != nil {
+		return res, fmt.Errorf("raw JetStream loop: %w", err)
+	}
+	res.RawJetStream = raw
+	logf("raw JetStream loop: %.0f/s\n", raw)
+	res.ToRaw = res.Run.PerSec / raw
+	var best float64
+	for _, b := range res.Baselines {
+		best = max(best, b.CreatesPerSecond)
+		if b.Name == "readThenWrite" && b.CreatesPerSecond > 0 {
+			res.ToReadThenWrite = res.Run.PerSec / b.CreatesPerSecond
+		}
+	}
+	if best > 0 {
+		res.ToBestWrite = res.Run.PerSec / best
+	}
+	if err := stop(); err != nil {
+		return res, fmt.Errorf("run: %w; its output:\n%s", err, runLog.String())
+	}
+	return res, nil
+}
+
+// publishAndAwait publishes the commands and waits for their outcomes.
+func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig, res *UserResult) error {
+	var created, replayed, rejected atomic.Int64
+	done := make(chan struct{})
+	seen := make(map[string]bool, cfg.Commands)
+	var mu sync.Mutex
+	oc, err := js.OrderedConsumer(ctx, messages.StreamEvents, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy})
+	if err != nil {
+		return err
+	}
+	cc, err := oc.Consume(func(m jetstream.Msg) {
+		seq := m.Headers().Get(messages.HeaderCommandSeq)
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[seq] {
+			return
+		}
+		seen[seq] = true
+		switch {
+		case strings.Contains(m.Subject(), "-rejected."):
+			rejected.Add(1)
+		case bytes.Contains(m.Data(), []byte(`"replayed":true`)):
+			replayed.Add(1)
+		default:
+			created.Add(1)
+		}
+		if len(seen) == cfg.Commands {
+			close(done)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer cc.Stop()
+
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	start := time.Now()
+	for i := range cfg.Commands {
+		if i%cfg.InFlight == cfg.InFlight-1 {
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		wallet := fmt.Sprintf("u%s-%d", run, i)
+		m := &nats.Msg{Subject: messages.CreateBalanceSubject(wallet), Header: nats.Header{},
+			Data: fmt.Appendf(nil, `{"walletID":%q,"name":"savings"}`, wallet)}
+		m.Header.Set(messages.HeaderMsgID, wallet+"-savings")
+		if _, err := js.PublishMsgAsync(m); err != nil {
+			return err
+		}
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(10 * time.Minute):
+		mu.Lock()
+		n := len(seen)
+		mu.Unlock()
+		return fmt.Errorf("%d of %d outcomes after 10 minutes", n, cfg.Commands)
+	}
+	res.Run.Seconds = time.Since(start).Seconds()
+	res.Run.PerSec = float64(cfg.Commands) / res.Run.Seconds
+	res.Run.Created, res.Run.Replayed, res.Run.Rejected = int(created.Load()), int(replayed.Load()), int(rejected.Load())
+	return nil
+}
+
+// rawJetStream is the least a worker that reports outcomes does, on the
+// same server: n messages stored on a work-queue stream, consumed by a pull
+// consumer with as many in flight as run's default concurrency, each
+// answered by an event published to a second stream (PubAck awaited) and
+// then acked. It returns messages per second from the first publish to the
+// last ack, and removes its streams.
+func rawJetStream(ctx context.Context, js jetstream.JetStream, n int) (float64, error) {
+	const cmds, evs = "BENCH_USER_RAW_COMMANDS", "BENCH_USER_RAW_EVENTS"
+	for _, sc := range []jetstream.StreamConfig{
+		{Name: cmds, Subjects: []string{"bench.user.raw.commands.>"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage},
+		{Name: evs, Subjects: []string{"bench.user.raw.events.>"}, Storage: jetstream.FileStorage},
+	} {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return 0, err
+		}
+		defer func() { _ = js.DeleteStream(context.WithoutCancel(ctx), sc.Name) }()
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, cmds, jetstream.ConsumerConfig{Durable: "bench-user-raw", AckPolicy: jetstream.AckExplicitPolicy,
+		MaxAckPending: 1024, AckWait: 30 * time.Second})
+	if err != nil {
+		return 0, err
+	}
+	var acked atomic.Int64
+	done := make(chan struct{})
+	var once sync.Once
+	sem := make(chan struct{}, 512)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			ev := &nats.Msg{Subject: "bench.user.raw.events." + m.Subject()[len("bench.user.raw.commands."):], Header: nats.Header{}, Data: m.Data()}
+			ev.Header.Set(messages.HeaderMsgID, m.Headers().Get(messages.HeaderMsgID))
+			if _, err := js.PublishMsg(ctx, ev); err != nil {
+				_ = m.Nak()
+				return
+			}
+			if m.Ack() == nil && acked.Add(1) == int64(n) {
+				once.Do(func() { close(done) })
+			}
+		}()
+	}, jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return 0, err
+	}
+	defer cc.Stop()
+	start := time.Now()
+	for i := range n {
+		if i%256 == 255 {
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+		}
+		m := &nats.Msg{Subject: fmt.Sprintf("bench.user.raw.commands.w%d", i), Header: nats.Header{}, Data: []byte(`{"walletID":"w","name":"savings"}`)}
+		m.Header.Set(messages.HeaderMsgID, fmt.Sprintf("raw-%d", i))
+		if _, err := js.PublishMsgAsync(m); err != nil {
+			return 0, err
+		}
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(5 * time.Minute):
+		return 0, fmt.Errorf("%d of %d acked after 5 minutes", acked.Load(), n)
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+// waitReady polls url until it answers 200, the process exits, or a minute
+// passes.
+func waitReady(ctx context.Context, url string, exited <-chan error) error {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("run exited before it was ready: %v", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+	}
+	return errors.New("run not ready within a minute")
+}
+
+// freeAddrs returns n loopback addresses free now.
+func freeAddrs(n int) ([]string, error) {
+	var out []string
+	var lns []net.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, l)
+		out = append(out, l.Addr().String())
+	}
+	return out, nil
+}
+
+// syncWriter serializes the writes of a child's stdout and stderr.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// userCommand is `bench --workload user`.
+func userCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	cfg := UserConfig{Log: stderr}
+	var asJSON bool
+	var workload, runArgs string
+	fs.StringVar(&workload, "workload", WorkloadUser, "user: run as a process of its own, fed by this one")
+	fs.StringVar(&cfg.LedgerURL, "ledger-url", "", "the ledger run writes to (--ledger-url of run); empty: run's embedded ledger")
+	fs.IntVar(&cfg.Commands, "commands", 0, "create-balance commands (default 20000; with --ledger-url 2000)")
+	fs.IntVar(&cfg.InFlight, "in-flight", 256, "publishes awaiting their acknowledgement")
+	fs.StringVar(&runArgs, "run-args", "", "more flags for run, space-separated")
+	fs.StringVar(&cfg.Binary, "binary", "", "the wallets-worker binary to run (default: this one)")
+	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of the report")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if err := applyEnv(fs); err != nil {
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if cfg.Commands == 0 {
+		cfg.Commands = 20000
+		if cfg.LedgerURL != "" {
+			cfg.Commands = DefaultURLCommands
+		}
+	}
+	if cfg.Commands < 1 || cfg.InFlight < 1 {
+		return fmt.Errorf("%w: --commands and --in-flight must be positive", ErrUsage)
+	}
+	cfg.RunArgs = strings.Fields(runArgs)
+	res, err := RunUser(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	fmt.Fprintf(stdout, "wallets-worker bench --workload user: run as its own process (ledger %s), %d create-balance commands\n"+
+		"published from this process, timed from the first publish to the last outcome event\n\n", res.Ledger, res.Commands)
+	fmt.Fprintf(stdout, "run:                 %8.0f creates/s  (%.2f s; created %d, replayed %d, rejected %d; peak RSS %.0f MiB)\n",
+		res.Run.PerSec, res.Run.Seconds, res.Run.Created, res.Run.Replayed, res.Run.Rejected, res.Run.PeakRSSMiB)
+	fmt.Fprintf(stdout, "raw JetStream loop:  %8.0f msg/s      (same server)\n", res.RawJetStream)
+	for _, b := range res.Baselines {
+		fmt.Fprintf(stdout, "ledger %-13s %8.0f creates/s  (%d in flight × %d, %d created, %d timeouts)\n", b.Name+":", b.CreatesPerSecond, b.InFlight, b.PerRequest, b.Created, b.Timeouts)
+	}
+	fmt.Fprintf(stdout, "\nrun ÷ raw JetStream: %.2f\n", res.ToRaw)
+	if res.ToBestWrite > 0 {
+		fmt.Fprintf(stdout, "run ÷ best write:    %.2f\nrun ÷ GET then write: %.2f\n", res.ToBestWrite, res.ToReadThenWrite)
+	}
+	return nil
+}
