@@ -102,6 +102,14 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 		args = append(args, "--ledger-url", cfg.LedgerURL)
 	}
 	args = append(args, cfg.RunArgs...)
+	// A --http-addr among the run's flags is the one it listens on.
+	for i, a := range cfg.RunArgs {
+		if v, ok := strings.CutPrefix(a, "--http-addr="); ok {
+			httpAddr = v
+		} else if a == "--http-addr" && i+1 < len(cfg.RunArgs) {
+			httpAddr = cfg.RunArgs[i+1]
+		}
+	}
 	var runLog bytes.Buffer
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = &syncWriter{w: &runLog}, &syncWriter{w: &runLog}

@@ -406,13 +406,18 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 }
 
 // allEmbeddedMemoryLimit is the soft memory limit of the Go runtime when
-// `run` embeds both NATS and the ledger: about 30 MiB of the process's
-// resident memory is its mapped binary and the live heap stays near 15 MiB
-// (mostly the NATS server's file-store buffers), so without a limit the
-// garbage collector's headroom (GOGC=100) lets the resident size pass 96 MiB
-// under a full-speed publisher. The limit only makes the collector run
-// sooner as the heap nears it; it never refuses an allocation.
-const allEmbeddedMemoryLimit = 48 << 20
+// `run` embeds both NATS and the ledger. About 40 MiB of the process's
+// resident memory is outside the Go heap (its mapped binary, the embedded
+// SQLite's pages), and under a full-speed publisher the live heap reaches
+// about 36 MiB, 16 of them the NATS server's two 8 MiB file-store block
+// buffers: without a limit the collector's headroom (GOGC=100) lets the
+// resident size pass 120 MiB. A limit close to the live heap costs more
+// than it saves: at 48 MiB the collector took 70% of the CPU and `bench
+// --workload user` created 2,300-2,500 balances/s (peak RSS 87 MiB); at 64
+// MiB, 4,600/s (96 MiB); with none, 7,300/s (132 MiB). The limit only makes
+// the collector run sooner as the heap nears it; it never refuses an
+// allocation.
+const allEmbeddedMemoryLimit = 64 << 20
 
 // embeddedMemoryLimit is the soft memory limit run sets: allEmbeddedMemoryLimit
 // when it embeds both NATS and the ledger and the user has not set GOMEMLIMIT
