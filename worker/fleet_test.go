@@ -77,6 +77,13 @@ func TestFleetHoldsEveryWorkersConcurrency(t *testing.T) {
 	// for a slot: enough commands for every worker to fill both.
 	n := 2*workers*cfg.Concurrency + 100
 	for i := range n {
+		if i%500 == 499 { // nats.go stalls past 4,000 unacknowledged async publishes
+			select {
+			case <-admin.PublishAsyncComplete():
+			case <-time.After(30 * time.Second):
+				t.Fatal("publishes not acknowledged")
+			}
+		}
 		_, err := admin.PublishMsgAsync(cmd(fmt.Sprintf("w%d", i), fmt.Sprintf("k%d", i), body(fmt.Sprintf("w%d", i), "savings")))
 		require.NoError(t, err)
 	}
