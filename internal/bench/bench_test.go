@@ -325,6 +325,11 @@ func TestUserWorkload(t *testing.T) {
 	require.Zero(t, res.Run.Rejected)
 	require.Positive(t, res.Run.PerSec)
 	require.Positive(t, res.Run.PeakRSSMiB, "the run process's peak RSS")
+	sum := 0
+	for _, n := range res.Run.PerSecond {
+		sum += n
+	}
+	require.Equal(t, 500, sum, "outcomes per second add up: %v", res.Run.PerSecond)
 	require.Positive(t, res.RawJetStream)
 	require.InDelta(t, res.Run.PerSec/res.RawJetStream, res.ToRaw, 1e-9)
 	require.Empty(t, res.Baselines, "no ledger baselines without --ledger-url")

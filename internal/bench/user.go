@@ -60,6 +60,9 @@ type UserResult struct {
 		// PeakRSS is the run process's peak resident set (VmHWM), NATS and
 		// the embedded ledger included when they are embedded.
 		PeakRSSMiB float64 `json:"peakRssMiB"`
+		// PerSecond counts the outcomes of each second from the first
+		// publish: a collapse shows as a run of low seconds.
+		PerSecond []int `json:"outcomesPerSecond"`
 	} `json:"run"`
 	// RawJetStream is the loop's messages per second on the same server:
 	// publish, consume, publish an event, ack.
@@ -210,6 +213,7 @@ func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig
 	if err != nil {
 		return err
 	}
+	var start time.Time // set before the first publish, read under mu
 	cc, err := oc.Consume(func(m jetstream.Msg) {
 		seq := m.Headers().Get(messages.HeaderCommandSeq)
 		mu.Lock()
@@ -218,6 +222,11 @@ func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig
 			return
 		}
 		seen[seq] = true
+		sec := int(time.Since(start) / time.Second)
+		for len(res.Run.PerSecond) <= sec {
+			res.Run.PerSecond = append(res.Run.PerSecond, 0)
+		}
+		res.Run.PerSecond[sec]++
 		switch {
 		case strings.Contains(m.Subject(), "-rejected."):
 			rejected.Add(1)
@@ -236,7 +245,9 @@ func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig
 	defer cc.Stop()
 
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
-	start := time.Now()
+	mu.Lock()
+	start = time.Now()
+	mu.Unlock()
 	for i := range cfg.Commands {
 		if i%cfg.InFlight == cfg.InFlight-1 {
 			select {
@@ -263,6 +274,8 @@ func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig
 		mu.Unlock()
 		return fmt.Errorf("%d of %d outcomes after 10 minutes", n, cfg.Commands)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	res.Run.Seconds = time.Since(start).Seconds()
 	res.Run.PerSec = float64(cfg.Commands) / res.Run.Seconds
 	res.Run.Created, res.Run.Replayed, res.Run.Rejected = int(created.Load()), int(replayed.Load()), int(rejected.Load())
@@ -438,6 +451,7 @@ func userCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, s
 		"published from this process, timed from the first publish to the last outcome event\n\n", res.Ledger, res.Commands)
 	fmt.Fprintf(stdout, "run:                 %8.0f creates/s  (%.2f s; created %d, replayed %d, rejected %d; peak RSS %.0f MiB)\n",
 		res.Run.PerSec, res.Run.Seconds, res.Run.Created, res.Run.Replayed, res.Run.Rejected, res.Run.PeakRSSMiB)
+	fmt.Fprintf(stdout, "  outcomes per second: %v\n", res.Run.PerSecond)
 	fmt.Fprintf(stdout, "raw JetStream loop:  %8.0f msg/s      (same server)\n", res.RawJetStream)
 	for _, b := range res.Baselines {
 		fmt.Fprintf(stdout, "ledger %-13s %8.0f creates/s  (%d in flight × %d, %d created, %d timeouts)\n", b.Name+":", b.CreatesPerSecond, b.InFlight, b.PerRequest, b.Created, b.Timeouts)
