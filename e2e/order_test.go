@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -151,50 +152,7 @@ func runOrder(t *testing.T, order string, wallets, commands, kills int) orderRes
 	<-done
 
 	// The ledger's transactions, by wallet, in the ledger's order.
-	byWallet := map[string][]string{}
-	var txs []struct {
-		id   uint64
-		desc string
-		w    string
-	}
-	cursor := ""
-	for {
-		page, err := tl.Client.ListTransactions(ctx, "wallets-002", nil, 100, cursor)
-		require.NoError(t, err)
-		for _, tx := range page.Data {
-			p := tx.Postings[0]
-			switch {
-			case p.Source == "world":
-				w := strings.Split(p.Destination, ":")[1]
-				txs = append(txs, struct {
-					id   uint64
-					desc string
-					w    string
-				}{tx.ID, "+" + p.Amount.String(), w})
-			default:
-				w := strings.Split(p.Source, ":")[1]
-				txs = append(txs, struct {
-					id   uint64
-					desc string
-					w    string
-				}{tx.ID, "-" + p.Amount.String(), w})
-			}
-		}
-		if page.Next == "" {
-			break
-		}
-		cursor = page.Next
-	}
-	slices.SortFunc(txs, func(a, b struct {
-		id   uint64
-		desc string
-		w    string
-	}) int {
-		return int(a.id) - int(b.id)
-	})
-	for _, tx := range txs {
-		byWallet[tx.w] = append(byWallet[tx.w], tx.desc)
-	}
+	byWallet := testutil.WalletMoves(t, tl.Client, "wallets-002")
 	want := map[string][]string{}
 	for _, op := range plan {
 		sign := "-"

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -120,8 +121,6 @@ func TestClusterLeaderLossMoneyCommands(t *testing.T) {
 			fmt.Sprintf("%d commands left, %d not delivered, %d awaiting an ack; worker warnings: %s",
 				si.State.Msgs, ci.NumPending, ci.NumAckPending, logs.summary())
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
 	codes := map[string]messages.Code{}
 	for _, m := range readStream(t, obs.js, streamEvents) {
 		var e struct {
@@ -138,26 +137,7 @@ func TestClusterLeaderLossMoneyCommands(t *testing.T) {
 		require.Empty(t, c, "%s rejected", k)
 	}
 
-	got := map[string][]string{}
-	cursor := ""
-	for {
-		page, err := led.client.ListTransactions(ctx, ledgerName, nil, 100, cursor)
-		require.NoError(t, err)
-		for _, tx := range page.Data {
-			p := tx.Postings[0]
-			if p.Source == "world" {
-				w := strings.Split(p.Destination, ":")[1]
-				got[w] = append([]string{"+" + p.Amount.String()}, got[w]...)
-			} else {
-				w := strings.Split(p.Source, ":")[1]
-				got[w] = append([]string{"-" + p.Amount.String()}, got[w]...)
-			}
-		}
-		if page.Next == "" {
-			break
-		}
-		cursor = page.Next
-	}
+	got := testutil.WalletMoves(t, led.client, ledgerName)
 	want := map[string][]string{}
 	for _, o := range plan {
 		sign := "-"

@@ -293,3 +293,25 @@ func statusList(m map[string]int64) string {
 	}
 	return strings.Join(parts, " ")
 }
+
+// parseWorkloadFlags parses a workload's flags, then its environment
+// variables: a usage error wraps ErrUsage, and -help is flag.ErrHelp.
+func parseWorkloadFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if err := applyEnv(fs); err != nil {
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	return nil
+}
+
+// printJSON prints a workload's result as one indented JSON object.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -296,14 +295,8 @@ func mixedCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, 
 	fs.BoolVar(&cfg.Batch, "ledger-batch", true, "metadata writes through a batcher, as run's")
 	fs.DurationVar(&cfg.Timeout, "ledger-timeout", ledgeradapter.DefaultTimeout, "timeout of one ledger request")
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of the table")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrUsage, err)
-	}
-	if err := applyEnv(fs); err != nil {
-		return fmt.Errorf("%w: %w", ErrUsage, err)
+	if err := parseWorkloadFlags(fs, args); err != nil {
+		return err
 	}
 	if cfg.Wallets < 1 || cfg.Workers < 1 || cfg.Concurrency < 1 || cfg.TxConcurrency < 1 {
 		return fmt.Errorf("%w: --wallets, --workers, --concurrency and --ledger-tx-concurrency must be positive", ErrUsage)
@@ -316,9 +309,7 @@ func mixedCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, 
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return printJSON(stdout, res)
 	}
 	fmt.Fprintf(stdout, "wallets-worker bench --workload mixed: ledger %s (%s); each wallet created, given a balance, credited, debited,\n"+
 		"held and partly confirmed, held and voided, updated: 9 commands, every wallet's step s before any step s+1\n\n", res.Ledger, res.LedgerName)

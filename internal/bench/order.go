@@ -2,8 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -181,14 +179,8 @@ func orderCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, 
 	fs.IntVar(&cfg.TxConcurrency, "ledger-tx-concurrency", ledgeradapter.DefaultTxConcurrency, "the ledger client's cap on transactions in flight, as run's")
 	fs.DurationVar(&cfg.Timeout, "ledger-timeout", ledgeradapter.DefaultTimeout, "timeout of one ledger request")
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of the table")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrUsage, err)
-	}
-	if err := applyEnv(fs); err != nil {
-		return fmt.Errorf("%w: %w", ErrUsage, err)
+	if err := parseWorkloadFlags(fs, args); err != nil {
+		return err
 	}
 	if cfg.Commands < 1 || cfg.Wallets < 1 || cfg.HotCommands < 1 || cfg.Workers < 1 || cfg.Concurrency < 1 || cfg.TxConcurrency < 1 {
 		return fmt.Errorf("%w: --commands, --wallets, --hot-commands, --workers, --concurrency and --ledger-tx-concurrency must be positive", ErrUsage)
@@ -201,9 +193,7 @@ func orderCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, 
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return printJSON(stdout, res)
 	}
 	fmt.Fprintf(stdout, "wallets-worker bench --workload order: ledger %s (%s), credit-wallet commands stored first, then drained\n\n", res.Ledger, res.LedgerName)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)

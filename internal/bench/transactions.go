@@ -289,14 +289,8 @@ func txCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, std
 	fs.IntVar(&cfg.Wallets, "wallets", 50, "wallets the credits are spread over")
 	fs.DurationVar(&cfg.Timeout, "ledger-timeout", ledgeradapter.DefaultTimeout, "timeout of one request of one transaction (a bulk gets 100ms more per element)")
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of the table")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrUsage, err)
-	}
-	if err := applyEnv(fs); err != nil {
-		return fmt.Errorf("%w: %w", ErrUsage, err)
+	if err := parseWorkloadFlags(fs, args); err != nil {
+		return err
 	}
 	switch {
 	case ledger != "embedded" && cfg.LedgerURL == "":
@@ -314,9 +308,7 @@ func txCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, std
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return printJSON(stdout, res)
 	}
 	return printTxTable(stdout, res)
 }

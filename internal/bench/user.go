@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -419,14 +418,8 @@ func userCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, s
 	fs.StringVar(&runArgs, "run-args", "", "more flags for run, space-separated")
 	fs.StringVar(&cfg.Binary, "binary", "", "the wallets-worker binary to run (default: this one)")
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of the report")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrUsage, err)
-	}
-	if err := applyEnv(fs); err != nil {
-		return fmt.Errorf("%w: %w", ErrUsage, err)
+	if err := parseWorkloadFlags(fs, args); err != nil {
+		return err
 	}
 	if cfg.Commands == 0 {
 		cfg.Commands = 20000
@@ -443,9 +436,7 @@ func userCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, s
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return printJSON(stdout, res)
 	}
 	fmt.Fprintf(stdout, "wallets-worker bench --workload user: run as its own process (ledger %s), %d create-balance commands\n"+
 		"published from this process, timed from the first publish to the last outcome event\n\n", res.Ledger, res.Commands)

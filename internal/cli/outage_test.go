@@ -479,26 +479,7 @@ func TestLedgerOutageMoneyCommands(t *testing.T) {
 			c, err := ledgeradapter.NewClient(ledgeradapter.Config{BaseURL: b.ledger.url()})
 			require.NoError(t, err)
 			defer c.CloseIdleConnections()
-			got := map[string][]string{}
-			cursor := ""
-			for {
-				page, err := c.ListTransactions(context.Background(), "wallets-002", nil, 100, cursor)
-				require.NoError(t, err)
-				for _, tx := range page.Data {
-					p := tx.Postings[0]
-					if p.Source == "world" {
-						w := strings.Split(p.Destination, ":")[1]
-						got[w] = append([]string{"+" + p.Amount.String()}, got[w]...)
-					} else {
-						w := strings.Split(p.Source, ":")[1]
-						got[w] = append([]string{"-" + p.Amount.String()}, got[w]...)
-					}
-				}
-				if page.Next == "" {
-					break
-				}
-				cursor = page.Next
-			}
+			got := testutil.WalletMoves(t, c, "wallets-002")
 			want := map[string][]string{}
 			for _, o := range plan {
 				sign := "-"

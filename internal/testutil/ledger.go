@@ -1,8 +1,10 @@
 package testutil
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -94,4 +96,36 @@ func newClient(t T, cfg ledgeradapter.Config) *ledgeradapter.Client {
 	require.NoError(t, err)
 	t.Cleanup(c.CloseIdleConnections)
 	return c
+}
+
+// WalletMoves lists every transaction of ledger, oldest first, as the
+// money the wallets service's accounts (wallets:<wallet>:…) saw move:
+// "+<amount>" for a transaction whose first posting comes from @world (a
+// credit), "-<amount>" for one whose first posting leaves a wallet's account
+// (a debit), by wallet. The money tests compare it with what they published.
+func WalletMoves(t T, c *ledgeradapter.Client, ledger string) map[string][]string {
+	t.Helper()
+	moves := map[string][]string{}
+	var newestFirst []ledgeradapter.Transaction
+	cursor := ""
+	for {
+		page, err := c.ListTransactions(context.Background(), ledger, nil, 100, cursor)
+		require.NoError(t, err)
+		newestFirst = append(newestFirst, page.Data...)
+		if page.Next == "" {
+			break
+		}
+		cursor = page.Next
+	}
+	for i := len(newestFirst) - 1; i >= 0; i-- {
+		p := newestFirst[i].Postings[0]
+		if p.Source == "world" {
+			w := strings.Split(p.Destination, ":")[1]
+			moves[w] = append(moves[w], "+"+p.Amount.String())
+		} else {
+			w := strings.Split(p.Source, ":")[1]
+			moves[w] = append(moves[w], "-"+p.Amount.String())
+		}
+	}
+	return moves
 }
