@@ -135,7 +135,15 @@ type drained struct {
 // stops them.
 func (b *drainBench) drain(ctx context.Context, name string, workers int, cfg worker.Config, kinds func() handlers.Kinds, n int) (drained, error) {
 	d := drained{byCode: map[messages.Code]int{}}
-	events, err := b.admin.OrderedConsumer(ctx, messages.StreamEvents, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy})
+	// The outcomes are counted in the events stream itself, which holds one
+	// event per command (a redelivery's second one is dropped by its ID),
+	// rather than read through a consumer: the clock stops when the stream
+	// holds them all, and they are read back by sequence afterwards.
+	events, err := b.admin.Stream(ctx, messages.StreamEvents)
+	if err != nil {
+		return d, err
+	}
+	before, err := events.Info(ctx)
 	if err != nil {
 		return d, err
 	}
@@ -164,20 +172,69 @@ func (b *drainBench) drain(ctx context.Context, name string, workers int, cfg wo
 		ws = append(ws, w)
 		wg.Go(func() { _ = w.Run(wctx) })
 	}
-	for got := 0; got < n; got++ {
-		m, err := events.Next(jetstream.FetchMaxWait(2 * time.Minute))
+	stored, progressed := uint64(0), time.Now()
+	for stored < uint64(n) {
+		select {
+		case <-ctx.Done():
+			return d, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+		info, err := events.Info(ctx)
 		if err != nil {
-			return d, fmt.Errorf("%s: outcome %d of %d: %w", name, got+1, n, err)
+			return d, err
 		}
-		var e struct {
-			Code messages.Code `json:"code"`
+		if now := info.State.Msgs - before.State.Msgs; now > stored {
+			stored, progressed = now, time.Now()
+		} else if time.Since(progressed) > 2*time.Minute {
+			return d, fmt.Errorf("%s: %d of %d outcomes, none for 2 minutes (%s)", name, stored, n, b.leftOver(ctx))
 		}
-		_ = json.Unmarshal(m.Data(), &e)
-		d.byCode[e.Code]++
 	}
 	d.seconds = time.Since(start).Seconds()
 	for _, w := range ws {
 		d.orderWaits += w.Stats().OrderWaits.Load()
 	}
+	for seq := before.State.LastSeq + 1; seq < before.State.LastSeq+1+uint64(n); seq++ {
+		m, err := events.GetMsg(ctx, seq)
+		if err != nil {
+			return d, fmt.Errorf("%s: event %d: %w", name, seq, err)
+		}
+		var e struct {
+			Code messages.Code `json:"code"`
+		}
+		_ = json.Unmarshal(m.Data, &e)
+		d.byCode[e.Code]++
+	}
 	return d, nil
+}
+
+// leftOver describes the commands still stored and the consumer's state,
+// for a drain that timed out.
+func (b *drainBench) leftOver(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	s, err := b.admin.Stream(ctx, messages.StreamCommands)
+	if err != nil {
+		return err.Error()
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(messages.SubjectCommandsPrefix+">"))
+	if err != nil {
+		return err.Error()
+	}
+	out := fmt.Sprintf("%d commands left", info.State.Msgs)
+	if info.State.Msgs > 0 {
+		if m, err := s.GetMsg(ctx, info.State.FirstSeq); err == nil {
+			out += fmt.Sprintf(", the first %d on %s, key %s", m.Sequence, m.Subject, m.Header.Get(messages.HeaderMsgID))
+		}
+	}
+	if es, err := b.admin.Stream(ctx, messages.StreamEvents); err == nil {
+		if ei, err := es.Info(ctx); err == nil {
+			out += fmt.Sprintf("; %d events stored", ei.State.Msgs)
+		}
+	}
+	if c, err := s.Consumer(ctx, messages.ConsumerName); err == nil {
+		if ci, err := c.Info(ctx); err == nil {
+			out += fmt.Sprintf("; consumer: %d pending, %d awaiting an ack, %d redelivered", ci.NumPending, ci.NumAckPending, ci.NumRedelivered)
+		}
+	}
+	return out
 }

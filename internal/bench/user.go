@@ -202,51 +202,23 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 	return res, nil
 }
 
-// publishAndAwait publishes the commands and waits for their outcomes.
+// publishAndAwait publishes the commands and waits for their outcomes. The
+// outcomes are counted in the events stream itself, which holds one event
+// per command, rather than read through a consumer (an ordered consumer was
+// seen to skip messages on a starved machine); they are read back by
+// sequence once all are stored, their store times giving the outcomes per
+// second.
 func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig, res *UserResult) error {
-	var created, replayed, rejected atomic.Int64
-	done := make(chan struct{})
-	seen := make(map[string]bool, cfg.Commands)
-	var mu sync.Mutex
-	oc, err := js.OrderedConsumer(ctx, messages.StreamEvents, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy})
+	events, err := js.Stream(ctx, messages.StreamEvents)
 	if err != nil {
 		return err
 	}
-	var start time.Time // set before the first publish, read under mu
-	cc, err := oc.Consume(func(m jetstream.Msg) {
-		seq := m.Headers().Get(messages.HeaderCommandSeq)
-		mu.Lock()
-		defer mu.Unlock()
-		if seen[seq] {
-			return
-		}
-		seen[seq] = true
-		sec := int(time.Since(start) / time.Second)
-		for len(res.Run.PerSecond) <= sec {
-			res.Run.PerSecond = append(res.Run.PerSecond, 0)
-		}
-		res.Run.PerSecond[sec]++
-		switch {
-		case strings.Contains(m.Subject(), "-rejected."):
-			rejected.Add(1)
-		case bytes.Contains(m.Data(), []byte(`"replayed":true`)):
-			replayed.Add(1)
-		default:
-			created.Add(1)
-		}
-		if len(seen) == cfg.Commands {
-			close(done)
-		}
-	})
+	before, err := events.Info(ctx)
 	if err != nil {
 		return err
 	}
-	defer cc.Stop()
-
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
-	mu.Lock()
-	start = time.Now()
-	mu.Unlock()
+	start := time.Now()
 	for i := range cfg.Commands {
 		if i%cfg.InFlight == cfg.InFlight-1 {
 			select {
@@ -263,21 +235,45 @@ func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig
 			return err
 		}
 	}
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(10 * time.Minute):
-		mu.Lock()
-		n := len(seen)
-		mu.Unlock()
-		return fmt.Errorf("%d of %d outcomes after 10 minutes", n, cfg.Commands)
+	n := uint64(cfg.Commands)
+	stored, progressed := uint64(0), time.Now()
+	for stored < n {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+		info, err := events.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if now := info.State.Msgs - before.State.Msgs; now > stored {
+			stored, progressed = now, time.Now()
+		} else if time.Since(progressed) > 2*time.Minute {
+			return fmt.Errorf("%d of %d outcomes, none for 2 minutes", stored, n)
+		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	res.Run.Seconds = time.Since(start).Seconds()
 	res.Run.PerSec = float64(cfg.Commands) / res.Run.Seconds
-	res.Run.Created, res.Run.Replayed, res.Run.Rejected = int(created.Load()), int(replayed.Load()), int(rejected.Load())
+	for seq := before.State.LastSeq + 1; seq <= before.State.LastSeq+n; seq++ {
+		m, err := events.GetMsg(ctx, seq)
+		if err != nil {
+			return fmt.Errorf("event %d: %w", seq, err)
+		}
+		switch {
+		case strings.Contains(m.Subject, "-rejected."):
+			res.Run.Rejected++
+		case bytes.Contains(m.Data, []byte(`"replayed":true`)):
+			res.Run.Replayed++
+		default:
+			res.Run.Created++
+		}
+		sec := max(int(m.Time.Sub(start)/time.Second), 0)
+		for len(res.Run.PerSecond) <= sec {
+			res.Run.PerSecond = append(res.Run.PerSecond, 0)
+		}
+		res.Run.PerSecond[sec]++
+	}
 	return nil
 }
 
