@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -84,8 +84,7 @@ func TestRacingFirstWritesThroughTheBinary(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond) // past the deduplication window
 	publishAll()
 
-	events, err := js.OrderedConsumer(ctx, messages.StreamEvents, jetstream.OrderedConsumerConfig{})
-	require.NoError(t, err)
+	events := testutil.NewStreamReader(t, js, messages.StreamEvents, false)
 	for i := range 2 {
 		startWorker(t, fmt.Sprintf("racer-%d", i), append(args, "--data-dir", t.TempDir())...)
 	}
@@ -100,15 +99,15 @@ func TestRacingFirstWritesThroughTheBinary(t *testing.T) {
 	got := map[string]*outcome{}
 	seen := 0
 	for seen < 2*wallets {
-		m, err := events.Next(jetstream.FetchMaxWait(*waitFlag))
+		m, err := events.Next(*waitFlag)
 		require.NoError(t, err, "outcomes: %d of %d", seen, 2*wallets)
-		subject := m.Subject()
-		require.True(t, strings.HasPrefix(subject, "wallets.events.wallet-created."), "%s: %s", subject, m.Data())
+		subject := m.Subject
+		require.True(t, strings.HasPrefix(subject, "wallets.events.wallet-created."), "%s: %s", subject, m.Data)
 		var e struct {
 			messages.WalletCreated
 			Raw json.RawMessage `json:"wallet"`
 		}
-		require.NoError(t, json.Unmarshal(m.Data(), &e))
+		require.NoError(t, json.Unmarshal(m.Data, &e))
 		o := got[e.Key]
 		if o == nil {
 			o = &outcome{}

@@ -93,8 +93,7 @@ func runOrder(t *testing.T, order string, wallets, commands, kills int) orderRes
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	events, err := js.OrderedConsumer(ctx, messages.StreamEvents, jetstream.OrderedConsumerConfig{})
-	require.NoError(t, err)
+	events := testutil.NewStreamReader(t, js, messages.StreamEvents, false)
 
 	done := make(chan struct{})
 	go func() { // the killer
@@ -134,13 +133,13 @@ func runOrder(t *testing.T, order string, wallets, commands, kills int) orderRes
 	res := orderResult{rejected: map[messages.Code]int{}}
 	seen := map[string]bool{} // by key: a redelivery's event is deduplicated, a replay is not
 	for len(seen) < len(plan) {
-		m, err := events.Next(jetstream.FetchMaxWait(*waitFlag))
+		m, err := events.Next(*waitFlag)
 		require.NoError(t, err, "outcomes: %d of %d", len(seen), len(plan))
 		var e struct {
 			Key  string        `json:"key"`
 			Code messages.Code `json:"code"`
 		}
-		require.NoError(t, json.Unmarshal(m.Data(), &e))
+		require.NoError(t, json.Unmarshal(m.Data, &e))
 		if seen[e.Key] {
 			continue
 		}

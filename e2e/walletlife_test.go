@@ -8,10 +8,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -28,8 +28,7 @@ func TestWalletLifeThroughTheBinary(t *testing.T) {
 	ledger := ledgerClient(t, "http://"+ledgerAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	events, err := js.OrderedConsumer(ctx, messages.StreamEvents, jetstream.OrderedConsumerConfig{})
-	require.NoError(t, err)
+	events := testutil.NewStreamReader(t, js, messages.StreamEvents, false)
 
 	wallet := messages.WalletIDOf("life-wallet")
 	hold1, hold2 := messages.HoldIDOf("life-hold-1"), messages.HoldIDOf("life-hold-2")
@@ -39,11 +38,11 @@ func TestWalletLifeThroughTheBinary(t *testing.T) {
 		m.Header.Set(messages.HeaderMsgID, key)
 		_, err := js.PublishMsg(ctx, m)
 		require.NoError(t, err)
-		ev, err := events.Next(jetstream.FetchMaxWait(*waitFlag))
+		ev, err := events.Next(*waitFlag)
 		require.NoError(t, err, "the outcome of %s", key)
-		require.Equal(t, "wallets.events."+wantEvent+"."+wallet, ev.Subject(), "%s: %s", key, ev.Data())
+		require.Equal(t, "wallets.events."+wantEvent+"."+wallet, ev.Subject, "%s: %s", key, ev.Data)
 		var e map[string]any
-		require.NoError(t, json.Unmarshal(ev.Data(), &e))
+		require.NoError(t, json.Unmarshal(ev.Data, &e))
 		require.Equal(t, key, e["key"])
 		require.Equal(t, wallet, e["walletID"])
 		require.Equal(t, false, e["replayed"], key)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/internal/testutil"
@@ -30,15 +29,14 @@ func TestCreditWalletThroughRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	events, err := js.OrderedConsumer(ctx, messages.StreamEvents, jetstream.OrderedConsumerConfig{})
-	require.NoError(t, err)
+	events := testutil.NewStreamReader(t, js, messages.StreamEvents, true)
 	next := func(subject string) map[string]any {
 		t.Helper()
-		m, err := events.Next(jetstream.FetchMaxWait(30 * time.Second))
+		m, err := events.Next(30 * time.Second)
 		require.NoError(t, err)
-		require.Equal(t, subject, m.Subject())
+		require.Equal(t, subject, m.Subject)
 		var body map[string]any
-		require.NoError(t, json.Unmarshal(m.Data(), &body))
+		require.NoError(t, json.Unmarshal(m.Data, &body))
 		return body
 	}
 	publish := func(kind, wallet, key, body string) {

@@ -1,6 +1,9 @@
 package testutil
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -77,4 +80,48 @@ func NATSServer(t T, o *server.Options) *server.Server {
 		ns.WaitForShutdown()
 	})
 	return ns
+}
+
+// StreamReader reads a stream's messages in sequence order, one by one, by
+// asking the stream for each sequence: unlike an ordered consumer, it cannot
+// skip a message when the test process is starved of CPU. For streams that
+// delete no message (the events and dead-letter streams).
+type StreamReader struct {
+	stream jetstream.Stream
+	next   uint64
+}
+
+// NewStreamReader reads stream from the message after the last one stored
+// now (fromStart false) or from its first message.
+func NewStreamReader(t T, js jetstream.JetStream, stream string, fromStart bool) *StreamReader {
+	t.Helper()
+	s, err := js.Stream(context.Background(), stream)
+	require.NoError(t, err)
+	info, err := s.Info(context.Background())
+	require.NoError(t, err)
+	next := info.State.LastSeq + 1
+	if fromStart {
+		next = max(info.State.FirstSeq, 1)
+	}
+	return &StreamReader{stream: s, next: next}
+}
+
+// Next returns the next message, waiting up to timeout for it to be stored.
+func (r *StreamReader) Next(timeout time.Duration) (*jetstream.RawStreamMsg, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		m, err := r.stream.GetMsg(ctx, r.next)
+		cancel()
+		switch {
+		case err == nil:
+			r.next++
+			return m, nil
+		case !errors.Is(err, jetstream.ErrMsgNotFound) && !errors.Is(err, context.DeadlineExceeded):
+			return nil, err
+		case time.Now().After(deadline):
+			return nil, fmt.Errorf("message %d of %s: none within %s", r.next, r.stream.CachedInfo().Config.Name, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
