@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -42,6 +43,7 @@ type Awaiter struct {
 	stop    sync.Once
 
 	mu      sync.Mutex
+	lastSeq uint64           // the highest stream sequence received
 	seen    map[uint64]event // by command sequence
 	order   []uint64         // command sequences of seen, oldest first from head
 	head    int
@@ -226,11 +228,53 @@ func (a *Awaiter) awaitEvents(ctx context.Context, seqs []uint64) ([]event, erro
 }
 
 // receive is the ordered consumer's handler; it runs on one goroutine.
+//
+// The stream holds outcome events only and the consumer has no filter, so
+// its messages come with consecutive stream sequences. A jump means the
+// client lost messages on the way (an ordered consumer can, on a starved
+// process: see the bench's drains): the missing ones are read from the
+// stream by sequence, so that no awaited outcome is missed for it.
 func (a *Awaiter) receive(m jetstream.Msg) {
+	if md, err := m.Metadata(); err == nil {
+		seq := md.Sequence.Stream
+		a.mu.Lock()
+		last := a.lastSeq
+		a.lastSeq = max(a.lastSeq, seq)
+		a.mu.Unlock()
+		if last != 0 && seq > last+1 {
+			a.fill(last+1, seq-1)
+		}
+	}
 	e, ok := eventOf(m)
 	if !ok {
 		return
 	}
+	a.deliver(e)
+}
+
+// fill reads the events stored at sequences from to to and delivers them.
+func (a *Awaiter) fill(from, to uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := a.js.Stream(ctx, messages.StreamEvents)
+	if err != nil {
+		return
+	}
+	for seq := from; seq <= to; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue // deleted meanwhile, or unreadable: nothing to deliver
+		}
+		cs, err := strconv.ParseUint(m.Header.Get(messages.HeaderCommandSeq), 10, 64)
+		if err != nil {
+			continue
+		}
+		a.deliver(event{subject: m.Subject, seq: m.Sequence, commandSeq: cs, data: m.Data})
+	}
+}
+
+// deliver records e and hands it to the callers awaiting its command.
+func (a *Awaiter) deliver(e event) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if _, dup := a.seen[e.commandSeq]; !dup { // the first outcome of a command is its outcome
