@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -244,6 +243,9 @@ func (a *Awaiter) AwaitCommands(ctx context.Context, acks []CommandAck) ([]Event
 	return out, err
 }
 
+// originalReadTimeout bounds the read of a duplicate's original.
+const originalReadTimeout = 2 * time.Second
+
 // judgeDuplicate judges a duplicate publish by its original while it is
 // still in WALLETS_COMMANDS: reused is the KEY_REUSED to answer when the
 // original was another command. compare is set when the original has left
@@ -252,21 +254,26 @@ func judgeDuplicate(ctx context.Context, js jetstream.JetStream, ack CommandAck)
 	if !ack.Duplicate {
 		return nil, false, nil
 	}
-	original, err := js.Stream(ctx, messages.StreamCommands)
+	// A user not granted the read (an older auth.conf) gets no answer at
+	// all: the read is bounded, and then the event judges.
+	gctx, cancel := context.WithTimeout(ctx, originalReadTimeout)
+	defer cancel()
+	original, err := js.Stream(gctx, messages.StreamCommands)
 	if err == nil {
 		var m *jetstream.RawStreamMsg
-		if m, err = original.GetMsg(ctx, ack.Seq); err == nil && (m.Subject != ack.Command.Subject() || !sameJSON(m.Data, ack.Command.Body)) {
+		if m, err = original.GetMsg(gctx, ack.Seq); err == nil && (m.Subject != ack.Command.Subject() || !sameJSON(m.Data, ack.Command.Body)) {
 			e := keyReused(ack, m.Subject)
 			return &e, false, nil
 		}
 	}
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, true, nil
+	switch {
+	case err == nil:
+		return nil, false, nil
+	case ctx.Err() != nil:
+		return nil, false, fmt.Errorf("producer: the original of command %d: %w", ack.Seq, context.Cause(ctx))
 	}
-	if err != nil {
-		return nil, false, fmt.Errorf("producer: the original of command %d: %w", ack.Seq, orCause(ctx, err))
-	}
-	return nil, false, nil
+	// Gone from the work queue (applied), or not readable here.
+	return nil, true, nil
 }
 
 // byOriginal is the outcome of a duplicate publish given its original's
@@ -335,15 +342,19 @@ func agrees(body, event []byte) bool {
 func (p *Producer) commandEvent(ctx context.Context, ack CommandAck) (Event, error) {
 	seq := ack.Seq
 	want := strconv.FormatUint(seq, 10)
-	subjects := []string{"wallets.events.*." + ack.Command.WalletID}
+	// Two filters, the kind's success and rejection on the wallet, or none:
+	// a consumer with one filter is created on an API subject that carries
+	// it, which auth.conf does not grant producers.
+	subjects := []string{messages.EventSubject(successes[ack.Command.Kind], ack.Command.WalletID),
+		messages.EventSubject(ack.Command.Kind+"-rejected", ack.Command.WalletID)}
 	var since *time.Time
 	if ack.Duplicate {
-		// The original may be on any wallet's subject.
+		// The original may be of any kind, on any wallet's subject.
 		s, err := lookbackStart(ctx, p.js, -1)
 		if err != nil {
 			return Event{}, fmt.Errorf("producer: outcome of command %d: %w", seq, orCause(ctx, err))
 		}
-		subjects, since = []string{messages.SubjectEvents}, &s
+		subjects, since = nil, &s
 	}
 	m, err := p.scanMsg(ctx, subjects, since, func(m jetstream.Msg) bool { return m.Headers().Get(messages.HeaderCommandSeq) == want })
 	if err != nil {

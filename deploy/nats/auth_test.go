@@ -433,6 +433,28 @@ func TestWorkerProducerOperator(t *testing.T) {
 	require.Len(t, lines, 2)
 	require.Equal(t, string(messages.CodeKeyReused), lines[1]["event"].(map[string]any)["code"])
 
+	// A command of another kind, published twice at once and once more
+	// with another amount under its key: the duplicates are judged by the
+	// producer with what its user may read.
+	credit := func(amount int) producer.CommandAck {
+		c, err := producer.NewCommand(messages.KindCreditWallet, "", fmt.Appendf(nil, `{"walletID":"w9","amount":{"asset":"USD/2","amount":%d}}`, amount), "k-c9")
+		require.NoError(t, err)
+		ack, err := p.PublishCommand(ctx, c, "k-c9")
+		require.NoError(t, err)
+		return ack
+	}
+	first, again, other := credit(100), credit(100), credit(7)
+	require.True(t, again.Duplicate && other.Duplicate, "within the 1s window: %+v %+v", again, other)
+	e, err := p.AwaitCommand(ctx, first)
+	require.NoError(t, err)
+	require.Equal(t, messages.EventWalletCredited, e.Name)
+	e, err = p.AwaitCommand(ctx, again)
+	require.NoError(t, err, "a duplicate of the same command")
+	require.Equal(t, messages.EventWalletCredited, e.Name)
+	e, err = p.AwaitCommand(ctx, other)
+	require.NoError(t, err, "a duplicate of another command")
+	require.Equal(t, messages.CodeKeyReused, e.Code)
+
 	// An invalid command is dead-lettered by the worker.
 	bad := &nats.Msg{Subject: messages.CreateBalanceSubject("w3"), Data: []byte(`{"walletID":"w3","name":"x","colour":"red"}`), Header: nats.Header{}}
 	bad.Header.Set(messages.HeaderMsgID, "k-bad")
