@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/internal/testutil"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter/embeddedledger"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -60,7 +61,11 @@ func TestRacingFirstWritesThroughTheBinary(t *testing.T) {
 	const wallets = 150
 	natsURL := startNATS(t)
 	var internal countInternal
-	tl := startLedger(t, internal.wrap)
+	// A race window wider than the default 5 ms: the copies of a command
+	// reach the ledger from two processes, and on a loaded machine they may
+	// arrive further apart than that.
+	tl := testutil.StartLedger(t, testutil.LedgerOptions{Wrap: internal.wrap,
+		Options: []embeddedledger.Option{embeddedledger.WithRaceWindow(50 * time.Millisecond)}})
 	args := []string{"--nats-url", natsURL, "--ledger-url", tl.URL, "--duplicate-window", "1s", "--order", "none"}
 
 	out, err := exec.Command(workerBinary, append([]string{"provision"}, args...)...).CombinedOutput()
