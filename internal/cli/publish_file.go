@@ -46,7 +46,7 @@ writes it). Identical commands on two lines are therefore one command, the
 second reported as a duplicate. An invalid line is reported on standard error
 with its number, counted as failed and never published; the others still are.
 
-A line may also name its "kind" (see publish --from-file --help): the lines
+A line may also name its "kind" (see wallets-worker publish --help): the lines
 of a file can mix every kind of command.
 
 At the end one JSON object is printed: {"file","lines","published",

@@ -39,7 +39,7 @@ outcome event as a second. Exit 0: published (with --wait: applied);
 error.
 
 --from-file publishes every command of FILE as "publish --from-file" does
-(see wallets-worker publish --from-file --help), its lines of kind KIND
+(see wallets-worker publish --help), its lines of kind KIND
 unless they name another.`
 
 // kindAck is the first JSON object `publish <kind>` prints.
