@@ -95,6 +95,8 @@ type Config struct {
 	// Batch, ledgeradapter.DefaultBatchingConcurrency with it); the baseline runs
 	// Workers × Concurrency, the pool's total.
 	Concurrency int
+	// Order is the workers' --order (default wallet, as run's).
+	Order worker.Order
 	// Workers is how many worker.Worker instances consume in the process,
 	// each with its own NATS connection and claims binding, all sharing the
 	// one durable consumer as separate processes would (default 1).
@@ -389,7 +391,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		return res, err
 	}
 	r := &runner{cfg: cfg, workload: w, admin: admin, pub: pub}
-	r.wcfg = worker.Config{Concurrency: cfg.Concurrency}
+	r.wcfg = worker.Config{Concurrency: cfg.Concurrency, Order: cfg.Order}
 	if def := r.wcfg.WithDefaults(); def.MaxAckPending > 0 && def.MaxAckPending < cfg.inFlight() {
 		// The consumer's cap is across every worker: below the pool's
 		// total it, not the workers, would bound throughput.
