@@ -226,6 +226,7 @@ func TestFlags(t *testing.T) {
 		{"--ledger-url", "http://127.0.0.1:1", "--single-in-flight", "-1"},
 		{"--ledger-url", "http://127.0.0.1:1", "--baseline-timeout", "-1s"},
 		{"--ledger", "url"},
+		{"--order", "random"},
 		{"extra"},
 	} {
 		err := Command(ctx, args, io.Discard, io.Discard)
