@@ -89,9 +89,27 @@ func newLine(order Order, js jetstream.JetStream, maxWait time.Duration) *line {
 		wakes:    map[string]chan struct{}{},
 		waiting:  map[string]map[uint64]struct{}{},
 		stream: func(ctx context.Context) (jetstream.Stream, error) {
-			return js.Stream(ctx, messages.StreamCommands)
+			s, err := js.Stream(ctx, messages.StreamCommands)
+			if err != nil {
+				return nil, err
+			}
+			return s, directReadable(s.CachedInfo().Config)
 		},
 	}
+}
+
+// directReadable refuses a replicated commands stream that allows direct
+// gets. The head of a wallet's line is read with a direct get when the
+// stream allows them (nats.go chooses so), which is cheaper than the
+// JetStream API's message get; but any replica answers a direct get, and one
+// that lags could miss the earlier command of a wallet and let a later one
+// go first. Provision allows them on a single-replica stream only.
+func directReadable(c jetstream.StreamConfig) error {
+	if c.AllowDirect && c.Replicas > 1 {
+		return fmt.Errorf("%s allows direct gets with %d replicas: a replica that lags could answer the order check wrongly; "+
+			"set allow_direct false on it (provision does on a replicated stream) or run with --order none", c.Name, c.Replicas)
+	}
+	return nil
 }
 
 // head returns the stream sequence of the first command of wallet still in

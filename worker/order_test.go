@@ -225,7 +225,7 @@ func TestOrderNeedsItsGrant(t *testing.T) {
 	ns := testutil.NATSServer(t, &server.Options{JetStream: true, Users: []*server.User{
 		{Username: "admin", Password: "admin-pw"},
 		{Username: "worker", Password: "worker-pw", Permissions: &server.Permissions{
-			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.MSG.GET.>"}},
+			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.MSG.GET.>", "$JS.API.DIRECT.GET.WALLETS_COMMANDS"}},
 		}},
 	}})
 	_, admin := testutil.Connect(t, ns.ClientURL(), nats.UserInfo("admin", "admin-pw"))
@@ -238,6 +238,7 @@ func TestOrderNeedsItsGrant(t *testing.T) {
 	defer cancel()
 	err = w.Run(ctx)
 	require.ErrorContains(t, err, "$JS.API.STREAM.MSG.GET.WALLETS_COMMANDS")
+	require.ErrorContains(t, err, "$JS.API.DIRECT.GET.WALLETS_COMMANDS")
 	require.ErrorContains(t, err, "--order none")
 
 	cfg.Order = OrderNone // without the line, the grant is not needed
@@ -276,4 +277,51 @@ func TestWaiterGetsASlotBackWhenIdle(t *testing.T) {
 	require.Eventually(t, func() bool { return w.Stats().Created.Load()+b.worker.Stats().Created.Load() == 3 },
 		cfg.AckWait, 10*time.Millisecond, "k1 was not applied once k0 settled")
 	require.Equal(t, int64(1), w.Stats().Created.Load(), "k1 applied by the worker that waited")
+}
+
+// TestOrderReadsDirectlyOnOneReplica: provisioned with one replica, the
+// commands stream allows direct gets and the order check uses them, so a
+// worker whose user may not use the JetStream API's message get still
+// starts and orders; a replicated stream that allows them is refused, as a
+// lagging replica could answer the check wrongly.
+func TestOrderReadsDirectlyOnOneReplica(t *testing.T) {
+	t.Parallel()
+	for _, sc := range (Config{StreamReplicas: 1}).StreamConfigs() {
+		require.Equal(t, sc.Name == messages.StreamCommands, sc.AllowDirect, sc.Name)
+	}
+	for _, sc := range (Config{StreamReplicas: 3}).StreamConfigs() {
+		require.False(t, sc.AllowDirect, "%s at R3", sc.Name)
+	}
+	require.NoError(t, directReadable(jetstream.StreamConfig{Name: messages.StreamCommands, Replicas: 1, AllowDirect: true}))
+	require.NoError(t, directReadable(jetstream.StreamConfig{Name: messages.StreamCommands, Replicas: 3}))
+	err := directReadable(jetstream.StreamConfig{Name: messages.StreamCommands, Replicas: 3, AllowDirect: true})
+	require.ErrorContains(t, err, "allows direct gets with 3 replicas")
+	require.ErrorContains(t, err, "--order none")
+
+	ns := testutil.NATSServer(t, &server.Options{JetStream: true, Users: []*server.User{
+		{Username: "admin", Password: "admin-pw"},
+		{Username: "worker", Password: "worker-pw", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.MSG.GET.>"}},
+		}},
+	}})
+	_, admin := testutil.Connect(t, ns.ClientURL(), nats.UserInfo("admin", "admin-pw"))
+	cfg := testConfig()
+	require.NoError(t, Provision(context.Background(), admin, cfg))
+	_, js := testutil.Connect(t, ns.ClientURL(), nats.UserInfo("worker", "worker-pw"))
+	w, err := New(js, handlers.NewKinds(pingKind{}), cfg, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	l := newLine(OrderWallet, js, time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = admin.PublishMsg(ctx, kindMsg("seq", "wd", "wd-1", `{"walletID":"wd","n":1}`))
+	require.NoError(t, err)
+	head, err := l.head(ctx, "wd")
+	require.NoError(t, err, "the head read directly, without the message get")
+	require.Positive(t, head)
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(rctx) }()
+	time.Sleep(500 * time.Millisecond)
+	stop()
+	require.NoError(t, <-done, "the worker started: its start probe read the head directly")
 }

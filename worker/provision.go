@@ -37,6 +37,11 @@ func (c Config) StreamConfigs() []jetstream.StreamConfig {
 			// Should limits ever be set, refuse new commands rather
 			// than drop stored ones.
 			Discard: jetstream.DiscardNew,
+			// The order check reads each wallet's first command: with
+			// one replica a direct get answers it more cheaply than the
+			// JetStream API; with more, only the leader may (see
+			// directReadable).
+			AllowDirect: c.StreamReplicas <= 1,
 		},
 		{
 			Name:        messages.StreamEvents,

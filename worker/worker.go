@@ -132,8 +132,8 @@ func (w *Worker) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("order within a wallet: read the first command of a wallet from %s (grant $JS.API.STREAM.INFO.%s and $JS.API.STREAM.MSG.GET.%s, or run with --order none): %w",
-				messages.StreamCommands, messages.StreamCommands, messages.StreamCommands, err)
+			return fmt.Errorf("order within a wallet: read the first command of a wallet from %s (grant $JS.API.STREAM.INFO.%s, $JS.API.DIRECT.GET.%s and $JS.API.STREAM.MSG.GET.%s, or run with --order none): %w",
+				messages.StreamCommands, messages.StreamCommands, messages.StreamCommands, messages.StreamCommands, err)
 		}
 	}
 	sub := &subscriber{
