@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -235,21 +234,21 @@ func (a *Awaiter) awaitEvents(ctx context.Context, seqs []uint64) ([]event, erro
 // process: see the bench's drains): the missing ones are read from the
 // stream by sequence, so that no awaited outcome is missed for it.
 func (a *Awaiter) receive(m jetstream.Msg) {
-	if md, err := m.Metadata(); err == nil {
-		seq := md.Sequence.Stream
-		a.mu.Lock()
-		last := a.lastSeq
-		a.lastSeq = max(a.lastSeq, seq)
-		a.mu.Unlock()
-		if last != 0 && seq > last+1 {
-			a.fill(last+1, seq-1)
-		}
-	}
-	e, ok := eventOf(m)
-	if !ok {
+	md, err := m.Metadata()
+	if err != nil {
 		return
 	}
-	a.deliver(e)
+	seq := md.Sequence.Stream
+	a.mu.Lock()
+	last := a.lastSeq
+	a.lastSeq = max(a.lastSeq, seq)
+	a.mu.Unlock()
+	if last != 0 && seq > last+1 {
+		a.fill(last+1, seq-1)
+	}
+	if e, ok := eventAt(m.Subject(), seq, m.Headers(), m.Data()); ok {
+		a.deliver(e)
+	}
 }
 
 // fill reads the events stored at sequences from to to and delivers them.
@@ -265,11 +264,9 @@ func (a *Awaiter) fill(from, to uint64) {
 		if err != nil {
 			continue // deleted meanwhile, or unreadable: nothing to deliver
 		}
-		cs, err := strconv.ParseUint(m.Header.Get(messages.HeaderCommandSeq), 10, 64)
-		if err != nil {
-			continue
+		if e, ok := eventAt(m.Subject, m.Sequence, m.Header, m.Data); ok {
+			a.deliver(e)
 		}
-		a.deliver(event{subject: m.Subject, seq: m.Sequence, commandSeq: cs, data: m.Data})
 	}
 }
 

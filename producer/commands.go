@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -196,7 +197,7 @@ func (e Event) Rejected() bool { return e.Code != "" }
 // original is the same command, and with KEY_REUSED, decided here, when it
 // is another.
 func (p *Producer) AwaitCommand(ctx context.Context, ack CommandAck) (Event, error) {
-	reused, compare, err := judgeDuplicate(ctx, p.js, ack)
+	reused, compare, err := (&originals{js: p.js}).judge(ctx, ack)
 	if err != nil || reused != nil {
 		return orZero(reused), err
 	}
@@ -217,8 +218,9 @@ func (a *Awaiter) AwaitCommands(ctx context.Context, acks []CommandAck) ([]Event
 	compare := make([]bool, len(acks))
 	var seqs []uint64
 	var idx []int
+	o := &originals{js: a.js}
 	for i, ack := range acks {
-		reused, cmp, err := judgeDuplicate(ctx, a.js, ack)
+		reused, cmp, err := o.judge(ctx, ack)
 		if err != nil {
 			return out, err
 		}
@@ -246,33 +248,50 @@ func (a *Awaiter) AwaitCommands(ctx context.Context, acks []CommandAck) ([]Event
 // originalReadTimeout bounds the read of a duplicate's original.
 const originalReadTimeout = 2 * time.Second
 
-// judgeDuplicate judges a duplicate publish by its original while it is
-// still in WALLETS_COMMANDS: reused is the KEY_REUSED to answer when the
-// original was another command. compare is set when the original has left
-// the work queue, to be judged by its event (byOriginal).
-func judgeDuplicate(ctx context.Context, js jetstream.JetStream, ack CommandAck) (reused *Event, compare bool, err error) {
+// originals reads the originals of duplicate publishes from
+// WALLETS_COMMANDS for one await: the stream is looked up once, and a read
+// that fails other than by the original being gone (applied, so removed
+// from the work queue) makes the later duplicates go straight to their
+// original's event. A user not granted the read (an older auth.conf) gets no
+// answer at all, so each such read would otherwise cost originalReadTimeout.
+type originals struct {
+	js         jetstream.JetStream
+	s          jetstream.Stream
+	unreadable bool
+}
+
+// judge judges a duplicate publish by its original while it is still
+// stored: reused is the KEY_REUSED to answer when the original was another
+// command. compare is set when the original is gone or cannot be read, for
+// its event to judge (byOriginal).
+func (o *originals) judge(ctx context.Context, ack CommandAck) (reused *Event, compare bool, err error) {
 	if !ack.Duplicate {
 		return nil, false, nil
 	}
-	// A user not granted the read (an older auth.conf) gets no answer at
-	// all: the read is bounded, and then the event judges.
+	if o.unreadable {
+		return nil, true, nil
+	}
 	gctx, cancel := context.WithTimeout(ctx, originalReadTimeout)
 	defer cancel()
-	original, err := js.Stream(gctx, messages.StreamCommands)
+	if o.s == nil {
+		o.s, err = o.js.Stream(gctx, messages.StreamCommands)
+	}
+	var m *jetstream.RawStreamMsg
 	if err == nil {
-		var m *jetstream.RawStreamMsg
-		if m, err = original.GetMsg(gctx, ack.Seq); err == nil && (m.Subject != ack.Command.Subject() || !sameJSON(m.Data, ack.Command.Body)) {
-			e := keyReused(ack, m.Subject)
-			return &e, false, nil
-		}
+		m, err = o.s.GetMsg(gctx, ack.Seq)
 	}
 	switch {
 	case err == nil:
+		if m.Subject != ack.Command.Subject() || !sameJSON(m.Data, ack.Command.Body) {
+			e := keyReused(ack, m.Subject)
+			return &e, false, nil
+		}
 		return nil, false, nil
 	case ctx.Err() != nil:
 		return nil, false, fmt.Errorf("producer: the original of command %d: %w", ack.Seq, context.Cause(ctx))
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		o.unreadable = true
 	}
-	// Gone from the work queue (applied), or not readable here.
 	return nil, true, nil
 }
 

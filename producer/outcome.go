@@ -58,15 +58,21 @@ type event struct {
 // eventOf reads the event of m; ok is false for a message that settles no
 // command (no Wallets-Command-Seq header).
 func eventOf(m jetstream.Msg) (e event, ok bool) {
-	cs, err := strconv.ParseUint(m.Headers().Get(messages.HeaderCommandSeq), 10, 64)
-	if err != nil {
-		return event{}, false
-	}
 	md, err := m.Metadata()
 	if err != nil {
 		return event{}, false
 	}
-	return event{subject: m.Subject(), seq: md.Sequence.Stream, commandSeq: cs, data: m.Data()}, true
+	return eventAt(m.Subject(), md.Sequence.Stream, m.Headers(), m.Data())
+}
+
+// eventAt is the event stored at seq; ok is false for a message that
+// settles no command.
+func eventAt(subject string, seq uint64, h nats.Header, data []byte) (e event, ok bool) {
+	cs, err := strconv.ParseUint(h.Get(messages.HeaderCommandSeq), 10, 64)
+	if err != nil {
+		return event{}, false
+	}
+	return event{subject: subject, seq: seq, commandSeq: cs, data: data}, true
 }
 
 func (e event) outcome() (Outcome, error) {

@@ -36,16 +36,17 @@ func ParseOrder(s string) (Order, error) {
 // a command leaves it when it is settled (acknowledged: applied, rejected or
 // dead-lettered), and stays in it while it waits for a retry. The first
 // command stored on wallets.commands.*.<wallet> is therefore the head of the
-// wallet's line, and the stream answers which one it is: a message get of
-// the first message on that filter, served by the stream's leader, so never
-// stale. A delivery is applied only when it is its wallet's head; until then
+// wallet's line, and the stream answers which one it is: a get of the first
+// message on that filter (a direct get on a single-replica stream, else a
+// message get served by the stream's leader, never stale; see
+// directReadable). A delivery is applied only when it is its wallet's head; until then
 // it waits in its slot, its lease renewed, woken when a command of the same
 // wallet settles in this process and polling otherwise (another worker holds
 // the head). A command of one wallet thus never overtakes an earlier one,
 // through redeliveries, retries and worker deaths (the head of a dead
 // worker is redelivered after AckWait and the line resumes).
 //
-// The cost: one message get per command (a request to the stream's leader);
+// The cost: one get per command;
 // a wallet's commands one at a time; and a waiting command holds a slot, so
 // a worker that holds many commands of one busy wallet has fewer slots for
 // the others. A waiter that has waited a whole AckWait is handed back, so

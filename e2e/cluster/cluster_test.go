@@ -280,3 +280,28 @@ func stepDownTo(nc *nats.Conn, subject, preferred string) error {
 	}
 	return nil
 }
+
+// waitAllSettled waits until every stored command is settled: the work queue
+// empty, nothing left to deliver, nothing awaiting an ack. It returns how many
+// deliveries the consumer made; extra adds to the report of a wait that
+// times out.
+func waitAllSettled(t *testing.T, js jetstream.JetStream, within time.Duration, extra func() string) (deliveries uint64) {
+	t.Helper()
+	eventually(t, within, "every command settled", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		si, err := streamInfo(ctx, js, streamCommands)
+		if err != nil {
+			return false, err.Error()
+		}
+		ci, err := consumerInfo(ctx, js, streamCommands, consumerName)
+		if err != nil {
+			return false, err.Error()
+		}
+		deliveries = ci.Delivered.Consumer
+		return si.State.Msgs == 0 && ci.NumPending == 0 && ci.NumAckPending == 0,
+			fmt.Sprintf("%d commands left, %d not delivered, %d awaiting an ack, %d redelivered%s",
+				si.State.Msgs, ci.NumPending, ci.NumAckPending, ci.NumRedelivered, extra())
+	})
+	return deliveries
+}

@@ -252,23 +252,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 		pl.publishes(), pub.storedCount(), pub.duplicates, pub.retries, time.Since(started).Round(time.Millisecond))
 
 	// Every command settled: the work queue empty, nothing pending.
-	var deliveries uint64
-	eventually(t, waitFor, "every command settled", func() (bool, string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		si, err := streamInfo(ctx, obs.js, streamCommands)
-		if err != nil {
-			return false, err.Error()
-		}
-		ci, err := consumerInfo(ctx, obs.js, streamCommands, consumerName)
-		if err != nil {
-			return false, err.Error()
-		}
-		deliveries = ci.Delivered.Consumer
-		return si.State.Msgs == 0 && ci.NumPending == 0 && ci.NumAckPending == 0,
-			fmt.Sprintf("%d commands left, %d not delivered, %d awaiting an ack, %d redelivered",
-				si.State.Msgs, ci.NumPending, ci.NumAckPending, ci.NumRedelivered)
-	})
+	deliveries := waitAllSettled(t, obs.js, waitFor, func() string { return "" })
 	for _, w := range workers {
 		w.shutdown(t)
 	}

@@ -106,21 +106,7 @@ func TestClusterLeaderLossMoneyCommands(t *testing.T) {
 	// Every command settled: the work queue empty, nothing pending; then
 	// every key's first outcome (a redelivery's repeated event is dropped by
 	// the events stream's deduplication).
-	eventually(t, 2*waitFor, "every command settled", func() (bool, string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		si, err := streamInfo(ctx, obs.js, streamCommands)
-		if err != nil {
-			return false, err.Error()
-		}
-		ci, err := consumerInfo(ctx, obs.js, streamCommands, consumerName)
-		if err != nil {
-			return false, err.Error()
-		}
-		return si.State.Msgs == 0 && ci.NumPending == 0 && ci.NumAckPending == 0,
-			fmt.Sprintf("%d commands left, %d not delivered, %d awaiting an ack; worker warnings: %s",
-				si.State.Msgs, ci.NumPending, ci.NumAckPending, logs.summary())
-	})
+	waitAllSettled(t, obs.js, 2*waitFor, func() string { return "; worker warnings: " + logs.summary() })
 	codes := map[string]messages.Code{}
 	for _, m := range readStream(t, obs.js, streamEvents) {
 		var e struct {

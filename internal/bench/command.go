@@ -70,13 +70,9 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.BoolVar(&cfg.LedgerBaselines, "ledger-baselines", true, "with --ledger-url: also write as many new balances straight to the ledger as single writes, as GET then write, and as parallel bulks")
 	fs.DurationVar(&cfg.BaselineTimeout, "baseline-timeout", DefaultBaselineTimeout, "with --ledger-url: timeout of each request of the ledger baselines (long: they measure the ledger, not a client's patience)")
 	fs.IntVar(&cfg.SingleInFlight, "single-in-flight", 0, "with --ledger-url: requests in flight of the single-write baseline (0: the most the worker had in flight)")
-	fs.Func("order", "the workers' --order: wallet (default, as run) or none", func(v string) error {
-		o := worker.Order(v)
-		if o != worker.OrderWallet && o != worker.OrderNone {
-			return fmt.Errorf("want %s or %s", worker.OrderWallet, worker.OrderNone)
-		}
-		cfg.Order = o
-		return nil
+	fs.Func("order", "the workers' --order: wallet (default, as run) or none", func(v string) (err error) {
+		cfg.Order, err = worker.ParseOrder(v)
+		return err
 	})
 	fs.IntVar(&cfg.Concurrency, "concurrency", 0, fmt.Sprintf("commands in flight in each worker (default %d with --batch, %d without, as run); the baseline runs --workers × this. Without --batch, also the most ledger requests in flight", ledgeradapter.DefaultBatchingConcurrency, def.Concurrency))
 	fs.BoolVar(&cfg.Batch, "batch", ledgeradapter.DefaultBatching, "coalesce each worker's concurrent ledger reads and writes into list-accounts and bulk requests with adaptive limits (ledgeradapter.Batcher), as run's --ledger-batch (and its default)")

@@ -103,17 +103,8 @@ func (b *drainBench) connect(name string) (jetstream.JetStream, func(), error) {
 
 // store publishes msgs and waits until JetStream has stored them all.
 func (b *drainBench) store(ctx context.Context, msgs []*nats.Msg) error {
-	for i, m := range msgs {
-		if i%500 == 499 {
-			select {
-			case <-b.admin.PublishAsyncComplete():
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		if _, err := b.admin.PublishMsgAsync(m); err != nil {
-			return err
-		}
+	if err := publishWindowed(ctx, b.admin, len(msgs), 500, func(i int) *nats.Msg { return msgs[i] }); err != nil {
+		return err
 	}
 	select {
 	case <-b.admin.PublishAsyncComplete():
@@ -131,19 +122,11 @@ type drained struct {
 }
 
 // drain starts workers, each on its own connection with the kinds kinds
-// returns, and waits for n outcomes from the moment they start; then it
-// stops them.
-func (b *drainBench) drain(ctx context.Context, name string, workers int, cfg worker.Config, kinds func() handlers.Kinds, n int) (drained, error) {
+// returns for it, and waits for n outcomes from the moment they start; then
+// it stops them.
+func (b *drainBench) drain(ctx context.Context, name string, workers int, cfg worker.Config, kinds func(i int) (handlers.Kinds, error), n int) (drained, error) {
 	d := drained{byCode: map[messages.Code]int{}}
-	// The outcomes are counted in the events stream itself, which holds one
-	// event per command (a redelivery's second one is dropped by its ID),
-	// rather than read through a consumer: the clock stops when the stream
-	// holds them all, and they are read back by sequence afterwards.
-	events, err := b.admin.Stream(ctx, messages.StreamEvents)
-	if err != nil {
-		return d, err
-	}
-	before, err := events.Info(ctx)
+	events, err := watchEvents(ctx, b.admin)
 	if err != nil {
 		return d, err
 	}
@@ -165,44 +148,33 @@ func (b *drainBench) drain(ctx context.Context, name string, workers int, cfg wo
 			return d, err
 		}
 		closers = append(closers, closeConn)
-		w, err := worker.New(js, kinds(), cfg, b.logger)
+		ks, err := kinds(i)
+		if err != nil {
+			return d, err
+		}
+		w, err := worker.New(js, ks, cfg, b.logger)
 		if err != nil {
 			return d, err
 		}
 		ws = append(ws, w)
 		wg.Go(func() { _ = w.Run(wctx) })
 	}
-	stored, progressed := uint64(0), time.Now()
-	for stored < uint64(n) {
-		select {
-		case <-ctx.Done():
-			return d, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-		info, err := events.Info(ctx)
-		if err != nil {
-			return d, err
-		}
-		if now := info.State.Msgs - before.State.Msgs; now > stored {
-			stored, progressed = now, time.Now()
-		} else if time.Since(progressed) > 2*time.Minute {
-			return d, fmt.Errorf("%s: %d of %d outcomes, none for 2 minutes (%s)", name, stored, n, b.leftOver(ctx))
-		}
+	if err := events.await(ctx, n); err != nil {
+		return d, fmt.Errorf("%s: %w (%s)", name, err, b.leftOver(ctx))
 	}
 	d.seconds = time.Since(start).Seconds()
 	for _, w := range ws {
 		d.orderWaits += w.Stats().OrderWaits.Load()
 	}
-	for seq := before.State.LastSeq + 1; seq < before.State.LastSeq+1+uint64(n); seq++ {
-		m, err := events.GetMsg(ctx, seq)
-		if err != nil {
-			return d, fmt.Errorf("%s: event %d: %w", name, seq, err)
-		}
+	err = events.each(ctx, n, func(m *jetstream.RawStreamMsg) {
 		var e struct {
 			Code messages.Code `json:"code"`
 		}
 		_ = json.Unmarshal(m.Data, &e)
 		d.byCode[e.Code]++
+	})
+	if err != nil {
+		return d, fmt.Errorf("%s: %w", name, err)
 	}
 	return d, nil
 }

@@ -154,27 +154,19 @@ func RunMixed(ctx context.Context, cfg MixedConfig) (MixedResult, error) {
 	if err := b.store(ctx, msgs); err != nil {
 		return res, err
 	}
-	var kindErr error
-	var mu sync.Mutex
-	perWorker := 0
-	d, err := b.drain(ctx, workerPhase, cfg.Workers, wcfg, func() handlers.Kinds {
-		mu.Lock()
-		defer mu.Unlock()
-		perWorker++
-		ks, err := kinds(fmt.Sprintf("%s-%d", workerPhase, perWorker))
-		if err != nil {
-			kindErr = err
-			return handlers.NewKinds()
-		}
-		return ks
+	d, err := b.drain(ctx, workerPhase, cfg.Workers, wcfg, func(i int) (handlers.Kinds, error) {
+		return kinds(fmt.Sprintf("%s-%d", workerPhase, i))
 	}, len(msgs))
-	if err := errors.Join(kindErr, err); err != nil {
+	if err != nil {
 		return res, err
 	}
 	ph := MixedPhase{Name: workerPhase, Wallets: cfg.Wallets, Commands: len(msgs), Applied: d.byCode[""], Seconds: d.seconds}
 	for c, n := range d.byCode {
 		if c != "" {
-			ph.Rejected = mapAdd(ph.Rejected, string(c), n)
+			if ph.Rejected == nil {
+				ph.Rejected = map[string]int{}
+			}
+			ph.Rejected[string(c)] = n
 		}
 	}
 	ph.PerSec = float64(ph.Commands) / ph.Seconds
@@ -189,6 +181,7 @@ func RunMixed(ctx context.Context, cfg MixedConfig) (MixedResult, error) {
 		return res, err
 	}
 	ph = MixedPhase{Name: directPhase, Wallets: cfg.Wallets, Commands: cfg.Wallets * len(lives[0])}
+	var mu sync.Mutex
 	var next, applied, retries int64
 	rejected := map[string]int{}
 	var firstErr error
@@ -237,14 +230,6 @@ func RunMixed(ctx context.Context, cfg MixedConfig) (MixedResult, error) {
 	report(ph)
 	res.WorkerToDirect = res.Phases[0].PerSec / res.Phases[1].PerSec
 	return res, nil
-}
-
-func mapAdd(m map[string]int, k string, n int) map[string]int {
-	if m == nil {
-		m = map[string]int{}
-	}
-	m[k] += n
-	return m
 }
 
 // decideDirectly decides one command with its kind's handler, retrying

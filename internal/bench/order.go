@@ -89,8 +89,8 @@ func RunOrder(ctx context.Context, cfg OrderConfig) (OrderResult, error) {
 		if err := b.store(ctx, msgs); err != nil {
 			return ph, err
 		}
-		kinds := func() handlers.Kinds {
-			return handlers.NewKinds(handlers.CreditWalletKind(&handlers.CreditWallet{Ledger: client, LedgerName: cfg.LedgerName}))
+		kinds := func(int) (handlers.Kinds, error) {
+			return handlers.NewKinds(handlers.CreditWalletKind(&handlers.CreditWallet{Ledger: client, LedgerName: cfg.LedgerName})), nil
 		}
 		d, err := b.drain(ctx, name, cfg.Workers, worker.Config{Concurrency: cfg.Concurrency, Order: order}, kinds, n)
 		if err != nil {

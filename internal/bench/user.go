@@ -209,57 +209,28 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 // sequence once all are stored, their store times giving the outcomes per
 // second.
 func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig, res *UserResult) error {
-	events, err := js.Stream(ctx, messages.StreamEvents)
-	if err != nil {
-		return err
-	}
-	before, err := events.Info(ctx)
+	events, err := watchEvents(ctx, js)
 	if err != nil {
 		return err
 	}
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
 	start := time.Now()
-	for i := range cfg.Commands {
-		if i%cfg.InFlight == cfg.InFlight-1 {
-			select {
-			case <-js.PublishAsyncComplete():
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
+	err = publishWindowed(ctx, js, cfg.Commands, cfg.InFlight, func(i int) *nats.Msg {
 		wallet := fmt.Sprintf("u%s-%d", run, i)
 		m := &nats.Msg{Subject: messages.CreateBalanceSubject(wallet), Header: nats.Header{},
 			Data: fmt.Appendf(nil, `{"walletID":%q,"name":"savings"}`, wallet)}
 		m.Header.Set(messages.HeaderMsgID, wallet+"-savings")
-		if _, err := js.PublishMsgAsync(m); err != nil {
-			return err
-		}
+		return m
+	})
+	if err != nil {
+		return err
 	}
-	n := uint64(cfg.Commands)
-	stored, progressed := uint64(0), time.Now()
-	for stored < n {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-		info, err := events.Info(ctx)
-		if err != nil {
-			return err
-		}
-		if now := info.State.Msgs - before.State.Msgs; now > stored {
-			stored, progressed = now, time.Now()
-		} else if time.Since(progressed) > 2*time.Minute {
-			return fmt.Errorf("%d of %d outcomes, none for 2 minutes", stored, n)
-		}
+	if err := events.await(ctx, cfg.Commands); err != nil {
+		return err
 	}
 	res.Run.Seconds = time.Since(start).Seconds()
 	res.Run.PerSec = float64(cfg.Commands) / res.Run.Seconds
-	for seq := before.State.LastSeq + 1; seq <= before.State.LastSeq+n; seq++ {
-		m, err := events.GetMsg(ctx, seq)
-		if err != nil {
-			return fmt.Errorf("event %d: %w", seq, err)
-		}
+	return events.each(ctx, cfg.Commands, func(m *jetstream.RawStreamMsg) {
 		switch {
 		case strings.Contains(m.Subject, "-rejected."):
 			res.Run.Rejected++
@@ -273,8 +244,7 @@ func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig
 			res.Run.PerSecond = append(res.Run.PerSecond, 0)
 		}
 		res.Run.PerSecond[sec]++
-	}
-	return nil
+	})
 }
 
 // rawJetStream is the least a worker that reports outcomes does, on the
@@ -323,19 +293,13 @@ func rawJetStream(ctx context.Context, js jetstream.JetStream, n int) (float64, 
 	}
 	defer cc.Stop()
 	start := time.Now()
-	for i := range n {
-		if i%256 == 255 {
-			select {
-			case <-js.PublishAsyncComplete():
-			case <-ctx.Done():
-				return 0, ctx.Err()
-			}
-		}
+	err = publishWindowed(ctx, js, n, 256, func(i int) *nats.Msg {
 		m := &nats.Msg{Subject: fmt.Sprintf("bench.user.raw.commands.w%d", i), Header: nats.Header{}, Data: []byte(`{"walletID":"w","name":"savings"}`)}
 		m.Header.Set(messages.HeaderMsgID, fmt.Sprintf("raw-%d", i))
-		if _, err := js.PublishMsgAsync(m); err != nil {
-			return 0, err
-		}
+		return m
+	})
+	if err != nil {
+		return 0, err
 	}
 	select {
 	case <-done:
