@@ -74,6 +74,10 @@ type CreditWallet struct {
 	Ledger        TxLedger
 	LedgerName    string
 	AccountPrefix string
+	// Chain, when set, is the chain a credit to the main balance rides
+	// (one transaction, no read): consecutive ones of a wallet go to the
+	// ledger together.
+	Chain *Chain
 }
 
 // CreditWalletKind is the credit-wallet kind, decided by h.
@@ -105,6 +109,20 @@ type creditWalletCommand struct {
 
 func (c creditWalletCommand) Handle(ctx context.Context, key string) (Result, error) {
 	return c.h.Handle(ctx, key, c.cmd)
+}
+
+// Chain: a credit to a named balance reads it first, so it rides none.
+func (c creditWalletCommand) Chain() *Chain {
+	if c.cmd.Balance != "" {
+		return nil
+	}
+	return c.h.Chain
+}
+
+func (c creditWalletCommand) link(key string) link {
+	return link{ledger: c.h.LedgerName, request: c.h.Request(c.cmd), key: key,
+		applied: func(tx ledgeradapter.Transaction, replayed bool) Result { return c.h.applied(key, c.cmd, tx, replayed) },
+		failure: func(op string, err error) (Result, error) { return c.h.failure(key, c.cmd, op, err) }}
 }
 
 // Request is the ledger transaction of a credit (no ledger call).
@@ -159,10 +177,19 @@ func (h *CreditWallet) Handle(ctx context.Context, key string, cmd messages.Cred
 	if err != nil {
 		return h.failure(key, cmd, "create transaction", err)
 	}
-	return succeeded(messages.EventWalletCredited, cmd.WalletID, res.IdempotencyHit, messages.WalletCredited{
+	return h.applied(key, cmd, res.Transaction, res.IdempotencyHit), nil
+}
+
+// applied is the outcome of a credit whose transaction is tx.
+func (h *CreditWallet) applied(key string, cmd messages.CreditWallet, tx ledgeradapter.Transaction, replayed bool) Result {
+	balance := cmd.Balance
+	if balance == "" {
+		balance = messages.MainBalance
+	}
+	return succeeded(messages.EventWalletCredited, cmd.WalletID, replayed, messages.WalletCredited{
 		Key: key, WalletID: cmd.WalletID, Amount: cmd.Amount, Balance: balance, Ledger: h.LedgerName,
-		TransactionID: res.Transaction.ID, Replayed: res.IdempotencyHit,
-	}), nil
+		TransactionID: tx.ID, Replayed: replayed,
+	})
 }
 
 func (h *CreditWallet) failure(key string, cmd messages.CreditWallet, op string, err error) (Result, error) {

@@ -62,6 +62,9 @@ type DebitWallet struct {
 	AccountPrefix string
 	// Now is the clock that tells expired balances (time.Now when nil).
 	Now func() time.Time
+	// Chain, when set, is the chain a debit of the main balance rides (one
+	// transaction, no read; pending or not).
+	Chain *Chain
 }
 
 // DebitWalletKind is the debit-wallet kind, decided by h.
@@ -91,6 +94,23 @@ type debitWalletCommand struct {
 
 func (c debitWalletCommand) Handle(ctx context.Context, key string) (Result, error) {
 	return c.h.Handle(ctx, key, c.cmd)
+}
+
+// Chain: a debit of named balances reads them first, so it rides none.
+func (c debitWalletCommand) Chain() *Chain {
+	if len(c.cmd.Balances) > 0 {
+		return nil
+	}
+	return c.h.Chain
+}
+
+func (c debitWalletCommand) link(key string) link {
+	req, hold := c.h.Request(key, c.cmd, []string{AccountAddress(c.h.AccountPrefix, c.cmd.WalletID, messages.MainBalance)})
+	return link{ledger: c.h.LedgerName, request: req, key: key,
+		applied: func(tx ledgeradapter.Transaction, replayed bool) Result {
+			return c.h.applied(key, c.cmd, hold, tx, replayed)
+		},
+		failure: func(op string, err error) (Result, error) { return c.h.failure(key, c.cmd, op, err) }}
 }
 
 // debitRefusal is a debit refused before the ledger is written.
@@ -220,10 +240,15 @@ func (h *DebitWallet) Handle(ctx context.Context, key string, cmd messages.Debit
 	if err != nil {
 		return h.failure(key, cmd, "create transaction", err)
 	}
-	return succeeded(messages.EventWalletDebited, cmd.WalletID, res.IdempotencyHit, messages.WalletDebited{
+	return h.applied(key, cmd, hold, res.Transaction, res.IdempotencyHit), nil
+}
+
+// applied is the outcome of a debit whose transaction is tx.
+func (h *DebitWallet) applied(key string, cmd messages.DebitWallet, hold *messages.Hold, tx ledgeradapter.Transaction, replayed bool) Result {
+	return succeeded(messages.EventWalletDebited, cmd.WalletID, replayed, messages.WalletDebited{
 		Key: key, WalletID: cmd.WalletID, Amount: cmd.Amount, Ledger: h.LedgerName,
-		TransactionID: res.Transaction.ID, Hold: hold, Replayed: res.IdempotencyHit,
-	}), nil
+		TransactionID: tx.ID, Hold: hold, Replayed: replayed,
+	})
 }
 
 func (h *DebitWallet) failure(key string, cmd messages.DebitWallet, op string, err error) (Result, error) {

@@ -435,7 +435,25 @@ type BulkTransactionResult struct {
 // is for the request as a whole; nil means each element's fate is in its
 // result. The ledger does not say which elements were idempotency hits.
 func (c *Client) BulkTransactions(ctx context.Context, ledger string, elems []BulkTransaction) ([]BulkTransactionResult, error) {
-	const op = "BulkTransactions"
+	return c.bulkTransactions(ctx, "BulkTransactions", ledger, elems, true)
+}
+
+// ErrNotRun is the Err of a ChainTransactions element the ledger did not
+// run, because one before it failed.
+var ErrNotRun = errors.New("ledgeradapter: not run: an earlier element of the bulk failed")
+
+// ChainTransactions is BulkTransactions that stops at the first failure:
+// POST /v2/{ledger}/_bulk without continueOnFailure or parallel. The
+// elements run one after another, each atomic; once one fails, the ledger
+// runs none after it, and their results match ErrNotRun. A chain of
+// transactions that depend on one another (a debit covered by the credit
+// before it) is thus applied as a prefix: what failed, and everything after
+// it, can be sent again later in the same order.
+func (c *Client) ChainTransactions(ctx context.Context, ledger string, elems []BulkTransaction) ([]BulkTransactionResult, error) {
+	return c.bulkTransactions(ctx, "ChainTransactions", ledger, elems, false)
+}
+
+func (c *Client) bulkTransactions(ctx context.Context, op, ledger string, elems []BulkTransaction, continueOnFailure bool) ([]BulkTransactionResult, error) {
 	if err := ValidateLedgerName(ledger); err != nil {
 		return nil, notSent(op, err)
 	}
@@ -470,9 +488,13 @@ func (c *Client) BulkTransactions(ctx context.Context, ledger string, elems []Bu
 	if err := c.tx.acquire(ctx); err != nil {
 		return nil, &Error{Op: op, Err: err}
 	}
+	var query url.Values
+	if continueOnFailure {
+		query = url.Values{"continueOnFailure": {"true"}}
+	}
 	resp, e := c.do(ctx, request{
 		op: op, method: http.MethodPost, path: "/v2/" + url.PathEscape(ledger) + "/_bulk",
-		query: url.Values{"continueOnFailure": {"true"}}, body: body, elements: len(elems),
+		query: query, body: body, elements: len(elems),
 	})
 	c.tx.release()
 	c.tx.outcome(e, c.TimeoutFor(len(elems)))
@@ -498,9 +520,15 @@ func (c *Client) BulkTransactions(ctx context.Context, ledger string, elems []Bu
 		return nil, resp.unexpected(fmt.Errorf("%w: %d results for %d elements", ErrUnexpectedResponse, len(*out.Data), len(elems)))
 	}
 	results := make([]BulkTransactionResult, len(elems))
+	failed := false
 	for i, w := range *out.Data {
 		switch {
+		case failed && !continueOnFailure:
+			// Run one after another: after the first failure the ledger
+			// answers the rest "context canceled" without running them.
+			results[i].Err = &Error{Op: op, Element: i + 1, Err: ErrNotRun}
 		case w.ResponseType == bulkResultError:
+			failed = true
 			results[i].Err = resp.elementError(i, w.bulkResultWire)
 		case w.Data == nil:
 			return nil, resp.unexpected(fmt.Errorf("%w: element %d has no transaction", ErrUnexpectedResponse, i+1))

@@ -336,6 +336,37 @@ func TestBulkTransactionsInOrder(t *testing.T) {
 	require.Equal(t, "0", balance(t, c, "bulk", w, "USD/2").String())
 }
 
+// TestChainTransactionsStopsAtTheFirstFailure: a chain runs in order and
+// stops at its first failure; the elements after it are not run, and can
+// be sent again.
+func TestChainTransactionsStopsAtTheFirstFailure(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	c, ctx := l.Client, context.Background()
+	require.NoError(t, c.EnsureLedger(ctx, "chain"))
+	const w = "wallets:w1:main"
+	res, err := c.ChainTransactions(ctx, "chain", []ledgeradapter.BulkTransaction{
+		{Request: credit(w, "100"), IdempotencyKey: "c1"},
+		{Request: debit(w, "80"), IdempotencyKey: "d1"},
+		{Request: debit(w, "30"), IdempotencyKey: "d2"}, // 20 left: refused
+		{Request: debit(w, "20"), IdempotencyKey: "d3"},
+	})
+	require.NoError(t, err)
+	require.Len(t, res, 4)
+	require.NoError(t, res[0].Err)
+	require.NoError(t, res[1].Err, "the debit sees the credit before it")
+	require.ErrorIs(t, res[2].Err, ledgeradapter.ErrInsufficientFunds)
+	require.ErrorIs(t, res[3].Err, ledgeradapter.ErrNotRun)
+	require.NotErrorIs(t, res[2].Err, ledgeradapter.ErrNotRun)
+	require.Equal(t, "20", balance(t, c, "chain", w, "USD/2").String(), "the element after the failure did not run")
+
+	again, err := c.ChainTransactions(ctx, "chain", []ledgeradapter.BulkTransaction{{Request: debit(w, "20"), IdempotencyKey: "d3"}})
+	require.NoError(t, err)
+	require.NoError(t, again[0].Err, "an element not run can be sent again")
+	require.Greater(t, again[0].Transaction.ID, res[1].Transaction.ID)
+	require.Equal(t, "0", balance(t, c, "chain", w, "USD/2").String())
+}
+
 // TestDryRunTellsWhetherAKeyApplied: a dry run with a key answers the
 // transaction that key applied (a hit), and applies nothing otherwise.
 func TestDryRunTellsWhetherAKeyApplied(t *testing.T) {

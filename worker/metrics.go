@@ -39,6 +39,7 @@ type Metrics struct {
 
 	orderWaits   prometheus.Counter
 	orderWaiting prometheus.Gauge
+	chainedCmds  prometheus.Counter
 }
 
 // NewMetrics creates the worker's metrics and registers them with reg.
@@ -106,9 +107,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "wallets_worker_order_waiting",
 			Help: "Commands waiting now, in their slots, for an earlier command of their wallet to settle.",
 		}),
+		chainedCmds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wallets_worker_chained_total",
+			Help: "Commands decided in the chain of an earlier command of their wallet: sent to the ledger in one ordered bulk with it (--order wallet).",
+		}),
 	}
 	reg.MustRegister(m.commands, m.redeliveries, m.retries, m.deadLetters, m.inFlight, m.handling, m.age, m.claimWaits, m.noTimeLefts,
-		m.breaker, m.transitions, m.probes, m.held, m.orderWaits, m.orderWaiting)
+		m.breaker, m.transitions, m.probes, m.held, m.orderWaits, m.orderWaiting, m.chainedCmds)
 	for _, s := range breakerStateNames {
 		m.transitions.WithLabelValues(s)
 	}
@@ -240,4 +245,12 @@ func (m *Metrics) orderWait(delta int) {
 		m.orderWaits.Inc()
 	}
 	m.orderWaiting.Add(float64(delta))
+}
+
+// chained counts the commands decided in the chain of an earlier one.
+func (m *Metrics) chained(n int) {
+	if m == nil {
+		return
+	}
+	m.chainedCmds.Add(float64(n))
 }

@@ -1,14 +1,17 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -64,10 +67,37 @@ type line struct {
 	mu    sync.Mutex
 	s     jetstream.Stream
 	wakes map[string]chan struct{} // by wallet: closed when one of its commands settles here
-	// waiting are the sequences of the commands waiting here, by wallet:
-	// only the first of a wallet asks the stream, the others wait for it.
-	waiting map[string]map[uint64]struct{}
+	// waiting are the commands waiting here, by wallet and sequence: only
+	// the first of a wallet asks the stream, the others wait for it.
+	waiting map[string]map[uint64]*lineWaiter
 }
+
+// lineWaiter is a command waiting for its turn in its wallet's line. The head
+// of the line may take it along, with the commands right behind it, in one
+// chain (handlers.Chain): the waiter is then a rider, and gets its answer
+// from the head.
+type lineWaiter struct {
+	seq   uint64
+	chain *handlers.Chain // the chain it may ride, nil if none
+	cmd   handlers.Command
+	key   string
+	d     *delivery
+
+	// Under line.mu: taken once a head took it; taken is then closed, and
+	// answer gets what became of it.
+	isTaken bool
+	taken   chan struct{}
+	answer  chan handlers.ChainAnswer
+}
+
+func newWaiter(d *delivery, cmd handlers.Command, key string) *lineWaiter {
+	return &lineWaiter{seq: d.seq, d: d, cmd: cmd, key: key, chain: handlers.ChainOf(cmd),
+		taken: make(chan struct{}), answer: make(chan handlers.ChainAnswer, 1)}
+}
+
+// errRiding is returned to a waiter a head took along: its answer comes
+// from the head.
+var errRiding = errors.New("riding with the head of its wallet's line")
 
 // Poll intervals of a waiter whose head is held elsewhere.
 const (
@@ -88,7 +118,7 @@ func newLine(order Order, js jetstream.JetStream, maxWait time.Duration) *line {
 		maxWait:  maxWait,
 		draining: make(chan struct{}),
 		wakes:    map[string]chan struct{}{},
-		waiting:  map[string]map[uint64]struct{}{},
+		waiting:  map[string]map[uint64]*lineWaiter{},
 		stream: func(ctx context.Context) (jetstream.Stream, error) {
 			s, err := js.Stream(ctx, messages.StreamCommands)
 			if err != nil {
@@ -116,6 +146,12 @@ func directReadable(c jetstream.StreamConfig) error {
 // head returns the stream sequence of the first command of wallet still in
 // WALLETS_COMMANDS, 0 if there is none.
 func (l *line) head(ctx context.Context, wallet string) (uint64, error) {
+	return l.first(ctx, wallet, 1)
+}
+
+// first returns the stream sequence of the first command of wallet still
+// in WALLETS_COMMANDS from sequence from on, 0 if there is none.
+func (l *line) first(ctx context.Context, wallet string, from uint64) (uint64, error) {
 	l.mu.Lock()
 	s := l.s
 	l.mu.Unlock()
@@ -128,7 +164,7 @@ func (l *line) head(ctx context.Context, wallet string) (uint64, error) {
 		l.s = s
 		l.mu.Unlock()
 	}
-	m, err := s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(messages.SubjectCommandsPrefix+"*."+wallet))
+	m, err := s.GetMsg(ctx, from, jetstream.WithGetMsgSubject(messages.SubjectCommandsPrefix+"*."+wallet))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil
 	}
@@ -158,23 +194,68 @@ func (l *line) wake(wallet string, seq uint64) (<-chan struct{}, bool) {
 	return c, behindLocal
 }
 
-// enter and leave keep waiting.
-func (l *line) enter(wallet string, seq uint64) {
+// enter and leave keep waiting. leave reports whether a head took wt
+// along, in which case it stays a rider whatever made it leave.
+func (l *line) enter(wallet string, wt *lineWaiter) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.waiting[wallet] == nil {
-		l.waiting[wallet] = map[uint64]struct{}{}
+		l.waiting[wallet] = map[uint64]*lineWaiter{}
 	}
-	l.waiting[wallet][seq] = struct{}{}
+	l.waiting[wallet][wt.seq] = wt
 }
 
-func (l *line) leave(wallet string, seq uint64) {
+func (l *line) leave(wallet string, wt *lineWaiter) (taken bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	delete(l.waiting[wallet], seq)
+	delete(l.waiting[wallet], wt.seq)
 	if len(l.waiting[wallet]) == 0 {
 		delete(l.waiting, wallet)
 	}
+	return wt.isTaken
+}
+
+// board takes along the commands waiting here right behind head, the head
+// of its wallet's line, that ride its chain: consecutive in the line (the
+// stream, asked from each one's sequence on, holds none of the wallet in
+// between), at most chain.MaxLength() with the head. A waiter taken is a
+// rider: it waits for the answer given to it with give.
+func (l *line) board(ctx context.Context, wallet string, head uint64, chain *handlers.Chain) []*lineWaiter {
+	l.mu.Lock()
+	var cands []*lineWaiter
+	for seq, wt := range l.waiting[wallet] {
+		if seq > head && !wt.isTaken {
+			cands = append(cands, wt)
+		}
+	}
+	l.mu.Unlock()
+	if len(cands) == 0 {
+		return nil
+	}
+	slices.SortFunc(cands, func(a, b *lineWaiter) int { return cmp.Compare(a.seq, b.seq) })
+	prev, n := head, 0
+	for _, wt := range cands {
+		if n+1 >= chain.MaxLength() || wt.chain != chain {
+			break
+		}
+		next, err := l.first(ctx, wallet, prev+1)
+		if err != nil || next != wt.seq {
+			break
+		}
+		prev, n = wt.seq, n+1
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	riders := cands[:0]
+	for _, wt := range cands[:n] {
+		if l.waiting[wallet][wt.seq] != wt {
+			break // it left meanwhile (drained, or went ahead): the chain ends before it
+		}
+		wt.isTaken = true
+		close(wt.taken)
+		riders = append(riders, wt)
+	}
+	return riders
 }
 
 // left wakes the waiters of wallet: one of its commands was settled here.
@@ -190,15 +271,26 @@ func (l *line) left(wallet string) {
 // await returns once d is the head of its wallet's line, with how long it
 // waited and the head it waited behind last (0 if none). It returns an error
 // when ctx ends or after maxWait.
-func (l *line) await(ctx context.Context, d *delivery, wallet string, waiting func(head uint64)) (time.Duration, error) {
+//
+// When a head takes wt along, await returns errRiding, whatever it was
+// doing: wt's answer comes from the head.
+func (l *line) await(ctx context.Context, wt *lineWaiter, wallet string, waiting func(head uint64)) (time.Duration, error) {
 	if l.order == OrderNone || wallet == messages.UnknownWallet {
 		return 0, nil
 	}
 	start := time.Now()
+	l.enter(wallet, wt)
+	err := l.wait(ctx, wt, wallet, start, waiting)
+	if l.leave(wallet, wt) {
+		err = errRiding
+	}
+	return time.Since(start), err
+}
+
+func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start time.Time, waiting func(head uint64)) error {
+	d := wt.d
 	poll := linePollMin
 	var failures int
-	l.enter(wallet, d.seq)
-	defer l.leave(wallet, d.seq)
 	for {
 		wake, behindLocal := l.wake(wallet, d.seq) // before the get: a settle after it wakes us
 		if behindLocal {
@@ -209,12 +301,14 @@ func (l *line) await(ctx context.Context, d *delivery, wallet string, waiting fu
 			case <-wake:
 			case <-time.After(linePollMax):
 			case <-ctx.Done():
-				return time.Since(start), context.Cause(ctx)
+				return context.Cause(ctx)
 			case <-l.draining:
-				return time.Since(start), errDraining
+				return errDraining
+			case <-wt.taken:
+				return errRiding
 			}
 			if time.Since(start) >= l.maxWait {
-				return time.Since(start), errLineWait
+				return errLineWait
 			}
 			continue
 		}
@@ -223,13 +317,13 @@ func (l *line) await(ctx context.Context, d *delivery, wallet string, waiting fu
 		case err == nil && (head == d.seq || head == 0 || head > d.seq):
 			// The head, or the line is gone (d itself settled elsewhere,
 			// a duplicate delivery): nothing earlier is left to wait for.
-			return time.Since(start), nil
+			return nil
 		case err == nil:
 			waiting(head)
 			failures = 0
 		default:
 			if ctx.Err() != nil {
-				return time.Since(start), context.Cause(ctx)
+				return context.Cause(ctx)
 			}
 			failures++
 			if failures == 3 {
@@ -237,7 +331,7 @@ func (l *line) await(ctx context.Context, d *delivery, wallet string, waiting fu
 			}
 		}
 		if time.Since(start) >= l.maxWait {
-			return time.Since(start), errLineWait
+			return errLineWait
 		}
 		select {
 		case <-wake:
@@ -245,9 +339,11 @@ func (l *line) await(ctx context.Context, d *delivery, wallet string, waiting fu
 		case <-time.After(poll):
 			poll = min(2*poll, linePollMax)
 		case <-ctx.Done():
-			return time.Since(start), context.Cause(ctx)
+			return context.Cause(ctx)
 		case <-l.draining:
-			return time.Since(start), errDraining
+			return errDraining
+		case <-wt.taken:
+			return errRiding
 		}
 	}
 }

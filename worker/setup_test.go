@@ -53,6 +53,7 @@ type setupOptions struct {
 	breaker       *Breaker
 	log           *slog.Logger
 	kinds         []handlers.Kind
+	kindsOf       func(*ledgeradapter.Client) []handlers.Kind
 }
 
 type option func(*setupOptions)
@@ -80,6 +81,11 @@ func withBreaker(br Breaker) option { return func(o *setupOptions) { o.breaker =
 
 // withKinds registers more kinds beside create-balance.
 func withKinds(kinds ...handlers.Kind) option { return func(o *setupOptions) { o.kinds = kinds } }
+
+// withKindsOf registers more kinds, made with the test's ledger client.
+func withKindsOf(f func(*ledgeradapter.Client) []handlers.Kind) option {
+	return func(o *setupOptions) { o.kindsOf = f }
+}
 
 // withLog gives the worker this logger instead of the test's output at WARN.
 func withLog(l *slog.Logger) option { return func(o *setupOptions) { o.log = l } }
@@ -140,7 +146,11 @@ func setup(t *testing.T, opts ...option) *bundle {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	w, err := New(js, handlers.NewKinds(append([]handlers.Kind{handlers.CreateBalanceKind(handler)}, o.kinds...)...), cfg, log)
+	kinds := append([]handlers.Kind{handlers.CreateBalanceKind(handler)}, o.kinds...)
+	if o.kindsOf != nil {
+		kinds = append(kinds, o.kindsOf(client)...)
+	}
+	w, err := New(js, handlers.NewKinds(kinds...), cfg, log)
 	require.NoError(t, err)
 	if o.hooks != nil {
 		w.hooks = o.hooks(b)

@@ -268,7 +268,16 @@ func (s *subscriber) dispatch(out chan<- *message.Message) {
 
 func (s *subscriber) await(wm *message.Message, d *delivery) {
 	defer s.inflight.Done()
-	defer func() { <-s.slots }()
+	defer func() {
+		if d.aside {
+			// Settled while it waited aside (decided in another
+			// command's chain): it holds aside room, not a slot.
+			d.aside = false
+			<-s.aside
+			return
+		}
+		<-s.slots
+	}()
 	select {
 	case <-wm.Acked():
 	case <-wm.Nacked():

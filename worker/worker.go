@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
@@ -65,6 +66,9 @@ type Stats struct {
 	// OrderWaits counts the deliveries that waited for an earlier command
 	// of their wallet (once per delivery).
 	OrderWaits atomic.Int64
+	// Chained counts the deliveries decided in the chain of an earlier
+	// command of their wallet.
+	Chained atomic.Int64
 }
 
 // New returns a Worker of the given kinds. cfg is validated after defaults
@@ -226,7 +230,17 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 	// wallet settled. A settle here wakes the wallet's waiters.
 	wallet := messages.WalletFromSubject(d.subject)
 	defer w.line.left(wallet)
-	if !w.awaitTurn(ctx, d, key, wallet) {
+	rode, ok := w.awaitTurn(ctx, d, key, wallet, cmd)
+	if !ok {
+		return
+	}
+	if rode != nil {
+		// Decided in its head's chain.
+		if rode.Err == nil {
+			w.settle(ctx, d, rode.Result)
+		} else {
+			w.failed(ctx, d, key, kind, cmd, rode.Err)
+		}
 		return
 	}
 
@@ -265,7 +279,7 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 			window()
 			wasHeld = false
 		}
-		outcome, err := cmd.Handle(hctx, key)
+		outcome, err := w.decide(hctx, d, key, wallet, cmd)
 		hold := w.breaker.record(d, trial, classify(hctx, err), err)
 		if err == nil {
 			w.settle(ctx, d, outcome)
@@ -314,14 +328,61 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 	}
 }
 
+// decide decides d, the head of its wallet's line: alone, or with the
+// commands of its wallet waiting right behind it here when its command
+// rides a chain (handlers.Chain). Each rider gets its own answer; the
+// head's is returned.
+func (w *Worker) decide(ctx context.Context, d *delivery, key, wallet string, cmd handlers.Command) (handlers.Result, error) {
+	chain := handlers.ChainOf(cmd)
+	if chain == nil || w.line.order != OrderWallet || wallet == messages.UnknownWallet {
+		return cmd.Handle(ctx, key)
+	}
+	riders := w.line.board(ctx, wallet, d.seq, chain)
+	if len(riders) == 0 {
+		return cmd.Handle(ctx, key)
+	}
+	answered := 0
+	defer func() {
+		// A rider must get an answer, even if the chain panicked: one not
+		// decided waits for its turn again.
+		for _, r := range riders[answered:] {
+			r.answer <- handlers.ChainAnswer{NotRun: true}
+		}
+	}()
+	cmds := append(make([]handlers.Command, 0, len(riders)+1), cmd)
+	keys := append(make([]string, 0, len(riders)+1), key)
+	for _, r := range riders {
+		cmds, keys = append(cmds, r.cmd), append(keys, r.key)
+	}
+	if d.span != nil {
+		d.span.AddEvent("decided with the commands of its wallet behind it", trace.WithAttributes(attribute.Int("riders", len(riders))))
+	}
+	answers := chain.Handle(ctx, cmds, keys)
+	for i, r := range riders {
+		if r.d.span != nil {
+			r.d.span.AddEvent("decided in the chain of an earlier command of its wallet", trace.WithAttributes(attribute.Int64("head_seq", int64(d.seq))))
+		}
+		if !answers[i+1].NotRun {
+			w.stats.Chained.Add(1)
+			w.cfg.Metrics.chained(1)
+		}
+		r.answer <- answers[i+1]
+		answered++
+	}
+	return answers[0].Result, answers[0].Err
+}
+
 // awaitTurn waits until d is the head of its wallet's line, its lease held
 // meanwhile. It returns false when d was handed back instead: drained, or
 // after a whole AckWait (its slot is then given up so that the head, if it
-// is to be redelivered, can be pulled).
-func (w *Worker) awaitTurn(ctx context.Context, d *delivery, key, wallet string) bool {
+// is to be redelivered, can be pulled). When a head took d along in its
+// chain, it returns the answer the chain gave d.
+func (w *Worker) awaitTurn(ctx context.Context, d *delivery, key, wallet string, cmd handlers.Command) (*handlers.ChainAnswer, bool) {
 	d.lease.holdUntil(time.Time{})
 	var behind uint64
-	waited, err := w.line.await(ctx, d, wallet, func(head uint64) {
+	wt := newWaiter(d, cmd, key)
+again:
+	waited, err := w.line.await(ctx, wt, wallet, func(head uint64) {
 		if behind == 0 {
 			w.stats.OrderWaits.Add(1)
 			w.cfg.Metrics.orderWait(1)
@@ -333,6 +394,21 @@ func (w *Worker) awaitTurn(ctx context.Context, d *delivery, key, wallet string)
 		}
 		behind = max(head, behind, 1)
 	})
+	if errors.Is(err, errRiding) {
+		a := <-wt.answer
+		if a.NotRun {
+			// A command before it in the chain is to be retried: d waits
+			// behind it again.
+			wt = newWaiter(d, cmd, key)
+			goto again
+		}
+		// Settled from aside: the subscriber gives back the aside room
+		// rather than a slot.
+		if behind != 0 {
+			w.cfg.Metrics.orderWait(-1)
+		}
+		return &a, true
+	}
 	d.stepIn()
 	if behind != 0 {
 		w.cfg.Metrics.orderWait(-1)
@@ -343,18 +419,18 @@ func (w *Worker) awaitTurn(ctx context.Context, d *delivery, key, wallet string)
 	}
 	switch {
 	case err == nil:
-		return true
+		return nil, true
 	case errors.Is(err, errLineWait) && w.canHandBack(d):
 		w.log.Warn("command handed back after waiting a whole ack wait for its wallet's line", w.logAttrs(d, key, "wallet", wallet, "head_seq", behind)...)
 		w.nak(d, time.Second, retryOrder)
 	case errors.Is(err, errLineWait):
-		return true // JetStream would not deliver it again: go ahead
+		return nil, true // JetStream would not deliver it again: go ahead
 	case w.canHandBack(d):
 		w.handBack(d)
 	default:
 		w.handle(context.WithoutCancel(w.work), d)
 	}
-	return false
+	return nil, false
 }
 
 // failed settles a delivery whose handling failed transiently, or that waited

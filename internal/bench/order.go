@@ -29,8 +29,10 @@ type OrderConfig struct {
 	HotCommands           int // the hot-wallet phases
 	Workers, Concurrency  int
 	TxConcurrency         int
-	Timeout               time.Duration // of one ledger request
-	Log                   io.Writer
+	// ChainLength is run's --ledger-chain (0: its default; 1: no chains).
+	ChainLength int
+	Timeout     time.Duration // of one ledger request
+	Log         io.Writer
 }
 
 // OrderPhase is one phase of the order workload.
@@ -90,7 +92,7 @@ func RunOrder(ctx context.Context, cfg OrderConfig) (OrderResult, error) {
 			return ph, err
 		}
 		kinds := func(int) (handlers.Kinds, error) {
-			return handlers.NewKinds(handlers.CreditWalletKind(&handlers.CreditWallet{Ledger: client, LedgerName: cfg.LedgerName})), nil
+			return handlers.Wallets{Transactions: client, LedgerName: cfg.LedgerName, ChainLength: cfg.ChainLength}.Kinds(), nil
 		}
 		d, err := b.drain(ctx, name, cfg.Workers, worker.Config{Concurrency: cfg.Concurrency, Order: order}, kinds, n)
 		if err != nil {
@@ -177,13 +179,15 @@ func orderCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, 
 	fs.IntVar(&cfg.Workers, "workers", 1, "workers in the process, each with its own NATS connection, sharing the consumer")
 	fs.IntVar(&cfg.Concurrency, "concurrency", def.Concurrency, "commands in flight in each worker, as run's")
 	fs.IntVar(&cfg.TxConcurrency, "ledger-tx-concurrency", ledgeradapter.DefaultTxConcurrency, "the ledger client's cap on transactions in flight, as run's")
+	fs.IntVar(&cfg.ChainLength, "ledger-chain", handlers.DefaultChainLength, "most consecutive commands of one wallet in one ordered bulk, as run's; 1 sends each alone")
 	fs.DurationVar(&cfg.Timeout, "ledger-timeout", ledgeradapter.DefaultTimeout, "timeout of one ledger request")
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of the table")
 	if err := parseWorkloadFlags(fs, args); err != nil {
 		return err
 	}
-	if cfg.Commands < 1 || cfg.Wallets < 1 || cfg.HotCommands < 1 || cfg.Workers < 1 || cfg.Concurrency < 1 || cfg.TxConcurrency < 1 {
-		return fmt.Errorf("%w: --commands, --wallets, --hot-commands, --workers, --concurrency and --ledger-tx-concurrency must be positive", ErrUsage)
+	if cfg.Commands < 1 || cfg.Wallets < 1 || cfg.HotCommands < 1 || cfg.Workers < 1 || cfg.Concurrency < 1 || cfg.TxConcurrency < 1 ||
+		cfg.ChainLength < 1 || cfg.ChainLength > ledgeradapter.MaxBulkSize {
+		return fmt.Errorf("%w: --commands, --wallets, --hot-commands, --workers, --concurrency and --ledger-tx-concurrency must be positive, --ledger-chain 1 to %d", ErrUsage, ledgeradapter.MaxBulkSize)
 	}
 	if cfg.LedgerName == "" {
 		cfg.LedgerName = fmt.Sprintf("bench-order-%d", time.Now().UnixNano())

@@ -46,6 +46,7 @@ type runFlags struct {
 	ledgerBatch                                        bool
 	batch                                              ledgeradapter.BatcherConfig
 	ledgerTxConcurrency                                int
+	ledgerChain                                        int
 }
 
 func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
@@ -70,6 +71,7 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.DurationVar(&f.batch.Window, "ledger-batch-window", ledgeradapter.DefaultBatchWindow, "with --ledger-batch: how long a call waits for others while one of its kind is in flight (a lone command never waits)")
 	fs.IntVar(&f.batch.MaxBatch, "ledger-batch-max", ledgeradapter.DefaultBatchMax, "with --ledger-batch: most calls per request, at most the ledger's BULK_MAX_SIZE and page size (100)")
 	fs.IntVar(&f.batch.MaxInFlight, "ledger-concurrency", ledgeradapter.DefaultBatchInFlight, "with --ledger-batch: most ledger requests in flight, reads and writes together; below it each kind's limit adapts")
+	fs.IntVar(&f.ledgerChain, "ledger-chain", handlers.DefaultChainLength, "with --order wallet, most consecutive credits and debits of one wallet sent to the ledger in one ordered bulk (a chain); 1 sends each alone")
 	fs.IntVar(&f.ledgerTxConcurrency, "ledger-tx-concurrency", ledgeradapter.DefaultTxConcurrency, "most ledger transactions in flight from this process, whatever --concurrency: a Formance ledger stalls when as many transactions touching one account wait as it has PostgreSQL connections (its POSTGRES_MAX_OPEN_CONNS, default 20); keep it below that")
 	fs.StringVar(&f.dataDir, "data-dir", "./data", "where the embedded NATS server and the embedded ledger keep their files")
 	fs.StringVar(&f.embeddedNATSAddr, "embedded-nats-addr", "127.0.0.1:4222", "listen address of the embedded NATS server")
@@ -113,6 +115,9 @@ func (f *runFlags) validate() error {
 	}
 	if w := f.w.WithDefaults(); f.ledgerTimeout >= w.HandlerTimeout {
 		errs = append(errs, usageError("--ledger-timeout %s must be shorter than the handler timeout %s", f.ledgerTimeout, w.HandlerTimeout))
+	}
+	if f.ledgerChain < 1 || f.ledgerChain > ledgeradapter.MaxBulkSize {
+		errs = append(errs, usageError("--ledger-chain must be 1 to %d, got %d", ledgeradapter.MaxBulkSize, f.ledgerChain))
 	}
 	if f.ledgerTxConcurrency < 1 {
 		errs = append(errs, usageError("--ledger-tx-concurrency must be at least 1, got %d", f.ledgerTxConcurrency))
@@ -373,7 +378,7 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	// commands write transactions through the client: its cap on
 	// transactions in flight holds whatever the worker's concurrency.
 	kinds := handlers.Wallets{Balances: h, Writes: ledger, Transactions: client,
-		LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix}.Kinds()
+		LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix, ChainLength: f.ledgerChain}.Kinds()
 	wk, err := worker.New(js, kinds, f.w, log)
 	if err != nil {
 		return usageError("%v", err)

@@ -1,0 +1,118 @@
+package worker
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/internal/testutil"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// moneyKinds are credit-wallet and debit-wallet on the test's ledger, their
+// main-balance commands riding one chain.
+func moneyKinds(c *ledgeradapter.Client) []handlers.Kind {
+	chain := &handlers.Chain{Ledger: c}
+	return []handlers.Kind{
+		handlers.CreditWalletKind(&handlers.CreditWallet{Ledger: c, LedgerName: testLedger, Chain: chain}),
+		handlers.DebitWalletKind(&handlers.DebitWallet{Ledger: c, LedgerName: testLedger, Chain: chain}),
+	}
+}
+
+// TestChainsKeepAHotWalletInOrder: 150 credits and 150 debits of one
+// wallet, each debit covered only by the credit published just before it,
+// go to the ledger in chains (consecutive commands in one ordered bulk),
+// two of whose bulks fail whole (500): every command is applied once, none
+// refused, and the ledger's transactions are in publish order. The commands
+// behind a chain's retried first one wait behind it again.
+func TestChainsKeepAHotWalletInOrder(t *testing.T) {
+	t.Parallel()
+	const pairs = 150
+	var bulks, failed atomic.Int64
+	fail := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/_bulk") {
+				if n := bulks.Add(1); n == 2 || n == 5 {
+					failed.Add(1)
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusInternalServerError)
+					_, _ = w.Write([]byte(`{"errorCode":"INTERNAL","errorMessage":"injected"}`))
+					return
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	b := setup(t, withKindsOf(moneyKinds), withLedgerMiddleware(fail), withConfig(func(c *Config) { c.Concurrency = 8 }))
+
+	var want []string
+	for i := range pairs {
+		amount := 100 + i
+		b.publish(t, kindMsg(messages.KindCreditWallet, "hot", fmt.Sprintf("c-%d", i),
+			fmt.Sprintf(`{"walletID":"hot","amount":{"asset":"USD/2","amount":%d}}`, amount)))
+		b.publish(t, kindMsg(messages.KindDebitWallet, "hot", fmt.Sprintf("d-%d", i),
+			fmt.Sprintf(`{"walletID":"hot","amount":{"asset":"USD/2","amount":%d}}`, amount)))
+		want = append(want, fmt.Sprintf("+%d", amount), fmt.Sprintf("-%d", amount))
+	}
+	events := b.events.wait(t, 2*pairs)
+	for _, e := range events {
+		require.NotContains(t, e.Subject, "rejected", "%s", e.Data)
+		require.Equal(t, false, e.json(t)["replayed"], "%s", e.Data)
+	}
+	require.Equal(t, want, testutil.WalletMoves(t, b.ledger, testLedger)["hot"], "the ledger's transactions in publish order")
+	st := b.worker.Stats()
+	require.Positive(t, st.Chained.Load(), "no command rode a chain")
+	require.EqualValues(t, 2, failed.Load(), "both injected failures were met")
+	require.Positive(t, st.Retried.Load())
+	t.Logf("%d of %d commands rode a chain, in %d bulks", st.Chained.Load(), 2*pairs, bulks.Load())
+	b.settled(t)
+}
+
+// TestChainedCommandsReplayAfterARedelivery: the same commands published
+// again after the duplicate window (JetStream stores them again) are
+// answered replayed, chained or not, and change nothing.
+func TestChainedCommandsReplayAfterARedelivery(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withKindsOf(moneyKinds), withConfig(func(c *Config) { c.Concurrency = 8; c.DuplicateWindow = time.Second }))
+	const n = 40
+	msgs := make([]func() *nats.Msg, 0, n)
+	for i := range n {
+		kind := messages.KindCreditWallet
+		if i%2 == 1 {
+			kind = messages.KindDebitWallet
+		}
+		body := fmt.Sprintf(`{"walletID":"again","amount":{"asset":"USD/2","amount":%d}}`, 10+i/2)
+		key := fmt.Sprintf("k-%d", i)
+		msgs = append(msgs, func() *nats.Msg { return kindMsg(kind, "again", key, body) })
+	}
+	for _, m := range msgs {
+		b.publish(t, m())
+	}
+	first := b.events.wait(t, n)
+	ids := map[string]any{}
+	for _, e := range first {
+		body := e.json(t)
+		require.Equal(t, false, body["replayed"], "%s", e.Data)
+		ids[body["key"].(string)] = body["transactionID"]
+	}
+	for _, m := range msgs {
+		b.publishAfterWindow(t, m())
+	}
+	all := b.events.wait(t, 2*n)
+	for _, e := range all[n:] {
+		body := e.json(t)
+		require.Equal(t, true, body["replayed"], "%s", e.Data)
+		require.Equal(t, ids[body["key"].(string)], body["transactionID"], "%s", e.Data)
+	}
+	require.Len(t, testutil.WalletMoves(t, b.ledger, testLedger)["again"], n, "nothing applied twice")
+	t.Logf("%d of %d commands rode a chain", b.worker.Stats().Chained.Load(), 2*n)
+	b.settled(t)
+}
