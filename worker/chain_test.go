@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
@@ -114,5 +115,38 @@ func TestChainedCommandsReplayAfterARedelivery(t *testing.T) {
 	}
 	require.Len(t, testutil.WalletMoves(t, b.ledger, testLedger)["again"], n, "nothing applied twice")
 	t.Logf("%d of %d commands rode a chain", b.worker.Stats().Chained.Load(), 2*n)
+	b.settled(t)
+}
+
+// TestHotWalletPastTheAsideRoom: more commands of one wallet than a worker
+// lets wait aside (64 × its concurrency): those past it wait in slots, and
+// the head of the line must still run rather than wait for a slot that
+// only its own waiters hold, which would hand them all back after a whole
+// ack wait.
+func TestHotWalletPastTheAsideRoom(t *testing.T) {
+	t.Parallel()
+	const n = 64 * 2 * 5
+	b := setup(t, withKindsOf(moneyKinds), withConfig(func(c *Config) { c.Concurrency = 2 }))
+	var want []string
+	var acks []jetstream.PubAckFuture
+	for i := range n {
+		f, err := b.js.PublishMsgAsync(kindMsg(messages.KindCreditWallet, "busy", fmt.Sprintf("c-%d", i),
+			fmt.Sprintf(`{"walletID":"busy","amount":{"asset":"USD/2","amount":%d}}`, i+1)))
+		require.NoError(t, err)
+		acks = append(acks, f)
+		want = append(want, fmt.Sprintf("+%d", i+1))
+	}
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			t.Fatal(err)
+		case <-time.After(waitFor):
+			t.Fatal("publish not acknowledged")
+		}
+	}
+	b.events.wait(t, n)
+	require.Equal(t, want, testutil.WalletMoves(t, b.ledger, testLedger)["busy"])
+	require.Zero(t, b.worker.Stats().Retried.Load(), "commands handed back for waiting a whole ack wait")
 	b.settled(t)
 }

@@ -64,9 +64,8 @@ type line struct {
 	draining chan struct{}
 	drain    sync.Once
 
-	mu    sync.Mutex
-	s     jetstream.Stream
-	wakes map[string]chan struct{} // by wallet: closed when one of its commands settles here
+	mu sync.Mutex
+	s  jetstream.Stream
 	// waiting are the commands waiting here, by wallet and sequence: only
 	// the first of a wallet asks the stream, the others wait for it.
 	waiting map[string]map[uint64]*lineWaiter
@@ -83,6 +82,11 @@ type lineWaiter struct {
 	key   string
 	d     *delivery
 
+	// wake is signalled when the waiter is the first of its wallet here
+	// and a command of the wallet settles here, or when the waiter becomes
+	// that first one.
+	wake chan struct{}
+
 	// Under line.mu: taken once a head took it; taken is then closed, and
 	// answer gets what became of it.
 	isTaken bool
@@ -92,7 +96,7 @@ type lineWaiter struct {
 
 func newWaiter(d *delivery, cmd handlers.Command, key string) *lineWaiter {
 	return &lineWaiter{seq: d.seq, d: d, cmd: cmd, key: key, chain: handlers.ChainOf(cmd),
-		taken: make(chan struct{}), answer: make(chan handlers.ChainAnswer, 1)}
+		wake: make(chan struct{}, 1), taken: make(chan struct{}), answer: make(chan handlers.ChainAnswer, 1)}
 }
 
 // errRiding is returned to a waiter a head took along: its answer comes
@@ -103,6 +107,9 @@ var errRiding = errors.New("riding with the head of its wallet's line")
 const (
 	linePollMin = 2 * time.Millisecond
 	linePollMax = 50 * time.Millisecond
+	// lineBehindPoll is how often a waiter behind another of its wallet
+	// here looks again without being woken (it is woken when it is first).
+	lineBehindPoll = time.Second
 )
 
 // errDraining is returned to a waiting delivery when its worker drains: it
@@ -117,7 +124,6 @@ func newLine(order Order, js jetstream.JetStream, maxWait time.Duration) *line {
 		order:    order,
 		maxWait:  maxWait,
 		draining: make(chan struct{}),
-		wakes:    map[string]chan struct{}{},
 		waiting:  map[string]map[uint64]*lineWaiter{},
 		stream: func(ctx context.Context) (jetstream.Stream, error) {
 			s, err := js.Stream(ctx, messages.StreamCommands)
@@ -174,24 +180,33 @@ func (l *line) first(ctx context.Context, wallet string, from uint64) (uint64, e
 	return m.Sequence, nil
 }
 
-// wake returns the channel closed when a command of wallet settles here, and
-// whether a command of wallet earlier than seq waits here too.
-func (l *line) wake(wallet string, seq uint64) (<-chan struct{}, bool) {
+// behind reports whether a command of wallet earlier than seq waits here.
+func (l *line) behind(wallet string, seq uint64) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	behindLocal := false
 	for s := range l.waiting[wallet] {
 		if s < seq {
-			behindLocal = true
-			break
+			return true
 		}
 	}
-	c, ok := l.wakes[wallet]
-	if !ok {
-		c = make(chan struct{})
-		l.wakes[wallet] = c
+	return false
+}
+
+// signalFirst wakes the first command of wallet waiting here, the one that
+// asks the stream. Called with mu held.
+func (l *line) signalFirst(wallet string) {
+	var first *lineWaiter
+	for _, wt := range l.waiting[wallet] {
+		if first == nil || wt.seq < first.seq {
+			first = wt
+		}
 	}
-	return c, behindLocal
+	if first != nil {
+		select {
+		case first.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // enter and leave keep waiting. leave reports whether a head took wt
@@ -211,6 +226,8 @@ func (l *line) leave(wallet string, wt *lineWaiter) (taken bool) {
 	delete(l.waiting[wallet], wt.seq)
 	if len(l.waiting[wallet]) == 0 {
 		delete(l.waiting, wallet)
+	} else {
+		l.signalFirst(wallet) // it may be the first now
 	}
 	return wt.isTaken
 }
@@ -218,8 +235,9 @@ func (l *line) leave(wallet string, wt *lineWaiter) (taken bool) {
 // board takes along the commands waiting here right behind head, the head
 // of its wallet's line, that ride its chain: consecutive in the line (the
 // stream, asked from each one's sequence on, holds none of the wallet in
-// between), at most chain.MaxLength() with the head. A waiter taken is a
-// rider: it waits for the answer given to it with give.
+// between, or the sequences follow one another), at most
+// chain.MaxLength() with the head. A waiter taken is a
+// rider: its answer comes from the head (Worker.decide).
 func (l *line) board(ctx context.Context, wallet string, head uint64, chain *handlers.Chain) []*lineWaiter {
 	l.mu.Lock()
 	var cands []*lineWaiter
@@ -238,9 +256,13 @@ func (l *line) board(ctx context.Context, wallet string, head uint64, chain *han
 		if n+1 >= chain.MaxLength() || wt.chain != chain {
 			break
 		}
-		next, err := l.first(ctx, wallet, prev+1)
-		if err != nil || next != wt.seq {
-			break
+		if wt.seq != prev+1 {
+			// Other commands were stored between them: none may be of
+			// this wallet. (Consecutive sequences leave no room for one.)
+			next, err := l.first(ctx, wallet, prev+1)
+			if err != nil || next != wt.seq {
+				break
+			}
 		}
 		prev, n = wt.seq, n+1
 	}
@@ -258,14 +280,14 @@ func (l *line) board(ctx context.Context, wallet string, head uint64, chain *han
 	return riders
 }
 
-// left wakes the waiters of wallet: one of its commands was settled here.
+// left wakes the first command of wallet waiting here: one of its
+// commands was settled here. Only the first asks the stream; the others
+// wait until they are first, so a settle wakes one waiter, not every one
+// of a busy wallet.
 func (l *line) left(wallet string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if c, ok := l.wakes[wallet]; ok {
-		close(c)
-		delete(l.wakes, wallet)
-	}
+	l.signalFirst(wallet)
 }
 
 // await returns once d is the head of its wallet's line, with how long it
@@ -292,14 +314,14 @@ func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start ti
 	poll := linePollMin
 	var failures int
 	for {
-		wake, behindLocal := l.wake(wallet, d.seq) // before the get: a settle after it wakes us
-		if behindLocal {
+		if l.behind(wallet, d.seq) {
 			// An earlier command of the wallet waits here: it asks the
-			// stream; this one waits for it to settle (or for a while).
+			// stream; this one waits until it is the first here (or
+			// looks again after a while).
 			waiting(0)
 			select {
-			case <-wake:
-			case <-time.After(linePollMax):
+			case <-wt.wake:
+			case <-time.After(lineBehindPoll):
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			case <-l.draining:
@@ -334,7 +356,7 @@ func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start ti
 			return errLineWait
 		}
 		select {
-		case <-wake:
+		case <-wt.wake:
 			poll = linePollMin
 		case <-time.After(poll):
 			poll = min(2*poll, linePollMax)

@@ -332,14 +332,22 @@ func (d *delivery) stepAside() bool {
 }
 
 // stepIn takes a slot again for a delivery that stepped aside, waiting for
-// one (the commands in the slots settle, or a drain ends them).
-func (d *delivery) stepIn() {
+// one at most patience. Past it, the delivery goes on in its aside room:
+// every slot may be held by commands that wait, past the aside room, for
+// this very one (the head of their wallet's line), and would hold them
+// until their AckWait ran out. The subscriber frees whichever it holds.
+func (d *delivery) stepIn(patience time.Duration) {
 	if !d.aside {
 		return
 	}
-	d.sub.slots <- struct{}{}
-	d.aside = false
-	<-d.sub.aside
+	t := time.NewTimer(patience)
+	defer t.Stop()
+	select {
+	case d.sub.slots <- struct{}{}:
+		d.aside = false
+		<-d.sub.aside
+	case <-t.C:
+	}
 }
 
 // handBackQueued hands back what was pulled but not started, once the last

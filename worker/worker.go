@@ -409,7 +409,7 @@ again:
 		}
 		return &a, true
 	}
-	d.stepIn()
+	d.stepIn(linePollMax)
 	if behind != 0 {
 		w.cfg.Metrics.orderWait(-1)
 		if waited >= time.Second {
