@@ -95,8 +95,11 @@ type subscriber struct {
 	slots chan struct{}
 	// aside is a token per command waiting for its wallet's line outside
 	// a slot, so that waiters leave room for the commands they wait for.
-	aside    chan struct{}
-	inflight sync.WaitGroup
+	aside chan struct{}
+	// slotWaiters counts the commands waiting for their wallet's line in a
+	// slot, the aside room being full.
+	slotWaiters atomic.Int64
+	inflight    sync.WaitGroup
 
 	mu       sync.Mutex
 	started  bool
@@ -331,13 +334,25 @@ func (d *delivery) stepAside() bool {
 	return true
 }
 
-// stepIn takes a slot again for a delivery that stepped aside, waiting for
-// one at most patience. Past it, the delivery goes on in its aside room:
-// every slot may be held by commands that wait, past the aside room, for
-// this very one (the head of their wallet's line), and would hold them
-// until their AckWait ran out. The subscriber frees whichever it holds.
+// stepIn takes a slot again for a delivery that stepped aside. When none
+// is free and a command waits for its wallet's line in a slot (the aside
+// room full), the delivery goes on in its aside room at once: those slots
+// may be held by commands waiting for this very one, the head of their
+// line, and would be held until their AckWait ran out. Otherwise it waits
+// for a slot at most patience, and then goes on aside all the same. The
+// subscriber frees whichever it holds.
 func (d *delivery) stepIn(patience time.Duration) {
 	if !d.aside {
+		return
+	}
+	select {
+	case d.sub.slots <- struct{}{}:
+		d.aside = false
+		<-d.sub.aside
+		return
+	default:
+	}
+	if d.sub.slotWaiters.Load() > 0 {
 		return
 	}
 	t := time.NewTimer(patience)
@@ -348,6 +363,16 @@ func (d *delivery) stepIn(patience time.Duration) {
 		<-d.sub.aside
 	case <-t.C:
 	}
+}
+
+// waitInSlot records that d waits for its wallet's line in its slot, until
+// the returned function is called.
+func (d *delivery) waitInSlot() (done func()) {
+	if d.sub == nil {
+		return func() {}
+	}
+	d.sub.slotWaiters.Add(1)
+	return func() { d.sub.slotWaiters.Add(-1) }
 }
 
 // handBackQueued hands back what was pulled but not started, once the last

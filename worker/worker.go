@@ -380,6 +380,7 @@ func (w *Worker) decide(ctx context.Context, d *delivery, key, wallet string, cm
 func (w *Worker) awaitTurn(ctx context.Context, d *delivery, key, wallet string, cmd handlers.Command) (*handlers.ChainAnswer, bool) {
 	d.lease.holdUntil(time.Time{})
 	var behind uint64
+	inSlot := func() {}
 	wt := newWaiter(d, cmd, key)
 again:
 	waited, err := w.line.await(ctx, wt, wallet, func(head uint64) {
@@ -390,16 +391,23 @@ again:
 			if d.span != nil {
 				d.span.AddEvent("waiting for the wallet's line")
 			}
-			d.stepAside() // its slot to others meanwhile
+			if !d.stepAside() { // its slot to others meanwhile
+				inSlot = d.waitInSlot()
+			}
 		}
 		behind = max(head, behind, 1)
 	})
+	inSlot()
+	inSlot = func() {}
 	if errors.Is(err, errRiding) {
 		a := <-wt.answer
 		if a.NotRun {
 			// A command before it in the chain is to be retried: d waits
 			// behind it again.
 			wt = newWaiter(d, cmd, key)
+			if !d.aside && behind != 0 {
+				inSlot = d.waitInSlot()
+			}
 			goto again
 		}
 		// Settled from aside: the subscriber gives back the aside room
