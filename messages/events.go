@@ -110,7 +110,7 @@ func WalletFromSubject(subject string) string {
 }
 
 func subjectToken(walletID string) string {
-	if !tokenPattern.MatchString(walletID) {
+	if !isToken(walletID) {
 		return UnknownWallet
 	}
 	return walletID
