@@ -285,7 +285,7 @@ func TestFidelity(t *testing.T) {
 func TestFidelityTransactions(t *testing.T) {
 	t.Parallel()
 	probes := readProbes(t, txProbeFile)
-	require.Len(t, probes, 93, "the recorded transcript has 93 probes")
+	require.Len(t, probes, 100, "the recorded transcript has 100 probes")
 	for _, inProcess := range []bool{false, true} {
 		t.Run(map[bool]string{false: "tcp", true: "in-process"}[inProcess], func(t *testing.T) {
 			t.Parallel()
