@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"math/big"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,6 +71,8 @@ type orderResult struct {
 	// outOfOrder are the wallets whose ledger transactions are not in
 	// publish order.
 	outOfOrder []string
+	// bulks is how many ordered bulks (chains) the ledger was sent.
+	bulks int64
 }
 
 // runOrder runs three worker processes on one NATS server and one ledger
@@ -79,7 +83,15 @@ func runOrder(t *testing.T, order string, wallets, commands, kills int) orderRes
 	run := strings.ToLower(order)
 	plan := makeOrderPlan(rng, run, wallets, commands)
 	natsURL := startNATS(t)
-	tl := startLedger(t, nil)
+	var bulks atomic.Int64
+	tl := startLedger(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/_bulk") {
+				bulks.Add(1)
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
 	args := func(i int) []string {
 		return []string{"--nats-url", natsURL, "--ledger-url", tl.URL, "--data-dir", t.TempDir(),
 			"--ack-wait", "3s", "--ledger-timeout", "1500ms", "--concurrency", "16", "--order", order}
@@ -172,8 +184,9 @@ func runOrder(t *testing.T, order string, wallets, commands, kills int) orderRes
 		}
 	}
 	slices.Sort(res.outOfOrder)
-	t.Logf("order %s: %d commands over %d wallets, %d kills: rejected %v, %d wallets out of publish order in the ledger",
-		order, len(plan), wallets, kills, res.rejected, len(res.outOfOrder))
+	res.bulks = bulks.Load()
+	t.Logf("order %s: %d commands over %d wallets, %d kills: rejected %v, %d wallets out of publish order in the ledger, %d chains",
+		order, len(plan), wallets, kills, res.rejected, len(res.outOfOrder), res.bulks)
 	return res
 }
 
@@ -187,6 +200,7 @@ func TestOrderThroughTheBinary(t *testing.T) {
 		res := runOrder(t, "wallet", 100, 5000, 0)
 		require.Empty(t, res.rejected)
 		require.Empty(t, res.outOfOrder)
+		require.Positive(t, res.bulks, "no wallet's commands went to the ledger as a chain")
 	})
 	t.Run("kills", func(t *testing.T) {
 		// 2,000 money commands over 50 wallets, as a crash test of them:
