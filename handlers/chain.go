@@ -32,11 +32,19 @@ type ChainLedger interface {
 //     already. Transaction IDs grow with every transaction of a ledger.
 //   - An element that failed was not applied (each element is atomic), so
 //     it is decided again alone, by its Handle, which tells a reused key
-//     from a reused reference, or retries, exactly as without a chain.
+//     from a reused reference, or retries, exactly as without a chain. So
+//     is the first of a bulk the client refused to send (a key the ledger
+//     would not take, say): nothing of it applied.
 //   - The ledger runs nothing after a failed element (ChainTransactions);
 //     the elements after it go in a new bulk once the failed one is
 //     decided, or are answered NotRun when it must be retried: they stay
 //     behind it.
+//   - Only the head (the first command) is answered a retry. A command
+//     behind it whose turn ends in a failure that is not its own decision
+//     (the whole bulk failed, a read failed), or whose own decision is a
+//     retry, is answered NotRun: it waits for its turn again, and is then
+//     decided as a head, with the worker's breaker and backoff, rather
+//     than spend a delivery here.
 type Chain struct {
 	Ledger ChainLedger
 	// Length caps the commands of one chain (default DefaultChainLength,
@@ -142,6 +150,29 @@ func (c *Chain) Handle(ctx context.Context, cmds []Command, keys []string) []Cha
 		out[0].Result, out[0].Err = links[0].failure("read the newest transaction", err)
 		return notRun(1)
 	}
+	// alone decides command k, which failed in a bulk or could not be sent
+	// in one, by its own Handle, and reads the newest transaction again
+	// (Handle may have applied it). It reports whether the chain stops:
+	// after a retry of the head, or of a rider, which then waits for its
+	// turn again, as do those after it.
+	alone := func(k int) bool {
+		out[k].Result, out[k].Err = cmds[k].Handle(ctx, keys[k])
+		if out[k].Err != nil {
+			if k > 0 {
+				// A rider's retry: it goes back to its line and is
+				// decided as a head, breaker and backoff included.
+				notRun(k)
+			} else {
+				notRun(k + 1)
+			}
+			return true
+		}
+		if k+1 < len(links) && readNewest() != nil {
+			notRun(k + 1)
+			return true
+		}
+		return false
+	}
 	for i := 0; i < len(links); {
 		end := min(len(links), i+c.MaxLength())
 		elems := make([]ledgeradapter.BulkTransaction, 0, end-i)
@@ -149,11 +180,25 @@ func (c *Chain) Handle(ctx context.Context, cmds []Command, keys []string) []Cha
 			elems = append(elems, ledgeradapter.BulkTransaction{Request: l.request, IdempotencyKey: l.key})
 		}
 		res, err := c.Ledger.ChainTransactions(ctx, ledger, elems)
-		if err != nil {
-			// Whether any of it applied is unknown: the first is retried
+		switch {
+		case err != nil && !sent(err):
+			// Refused before it was sent (one element's key, say), so
+			// nothing applied: the first is decided alone, which tells
+			// its own fault from another's, and the rest go on after it.
+			if alone(i) {
+				return out
+			}
+			i++
+			continue
+		case err != nil && i == 0:
+			// Whether any of it applied is unknown: the head is retried
 			// (its key replays what applied), the others wait behind it.
-			out[i].Result, out[i].Err = links[i].failure("create transactions", err)
-			return notRun(i + 1)
+			out[0].Result, out[0].Err = links[0].failure("create transactions", err)
+			return notRun(1)
+		case err != nil:
+			// The same behind a rider: none of them decided, each waits
+			// for its turn again.
+			return notRun(i)
 		}
 		next := end
 		for j, r := range res {
@@ -172,18 +217,8 @@ func (c *Chain) Handle(ctx context.Context, cmds []Command, keys []string) []Cha
 			}
 			// The element failed and applied nothing: decided alone, its
 			// answer is exactly Handle's.
-			out[k].Result, out[k].Err = cmds[k].Handle(ctx, keys[k])
-			if out[k].Err != nil {
-				return notRun(k + 1)
-			}
-			// Handle may have applied it (a transient failure that passed
-			// now): what comes next is judged against a fresh newest.
-			if k+1 == len(links) {
-				break
-			}
-			if err := readNewest(); err != nil {
-				out[k+1].Result, out[k+1].Err = links[k+1].failure("read the newest transaction", err)
-				return notRun(k + 2)
+			if alone(k) {
+				return out
 			}
 			next = k + 1
 			break
@@ -191,4 +226,11 @@ func (c *Chain) Handle(ctx context.Context, cmds []Command, keys []string) []Cha
 		i = next
 	}
 	return notRun(len(links))
+}
+
+// sent reports whether a failed request reached the ledger: an
+// *ledgeradapter.Error without a method was refused by the client first.
+func sent(err error) bool {
+	var le *ledgeradapter.Error
+	return !errors.As(err, &le) || le.Method != ""
 }

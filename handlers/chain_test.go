@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -214,4 +215,58 @@ func TestOnlyMoneyCommandsWithoutReadsRideChains(t *testing.T) {
 	require.Nil(t, handlers.ChainOf(handlers.Command(nil)))
 	f.credit.Chain = nil
 	require.Nil(t, handlers.ChainOf(f.command(t, messages.KindCreditWallet, creditOf(1))))
+}
+
+// TestChainRiderWithABadKeyLeavesTheHeadAlone: a rider whose key the
+// ledger client refuses (trailing white space) makes the bulk unsendable;
+// the head is then decided alone and applied, and the rider gets the
+// answer it would get alone, not the head's.
+func TestChainRiderWithABadKeyLeavesTheHeadAlone(t *testing.T) {
+	t.Parallel()
+	f := newChainFixture(t)
+	require.NoError(t, messages.ValidateKey("b "), "a key the worker takes")
+	rider := f.command(t, messages.KindCreditWallet, creditOf(3))
+	aloneRes, err := rider.Handle(f.ctx, "b ")
+	require.NoError(t, err)
+	answers := f.chain.Handle(f.ctx, []handlers.Command{f.command(t, messages.KindCreditWallet, creditOf(10)), rider}, []string{"a", "b "})
+	require.NoError(t, answers[0].Err)
+	require.Empty(t, answers[0].Result.Code(), "the head is applied: %s", answers[0].Result.Reason())
+	require.NoError(t, answers[1].Err)
+	require.Equal(t, aloneRes.Code(), answers[1].Result.Code())
+	require.NotEmpty(t, answers[1].Result.Code())
+}
+
+// TestChainNeverChargesARiderForAnotherFailure: after a refused debit is
+// decided alone, the read of the newest transaction fails (503): the
+// command after it was never sent, and is answered NotRun, not a retry.
+func TestChainNeverChargesARiderForAnotherFailure(t *testing.T) {
+	t.Parallel()
+	var gets atomic.Int32
+	wrap := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/transactions") && gets.Add(1) == 2 {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = w.Write([]byte(`{"errorCode":"INTERNAL","errorMessage":"injected"}`))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	l := testutil.StartLedger(t, testutil.LedgerOptions{Wrap: wrap})
+	require.NoError(t, l.Client.EnsureLedger(context.Background(), "wallets-002"))
+	chain := &handlers.Chain{Ledger: l.Client}
+	f := &chainFixture{ctx: context.Background(), chain: chain,
+		credit: &handlers.CreditWallet{Ledger: l.Client, LedgerName: "wallets-002", Chain: chain},
+		debit:  &handlers.DebitWallet{Ledger: l.Client, LedgerName: "wallets-002", Chain: chain}}
+	answers := chain.Handle(f.ctx, []handlers.Command{
+		f.command(t, messages.KindCreditWallet, creditOf(10)),
+		f.command(t, messages.KindDebitWallet, creditOf(1000)), // refused
+		f.command(t, messages.KindCreditWallet, creditOf(3)),
+	}, []string{"a", "b", "c"})
+	require.NoError(t, answers[0].Err)
+	require.NoError(t, answers[1].Err)
+	require.Equal(t, messages.CodeInsufficientFunds, answers[1].Result.Code())
+	require.NoError(t, answers[2].Err, "a command never sent is not charged a retry")
+	require.True(t, answers[2].NotRun)
 }

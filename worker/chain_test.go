@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -148,5 +149,49 @@ func TestHotWalletPastTheAsideRoom(t *testing.T) {
 	b.events.wait(t, n)
 	require.Equal(t, want, testutil.WalletMoves(t, b.ledger, testLedger)["busy"])
 	require.Zero(t, b.worker.Stats().Retried.Load(), "commands handed back for waiting a whole ack wait")
+	b.settled(t)
+}
+
+// panickyChainLedger sends single transactions through the real client,
+// and panics on every chain.
+type panickyChainLedger struct{ *ledgeradapter.Client }
+
+func (panickyChainLedger) ChainTransactions(context.Context, string, []ledgeradapter.BulkTransaction) ([]ledgeradapter.BulkTransactionResult, error) {
+	panic("chain broken")
+}
+
+// TestAChainThatPanicsSpendsNoDelivery: when deciding a chain panics, its
+// riders wait for their turn again and its head is decided alone; every
+// command is applied once, in order, and none is retried.
+func TestAChainThatPanicsSpendsNoDelivery(t *testing.T) {
+	t.Parallel()
+	const n = 60
+	b := setup(t, withConfig(func(c *Config) { c.Concurrency = 8 }), withKindsOf(func(c *ledgeradapter.Client) []handlers.Kind {
+		chain := &handlers.Chain{Ledger: panickyChainLedger{c}}
+		return []handlers.Kind{handlers.CreditWalletKind(&handlers.CreditWallet{Ledger: c, LedgerName: testLedger, Chain: chain})}
+	}))
+	var want []string
+	var acks []jetstream.PubAckFuture
+	for i := range n {
+		f, err := b.js.PublishMsgAsync(kindMsg(messages.KindCreditWallet, "fragile", fmt.Sprintf("c-%d", i),
+			fmt.Sprintf(`{"walletID":"fragile","amount":{"asset":"USD/2","amount":%d}}`, i+1)))
+		require.NoError(t, err)
+		acks = append(acks, f)
+		want = append(want, fmt.Sprintf("+%d", i+1))
+	}
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			t.Fatal(err)
+		case <-time.After(waitFor):
+			t.Fatal("publish not acknowledged")
+		}
+	}
+	b.events.wait(t, n)
+	require.Equal(t, want, testutil.WalletMoves(t, b.ledger, testLedger)["fragile"])
+	st := b.worker.Stats()
+	require.Zero(t, st.Retried.Load(), "deliveries spent on a chain's panic")
+	require.Zero(t, st.Panics.Load())
 	b.settled(t)
 }

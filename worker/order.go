@@ -270,8 +270,8 @@ func (l *line) board(ctx context.Context, wallet string, head uint64, chain *han
 	defer l.mu.Unlock()
 	riders := cands[:0]
 	for _, wt := range cands[:n] {
-		if l.waiting[wallet][wt.seq] != wt {
-			break // it left meanwhile (drained, or went ahead): the chain ends before it
+		if wt.isTaken || l.waiting[wallet][wt.seq] != wt {
+			break // it left meanwhile (drained, or went ahead), or another head took it: the chain ends before it
 		}
 		wt.isTaken = true
 		close(wt.taken)

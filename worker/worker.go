@@ -357,7 +357,15 @@ func (w *Worker) decide(ctx context.Context, d *delivery, key, wallet string, cm
 	if d.span != nil {
 		d.span.AddEvent("decided with the commands of its wallet behind it", trace.WithAttributes(attribute.Int("riders", len(riders))))
 	}
-	answers := chain.Handle(ctx, cmds, keys)
+	answers, panicked := runChain(ctx, chain, cmds, keys)
+	if panicked != nil {
+		// The chain failed in code any of its commands may have reached:
+		// the riders wait for their turn again (the deferred NotRun), and
+		// the head is decided alone, so that a rider's fault does not
+		// spend the head's deliveries.
+		w.log.Error("chain panicked; its first command is decided alone", w.logAttrs(d, key, "panic", panicked, "riders", len(riders))...)
+		return cmd.Handle(ctx, key)
+	}
 	for i, r := range riders {
 		if r.d.span != nil {
 			r.d.span.AddEvent("decided in the chain of an earlier command of its wallet", trace.WithAttributes(attribute.Int64("head_seq", int64(d.seq))))
@@ -550,4 +558,14 @@ func (w *Worker) logAttrs(d *delivery, key string, extra ...any) []any {
 		key = firstHeader(d, messages.HeaderMsgID)
 	}
 	return d.traceLog(append([]any{"key", key, "subject", d.subject, "seq", d.seq, "delivery", d.delivered}, extra...))
+}
+
+// runChain runs chain.Handle, recovering a panic.
+func runChain(ctx context.Context, chain *handlers.Chain, cmds []handlers.Command, keys []string) (answers []handlers.ChainAnswer, panicked any) {
+	defer func() {
+		if r := recover(); r != nil {
+			answers, panicked = nil, r
+		}
+	}()
+	return chain.Handle(ctx, cmds, keys), nil
 }
