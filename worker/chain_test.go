@@ -65,10 +65,14 @@ func TestChainsKeepAHotWalletInOrder(t *testing.T) {
 		want = append(want, fmt.Sprintf("+%d", amount), fmt.Sprintf("-%d", amount))
 	}
 	events := b.events.wait(t, 2*pairs)
-	for _, e := range events {
+	var keys, wantKeys []string
+	for i, e := range events {
 		require.NotContains(t, e.Subject, "rejected", "%s", e.Data)
 		require.Equal(t, false, e.json(t)["replayed"], "%s", e.Data)
+		keys = append(keys, e.json(t)["key"].(string))
+		wantKeys = append(wantKeys, fmt.Sprintf("%c-%d", "cd"[i%2], i/2))
 	}
+	require.Equal(t, wantKeys, keys, "the wallet's events stored in the order its commands were applied")
 	require.Equal(t, want, testutil.WalletMoves(t, b.ledger, testLedger)["hot"], "the ledger's transactions in publish order")
 	st := b.worker.Stats()
 	require.Positive(t, st.Chained.Load(), "no command rode a chain")

@@ -47,6 +47,16 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 			return
 		}
 	}
+	if d.eventTurn != nil {
+		// After the event of the command before it in its chain; a turn
+		// that does not come is not waited for long.
+		t := time.NewTimer(w.cfg.SettleTimeout / 2)
+		select {
+		case <-d.eventTurn:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	ev := &nats.Msg{Subject: subject, Data: body, Header: nats.Header{}}
 	ev.Header.Set(messages.HeaderCommandKey, key)
 	ev.Header.Set(messages.HeaderCommandSeq, strconv.FormatUint(d.seq, 10))

@@ -42,6 +42,13 @@ type delivery struct {
 	// stepped is set once the delivery gave its room back (stepAside).
 	stepped bool
 
+	// In a chain (Worker.decide): eventTurn is closed once the outcome
+	// event of the command before this one is stored, or given up on;
+	// eventDone once this one's is. They keep a wallet's events in the
+	// order its commands were applied. Set by the head before it answers.
+	eventTurn <-chan struct{}
+	eventDone chan struct{}
+
 	// Used by the breaker, from the goroutine handling the delivery.
 	heldIn        int // the outage during which the delivery last waited
 	trialFailures int // failed trials during that outage

@@ -199,6 +199,14 @@ func (w *Worker) process(wm *message.Message) error {
 }
 
 func (w *Worker) handle(ctx context.Context, d *delivery) {
+	defer func() {
+		if d.eventDone != nil {
+			// Settled or handed back: the next command of its chain may
+			// store its event.
+			close(d.eventDone)
+			d.eventDone = nil
+		}
+	}()
 	key, keyErr := messages.ParseKey(d.msg.Headers()[messages.HeaderMsgID])
 	if keyErr != nil {
 		key = firstHeader(d, messages.HeaderMsgID)
@@ -366,7 +374,16 @@ func (w *Worker) decide(ctx context.Context, d *delivery, key, wallet string, cm
 		w.log.Error("chain panicked; its first command is decided alone", w.logAttrs(d, key, "panic", panicked, "riders", len(riders))...)
 		return cmd.Handle(ctx, key)
 	}
+	// Each rider stores its event after the one before it in the chain.
+	if d.eventDone == nil {
+		d.eventDone = make(chan struct{})
+	}
+	turn := (<-chan struct{})(d.eventDone)
 	for i, r := range riders {
+		if !answers[i+1].NotRun {
+			r.d.eventTurn, r.d.eventDone = turn, make(chan struct{})
+			turn = r.d.eventDone
+		}
 		if r.d.span != nil {
 			r.d.span.AddEvent("decided in the chain of an earlier command of its wallet", trace.WithAttributes(attribute.Int64("head_seq", int64(d.seq))))
 		}
