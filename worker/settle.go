@@ -47,22 +47,16 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 			return
 		}
 	}
-	if d.eventTurn != nil {
-		// After the event of the command before it in its chain; a turn
-		// that does not come is not waited for long.
-		t := time.NewTimer(w.cfg.SettleTimeout / 2)
-		select {
-		case <-d.eventTurn:
-		case <-t.C:
-		}
-		t.Stop()
-	}
 	ev := &nats.Msg{Subject: subject, Data: body, Header: nats.Header{}}
 	ev.Header.Set(messages.HeaderCommandKey, key)
 	ev.Header.Set(messages.HeaderCommandSeq, strconv.FormatUint(d.seq, 10))
 	ev.Header.Set(messages.HeaderMsgID, messages.EventMsgID(key, d.seq))
 	tracing.Inject(sctx, ev.Header)
-	if err := w.publish(sctx, ev); err != nil {
+	publish := w.publish
+	if d.eventTurn != nil || d.eventDone != nil {
+		publish = func(ctx context.Context, m *nats.Msg) error { return w.publishInTurn(ctx, d, m) }
+	}
+	if err := publish(sctx, ev); err != nil {
 		w.log.Warn("outcome event publish failed; will retry", w.logAttrs(d, key, "error", err)...)
 		w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
 		return
@@ -158,4 +152,46 @@ func (w *Worker) publish(ctx context.Context, m *nats.Msg) (err error) {
 		_, err = w.js.PublishMsg(ctx, m)
 	}
 	return err
+}
+
+// publishInTurn publishes the outcome event of a command of a chain (see
+// delivery.eventTurn): once the event before it is written to the
+// connection, and it lets the next one go as soon as its own is written,
+// before JetStream acknowledges it. The server stores what one connection
+// publishes in the order it was written, so the chain's events are stored
+// in order without waiting for one acknowledgement after another.
+func (w *Worker) publishInTurn(ctx context.Context, d *delivery, m *nats.Msg) (err error) {
+	if d.eventTurn != nil {
+		t := time.NewTimer(w.cfg.SettleTimeout / 2) // a turn that does not come is not waited for long
+		select {
+		case <-d.eventTurn:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	sent := func() {
+		if d.eventDone != nil {
+			close(d.eventDone)
+			d.eventDone = nil
+		}
+	}
+	if w.hooks.publish != nil {
+		defer sent()
+		return w.publish(ctx, m)
+	}
+	ctx, span := w.startPublish(ctx, m)
+	defer func() { endClient(span, err) }()
+	f, err := w.js.PublishMsgAsync(m)
+	sent()
+	if err != nil {
+		return err
+	}
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
