@@ -132,24 +132,7 @@ func TestHotWalletPastTheAsideRoom(t *testing.T) {
 	t.Parallel()
 	const n = 64 * 2 * 5
 	b := setup(t, withKindsOf(moneyKinds), withConfig(func(c *Config) { c.Concurrency = 2 }))
-	var want []string
-	var acks []jetstream.PubAckFuture
-	for i := range n {
-		f, err := b.js.PublishMsgAsync(kindMsg(messages.KindCreditWallet, "busy", fmt.Sprintf("c-%d", i),
-			fmt.Sprintf(`{"walletID":"busy","amount":{"asset":"USD/2","amount":%d}}`, i+1)))
-		require.NoError(t, err)
-		acks = append(acks, f)
-		want = append(want, fmt.Sprintf("+%d", i+1))
-	}
-	for _, f := range acks {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			t.Fatal(err)
-		case <-time.After(waitFor):
-			t.Fatal("publish not acknowledged")
-		}
-	}
+	want := b.publishCredits(t, "busy", n)
 	b.events.wait(t, n)
 	require.Equal(t, want, testutil.WalletMoves(t, b.ledger, testLedger)["busy"])
 	require.Zero(t, b.worker.Stats().Retried.Load(), "commands handed back for waiting a whole ack wait")
@@ -174,11 +157,24 @@ func TestAChainThatPanicsSpendsNoDelivery(t *testing.T) {
 		chain := &handlers.Chain{Ledger: panickyChainLedger{c}}
 		return []handlers.Kind{handlers.CreditWalletKind(&handlers.CreditWallet{Ledger: c, LedgerName: testLedger, Chain: chain})}
 	}))
+	want := b.publishCredits(t, "fragile", n)
+	b.events.wait(t, n)
+	require.Equal(t, want, testutil.WalletMoves(t, b.ledger, testLedger)["fragile"])
+	st := b.worker.Stats()
+	require.Zero(t, st.Retried.Load(), "deliveries spent on a chain's panic")
+	require.Zero(t, st.Panics.Load())
+	b.settled(t)
+}
+
+// publishCredits stores n credits of wallet at once, of 1 to n, and
+// returns the moves they make in that order (testutil.WalletMoves).
+func (b *bundle) publishCredits(t *testing.T, wallet string, n int) []string {
+	t.Helper()
 	var want []string
 	var acks []jetstream.PubAckFuture
 	for i := range n {
-		f, err := b.js.PublishMsgAsync(kindMsg(messages.KindCreditWallet, "fragile", fmt.Sprintf("c-%d", i),
-			fmt.Sprintf(`{"walletID":"fragile","amount":{"asset":"USD/2","amount":%d}}`, i+1)))
+		f, err := b.js.PublishMsgAsync(kindMsg(messages.KindCreditWallet, wallet, fmt.Sprintf("c-%d", i),
+			fmt.Sprintf(`{"walletID":%q,"amount":{"asset":"USD/2","amount":%d}}`, wallet, i+1)))
 		require.NoError(t, err)
 		acks = append(acks, f)
 		want = append(want, fmt.Sprintf("+%d", i+1))
@@ -192,10 +188,5 @@ func TestAChainThatPanicsSpendsNoDelivery(t *testing.T) {
 			t.Fatal("publish not acknowledged")
 		}
 	}
-	b.events.wait(t, n)
-	require.Equal(t, want, testutil.WalletMoves(t, b.ledger, testLedger)["fragile"])
-	st := b.worker.Stats()
-	require.Zero(t, st.Retried.Load(), "deliveries spent on a chain's panic")
-	require.Zero(t, st.Panics.Load())
-	b.settled(t)
+	return want
 }
