@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -189,4 +190,35 @@ func (b *bundle) publishCredits(t *testing.T, wallet string, n int) []string {
 		}
 	}
 	return want
+}
+
+// TestChainEventsWaitForAFailedHead: the head of a chain fails to store its
+// outcome event once; the commands of its chain do not store theirs before
+// it, and are retried behind it, so the wallet's events are still stored in
+// the order its commands were applied.
+func TestChainEventsWaitForAFailedHead(t *testing.T) {
+	t.Parallel()
+	const n = 10
+	var failed atomic.Bool
+	b := setup(t, withKindsOf(moneyKinds), withConfig(func(c *Config) { c.Concurrency = 8 }),
+		withHooks(func(b *bundle) hooks {
+			return hooks{publish: func(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
+				if m.Header.Get(messages.HeaderCommandKey) == "c-0" && failed.CompareAndSwap(false, true) {
+					return nil, errors.New("injected: the event was not stored")
+				}
+				return b.js.PublishMsg(ctx, m)
+			}}
+		}))
+	want := b.publishCredits(t, "steady", n)
+	events := b.events.wait(t, n)
+	require.True(t, failed.Load())
+	require.Positive(t, b.worker.Stats().Chained.Load(), "no chain formed")
+	require.Equal(t, want, testutil.WalletMoves(t, b.ledger, testLedger)["steady"])
+	var keys, wantKeys []string
+	for i, e := range events {
+		keys = append(keys, e.json(t)["key"].(string))
+		wantKeys = append(wantKeys, fmt.Sprintf("c-%d", i))
+	}
+	require.Equal(t, wantKeys, keys, "the wallet's events stored in the order its commands were applied")
+	b.settled(t)
 }

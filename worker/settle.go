@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -160,29 +161,45 @@ func (w *Worker) publish(ctx context.Context, m *nats.Msg) (err error) {
 // before JetStream acknowledges it. The server stores what one connection
 // publishes in the order it was written, so the chain's events are stored
 // in order without waiting for one acknowledgement after another.
+//
+// When the event before it will not be written (that command's settle
+// failed, or it was handed back), or its turn does not come within half
+// the settle timeout, this one is not published either: the command is
+// retried, and its redelivery replays its outcome after the one before it.
+// An event refused by JetStream after it was written is the exception:
+// the events after it may then be stored first (docs/ordering.md).
 func (w *Worker) publishInTurn(ctx context.Context, d *delivery, m *nats.Msg) (err error) {
 	if d.eventTurn != nil {
-		t := time.NewTimer(w.cfg.SettleTimeout / 2) // a turn that does not come is not waited for long
+		t := time.NewTimer(w.cfg.SettleTimeout / 2)
 		select {
-		case <-d.eventTurn:
+		case <-d.eventTurn.done:
 		case <-t.C:
 		}
 		t.Stop()
+		select {
+		case <-d.eventTurn.done:
+			if !d.eventTurn.written {
+				return errTurnLost
+			}
+		default:
+			return errTurnLost
+		}
 	}
-	sent := func() {
+	written := func(ok bool) {
 		if d.eventDone != nil {
-			close(d.eventDone)
+			d.eventDone.end(ok)
 			d.eventDone = nil
 		}
 	}
 	if w.hooks.publish != nil {
-		defer sent()
-		return w.publish(ctx, m)
+		err = w.publish(ctx, m)
+		written(err == nil)
+		return err
 	}
 	ctx, span := w.startPublish(ctx, m)
 	defer func() { endClient(span, err) }()
 	f, err := w.js.PublishMsgAsync(m)
-	sent()
+	written(err == nil)
 	if err != nil {
 		return err
 	}
@@ -195,3 +212,7 @@ func (w *Worker) publishInTurn(ctx context.Context, d *delivery, m *nats.Msg) (e
 		return ctx.Err()
 	}
 }
+
+// errTurnLost is the publish error of an event whose predecessor in its
+// chain was not written.
+var errTurnLost = errors.New("the event of the command before it in its chain was not written")

@@ -42,12 +42,14 @@ type delivery struct {
 	// stepped is set once the delivery gave its room back (stepAside).
 	stepped bool
 
-	// In a chain (Worker.decide): eventTurn is closed once the outcome
-	// event of the command before this one is stored, or given up on;
-	// eventDone once this one's is. They keep a wallet's events in the
-	// order its commands were applied. Set by the head before it answers.
-	eventTurn <-chan struct{}
-	eventDone chan struct{}
+	// In a chain (Worker.decide): eventTurn is the turn of the command
+	// before this one, eventDone this one's. A turn ends once that
+	// command's outcome event is written to the connection, or once it
+	// will not be (its settle failed or it was handed back). They keep a
+	// wallet's events in the order its commands were applied. Set by the
+	// head before it answers.
+	eventTurn *eventTurn
+	eventDone *eventTurn
 
 	// Used by the breaker, from the goroutine handling the delivery.
 	heldIn        int // the outage during which the delivery last waited
@@ -408,4 +410,18 @@ func (s *subscriber) Close() error {
 	s.stopOnce.Do(func() { close(s.closing) })
 	<-s.closed
 	return nil
+}
+
+// eventTurn is one command's turn in its chain's events (delivery.eventTurn).
+type eventTurn struct {
+	done    chan struct{}
+	written bool // set before done is closed: the event was written
+}
+
+func newEventTurn() *eventTurn { return &eventTurn{done: make(chan struct{})} }
+
+// end ends the turn; written says whether the event was written.
+func (t *eventTurn) end(written bool) {
+	t.written = written
+	close(t.done)
 }

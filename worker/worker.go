@@ -201,9 +201,9 @@ func (w *Worker) process(wm *message.Message) error {
 func (w *Worker) handle(ctx context.Context, d *delivery) {
 	defer func() {
 		if d.eventDone != nil {
-			// Settled or handed back: the next command of its chain may
-			// store its event.
-			close(d.eventDone)
+			// Its event was not written (a failed settle, a hand-back):
+			// the next command of its chain must not write its own.
+			d.eventDone.end(false)
 			d.eventDone = nil
 		}
 	}()
@@ -376,12 +376,12 @@ func (w *Worker) decide(ctx context.Context, d *delivery, key, wallet string, cm
 	}
 	// Each rider stores its event after the one before it in the chain.
 	if d.eventDone == nil {
-		d.eventDone = make(chan struct{})
+		d.eventDone = newEventTurn()
 	}
-	turn := (<-chan struct{})(d.eventDone)
+	turn := d.eventDone
 	for i, r := range riders {
 		if !answers[i+1].NotRun {
-			r.d.eventTurn, r.d.eventDone = turn, make(chan struct{})
+			r.d.eventTurn, r.d.eventDone = turn, newEventTurn()
 			turn = r.d.eventDone
 		}
 		if r.d.span != nil {

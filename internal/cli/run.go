@@ -318,7 +318,10 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 			}
 		}
 	})
-	js, err := jetstream.New(nc)
+	// An outcome event published asynchronously (the events of a chain)
+	// whose acknowledgement never comes is given up on, rather than held
+	// among the client's pending publishes.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(f.w.WithDefaults().SettleTimeout))
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
