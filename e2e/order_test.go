@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/big"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -164,17 +163,7 @@ func runOrder(t *testing.T, order string, wallets, commands, kills int) orderRes
 
 	// The ledger's transactions, by wallet, in the ledger's order.
 	byWallet := testutil.WalletMoves(t, tl.Client, "wallets-002")
-	want := map[string][]string{}
-	for _, op := range plan {
-		sign := "-"
-		if op.credit {
-			sign = "+"
-		}
-		// The ledger's account names the wallet without its dashes, as
-		// the wallets service does.
-		w := strings.ReplaceAll(op.wallet, "-", "")
-		want[w] = append(want[w], sign+big.NewInt(op.amount).String())
-	}
+	want := testutil.PlannedMoves(plan, func(o orderOp) (string, bool, int64) { return o.wallet, o.credit, o.amount })
 	for w, ops := range want {
 		if !slices.Equal(ops, byWallet[w]) {
 			if len(res.outOfOrder) == 0 {

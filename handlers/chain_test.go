@@ -63,9 +63,7 @@ type chainFixture struct {
 	chain  *handlers.Chain
 	credit *handlers.CreditWallet
 	debit  *handlers.DebitWallet
-	client interface {
-		handlers.TxLedger
-	}
+	client handlers.TxLedger
 }
 
 func newChainFixture(t *testing.T) *chainFixture {

@@ -222,25 +222,15 @@ func TestDrainHandsBackWaiters(t *testing.T) {
 // command wait a whole ack wait.
 func TestOrderNeedsItsGrant(t *testing.T) {
 	t.Parallel()
-	ns := testutil.NATSServer(t, &server.Options{JetStream: true, Users: []*server.User{
-		{Username: "admin", Password: "admin-pw"},
-		{Username: "worker", Password: "worker-pw", Permissions: &server.Permissions{
-			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.MSG.GET.>", "$JS.API.DIRECT.GET.WALLETS_COMMANDS"}},
-		}},
-	}})
-	_, admin := testutil.Connect(t, ns.ClientURL(), nats.UserInfo("admin", "admin-pw"))
-	cfg := testConfig()
-	require.NoError(t, Provision(context.Background(), admin, cfg))
-	_, js := testutil.Connect(t, ns.ClientURL(), nats.UserInfo("worker", "worker-pw"))
-	w, err := New(js, handlers.NewKinds(pingKind{}), cfg, slog.New(slog.DiscardHandler))
-	require.NoError(t, err)
+	_, js, w := deniedWorker(t, "$JS.API.STREAM.MSG.GET.>", "$JS.API.DIRECT.GET.WALLETS_COMMANDS")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err = w.Run(ctx)
+	err := w.Run(ctx)
 	require.ErrorContains(t, err, "$JS.API.STREAM.MSG.GET.WALLETS_COMMANDS")
 	require.ErrorContains(t, err, "$JS.API.DIRECT.GET.WALLETS_COMMANDS")
 	require.ErrorContains(t, err, "--order none")
 
+	cfg := testConfig()
 	cfg.Order = OrderNone // without the line, the grant is not needed
 	w, err = New(js, handlers.NewKinds(pingKind{}), cfg, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
@@ -298,18 +288,7 @@ func TestOrderReadsDirectlyOnOneReplica(t *testing.T) {
 	require.ErrorContains(t, err, "allows direct gets with 3 replicas")
 	require.ErrorContains(t, err, "--order none")
 
-	ns := testutil.NATSServer(t, &server.Options{JetStream: true, Users: []*server.User{
-		{Username: "admin", Password: "admin-pw"},
-		{Username: "worker", Password: "worker-pw", Permissions: &server.Permissions{
-			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.MSG.GET.>"}},
-		}},
-	}})
-	_, admin := testutil.Connect(t, ns.ClientURL(), nats.UserInfo("admin", "admin-pw"))
-	cfg := testConfig()
-	require.NoError(t, Provision(context.Background(), admin, cfg))
-	_, js := testutil.Connect(t, ns.ClientURL(), nats.UserInfo("worker", "worker-pw"))
-	w, err := New(js, handlers.NewKinds(pingKind{}), cfg, slog.New(slog.DiscardHandler))
-	require.NoError(t, err)
+	admin, js, w := deniedWorker(t, "$JS.API.STREAM.MSG.GET.>")
 	l := newLine(OrderWallet, js, time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -324,4 +303,23 @@ func TestOrderReadsDirectlyOnOneReplica(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	stop()
 	require.NoError(t, <-done, "the worker started: its start probe read the head directly")
+}
+
+// deniedWorker provisions the streams as an admin user on a new server, and
+// makes a worker (of pingKind) whose NATS user may publish anything but the
+// subjects denied.
+func deniedWorker(t *testing.T, deny ...string) (admin, js jetstream.JetStream, w *Worker) {
+	t.Helper()
+	ns := testutil.NATSServer(t, &server.Options{JetStream: true, Users: []*server.User{
+		{Username: "admin", Password: "admin-pw"},
+		{Username: "worker", Password: "worker-pw", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: deny},
+		}},
+	}})
+	_, admin = testutil.Connect(t, ns.ClientURL(), nats.UserInfo("admin", "admin-pw"))
+	require.NoError(t, Provision(context.Background(), admin, testConfig()))
+	_, js = testutil.Connect(t, ns.ClientURL(), nats.UserInfo("worker", "worker-pw"))
+	w, err := New(js, handlers.NewKinds(pingKind{}), testConfig(), slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	return admin, js, w
 }

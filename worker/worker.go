@@ -380,18 +380,17 @@ func (w *Worker) decide(ctx context.Context, d *delivery, key, wallet string, cm
 	}
 	turn := d.eventDone
 	for i, r := range riders {
-		if !answers[i+1].NotRun {
-			r.d.eventTurn, r.d.eventDone = turn, newEventTurn()
-			turn = r.d.eventDone
-		}
+		a := answers[i+1]
 		if r.d.span != nil {
 			r.d.span.AddEvent("decided in the chain of an earlier command of its wallet", trace.WithAttributes(attribute.Int64("head_seq", int64(d.seq))))
 		}
-		if !answers[i+1].NotRun {
+		if !a.NotRun {
+			r.d.eventTurn, r.d.eventDone = turn, newEventTurn()
+			turn = r.d.eventDone
 			w.stats.Chained.Add(1)
 			w.cfg.Metrics.chained(1)
 		}
-		r.answer <- answers[i+1]
+		r.answer <- a
 		answered++
 	}
 	return answers[0].Result, answers[0].Err

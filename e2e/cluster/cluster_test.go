@@ -47,6 +47,17 @@ type testCluster struct {
 	nodes []*node
 }
 
+// othersThan names the nodes other than name.
+func (c *testCluster) othersThan(name string) []string {
+	var others []string
+	for _, n := range c.nodes {
+		if n.name != name {
+			others = append(others, n.name)
+		}
+	}
+	return others
+}
+
 // startCluster starts size nodes named n1…n<size>, each routed to all the
 // others, and waits until the JetStream meta group has a leader that sees
 // every node. The nodes are shut down at the end of the test.

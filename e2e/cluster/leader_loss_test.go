@@ -112,12 +112,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 	gathering := time.Now()
 	gatherLeaders(t, setupConn, leader)
 	t.Logf("moved every leader to %s in %s", leader, time.Since(gathering).Round(time.Millisecond))
-	var others []string
-	for _, n := range cl.nodes {
-		if n.name != leader {
-			others = append(others, n.name)
-		}
-	}
+	others := cl.othersThan(leader)
 
 	led := startLedger(t)
 	logs := newLogCounter(t)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -33,12 +32,7 @@ func TestClusterLeaderLossMoneyCommands(t *testing.T) {
 	provision(t, setup.js, cfg)
 	leader := checkReplicas(t, setup.js, cfg)[streamCommands]
 	gatherLeaders(t, setup, leader)
-	var others []string
-	for _, n := range cl.nodes {
-		if n.name != leader {
-			others = append(others, n.name)
-		}
-	}
+	others := cl.othersThan(leader)
 	led := startLedger(t)
 	logs := newLogCounter(t)
 	for i := range 2 {
@@ -124,15 +118,7 @@ func TestClusterLeaderLossMoneyCommands(t *testing.T) {
 	}
 
 	got := testutil.WalletMoves(t, led.client, ledgerName)
-	want := map[string][]string{}
-	for _, o := range plan {
-		sign := "-"
-		if o.credit {
-			sign = "+"
-		}
-		w := strings.ReplaceAll(o.wallet, "-", "")
-		want[w] = append(want[w], fmt.Sprint(sign, o.amount))
-	}
+	want := testutil.PlannedMoves(plan, func(o op) (string, bool, int64) { return o.wallet, o.credit, int64(o.amount) })
 	require.Equal(t, want, got, "every wallet's ledger transactions, oldest first")
 	t.Logf("%d credits and debits over %d wallets through the loss of %s: none lost, none twice, none out of order; worker warnings: %s",
 		len(plan), wallets, victim, logs.summary())

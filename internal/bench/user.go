@@ -112,9 +112,9 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 			httpAddr = cfg.RunArgs[i+1]
 		}
 	}
-	var runLog bytes.Buffer
+	runLog := &syncBuffer{}
 	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = &syncWriter{w: &runLog}, &syncWriter{w: &runLog}
+	cmd.Stdout, cmd.Stderr = runLog, runLog // one writer: os/exec copies both through one pipe
 	cmd.Env = os.Environ()
 	if err := cmd.Start(); err != nil {
 		return res, fmt.Errorf("start run: %w", err)
@@ -354,16 +354,23 @@ func freeAddrs(n int) ([]string, error) {
 	return out, nil
 }
 
-// syncWriter serializes the writes of a child's stdout and stderr.
-type syncWriter struct {
+// syncBuffer holds a child's stdout and stderr: written from the copying
+// goroutine, read when the child fails.
+type syncBuffer struct {
 	mu sync.Mutex
-	w  io.Writer
+	b  bytes.Buffer
 }
 
-func (s *syncWriter) Write(p []byte) (int, error) {
+func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.w.Write(p)
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // userCommand is `bench --workload user`.

@@ -463,15 +463,7 @@ func TestLedgerOutageMoneyCommands(t *testing.T) {
 			require.NoError(t, err)
 			defer c.CloseIdleConnections()
 			got := testutil.WalletMoves(t, c, "wallets-002")
-			want := map[string][]string{}
-			for _, o := range plan {
-				sign := "-"
-				if o.credit {
-					sign = "+"
-				}
-				w := strings.ReplaceAll(o.wallet, "-", "")
-				want[w] = append(want[w], fmt.Sprint(sign, o.amount))
-			}
+			want := testutil.PlannedMoves(plan, func(o op) (string, bool, int64) { return o.wallet, o.credit, int64(o.amount) })
 			require.Equal(t, want, got)
 		})
 	}

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -128,4 +129,23 @@ func WalletMoves(t T, c *ledgeradapter.Client, ledger string) map[string][]strin
 		}
 	}
 	return moves
+}
+
+// PlannedMoves is what WalletMoves reads once the commands of plan are
+// applied in plan order: by wallet, named as the ledger's accounts name it
+// (without its dashes, as the wallets service writes it), "+<amount>" for
+// a credit and "-<amount>" for a debit. move tells each command's wallet,
+// kind and amount.
+func PlannedMoves[T any](plan []T, move func(T) (wallet string, credit bool, amount int64)) map[string][]string {
+	want := map[string][]string{}
+	for _, c := range plan {
+		wallet, credit, amount := move(c)
+		sign := "-"
+		if credit {
+			sign = "+"
+		}
+		w := strings.ReplaceAll(wallet, "-", "")
+		want[w] = append(want[w], fmt.Sprint(sign, amount))
+	}
+	return want
 }
