@@ -108,10 +108,11 @@ func (c BatcherConfig) Validate() error {
 // Batcher.
 //
 // How many requests are in flight adapts: reads and writes each have a
-// Limiter, fed with the latency and the failures of their requests, so that
-// a slow or overloaded ledger gets fewer requests, hence larger batches,
-// and a fast one more; a batch is also cut to what the ledger answers in
-// about the limiter's TargetLatency.
+// Limiter, fed with the throughput and the failures of their requests, so
+// that a ledger which gets more through with more requests in flight gets
+// them, and one that does not, or is overloaded, gets fewer, hence larger
+// batches; a batch is also cut when its requests near their timeout. Reads
+// wait for a full batch while a read is in flight (see ready).
 //
 // Every call keeps its own outcome: an element that fails fails only its
 // call, with the error the single call would have had; a request that
@@ -458,10 +459,14 @@ func (b *Batcher) armWindow(q *queue) {
 }
 
 // ready says whether q's pending calls should leave as soon as a slot is
-// free: there are enough to fill a request, or they have waited their
-// window, or nothing of their kind is in flight to wait behind.
+// free: there are enough to fill a request, or nothing of their kind is in
+// flight to wait behind, or, for writes, they have waited their window.
+// Reads wait for their batch to fill as long as a read of their ledger is
+// in flight: a list-accounts request costs the real ledger about the same
+// whether it asks for one account or a hundred (it scans the accounts
+// table), so fewer and fuller ones leave it more for the writes.
 func (b *Batcher) ready(q *queue, batchLimit int) bool {
-	return len(q.pending) > 0 && (len(q.pending) >= batchLimit || q.expired || q.inFlight == 0)
+	return len(q.pending) > 0 && (len(q.pending) >= batchLimit || q.inFlight == 0 || (q.expired && !q.key.read))
 }
 
 // dispatch sends ready queues, the oldest call first, while their kind has
@@ -471,12 +476,26 @@ func (b *Batcher) dispatch() {
 	for k := range numKinds {
 		limits[k], batchLimits[k] = b.limiters[k].Limit(), b.batchLimit(k)
 	}
-	for b.inFlight < b.cfg.MaxInFlight {
+	var pressed [numKinds]bool
+	defer func() {
+		for k, p := range pressed {
+			if p {
+				b.limiters[k].Pressed()
+			}
+		}
+	}()
+	for {
 		var q *queue
 		for _, c := range b.queues {
 			k := c.key.kind()
-			if b.kindInFlight[k] < limits[k] && b.ready(c, batchLimits[k]) &&
-				(q == nil || c.pending[0].arrived.Before(q.pending[0].arrived)) {
+			if !b.ready(c, batchLimits[k]) {
+				continue
+			}
+			if b.inFlight >= b.cfg.MaxInFlight || b.kindInFlight[k] >= limits[k] {
+				pressed[k] = true
+				continue
+			}
+			if q == nil || c.pending[0].arrived.Before(q.pending[0].arrived) {
 				q = c
 			}
 		}

@@ -28,6 +28,9 @@ type fakeLedger struct {
 	// inFlight requests in flight, itself included.
 	cost     func(inFlight, n int) time.Duration
 	hold     chan struct{} // when set, each request waits for one receive from it
+	// timeout, when set, is the timeout of a request of n calls, as
+	// Client.TimeoutFor says it.
+	timeout func(n int) time.Duration
 	inFlight atomic.Int32
 
 	mu       sync.Mutex
@@ -53,6 +56,15 @@ type fakeRequest struct {
 type traceKey struct{}
 
 func newFake() *fakeLedger { return &fakeLedger{accounts: map[string]map[string]string{}} }
+
+// TimeoutFor is what the Batcher reads a request's timeout from; 0 is
+// unknown.
+func (f *fakeLedger) TimeoutFor(n int) time.Duration {
+	if f.timeout == nil {
+		return 0
+	}
+	return f.timeout(n)
+}
 
 func (f *fakeLedger) request(ctx context.Context, op string, n int) (int, error) {
 	in := int(f.inFlight.Add(1))
@@ -209,43 +221,106 @@ func TestBatcherLoneCallIsNotDelayed(t *testing.T) {
 	})
 }
 
+// Writes behind one in flight wait their window and leave together; reads
+// behind one in flight wait for it (or for a full batch): a list-accounts
+// request costs the real ledger v2.4.12 a scan of its accounts whatever it
+// asks for, so fewer and fuller is cheaper.
 func TestBatcherCoalesces(t *testing.T) {
 	t.Parallel()
-	synctest.Test(t, func(t *testing.T) {
-		f := newFake()
-		f.hold = make(chan struct{})
-		const window = 2 * time.Millisecond
-		b := newBatcher(t, f, ledgeradapter.BatcherConfig{Window: window})
-		ctx := context.Background()
-		f.accounts["a:3"] = map[string]string{"n": "3"}
+	const window = 2 * time.Millisecond
 
-		first := goRead(ctx, b, "a:0") // in flight, held
-		synctest.Wait()
-		start := time.Now()
-		var rest []<-chan readResult
-		for i := 1; i <= 5; i++ {
-			rest = append(rest, goRead(ctx, b, fmt.Sprintf("a:%d", i)))
-		}
-		rest = append(rest, goRead(ctx, b, "a:3")) // the same address twice
-		synctest.Wait()
-		require.Len(t, f.log(), 1, "the others wait for their window")
+	t.Run("writes after the window", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake()
+			f.hold = make(chan struct{})
+			b := newBatcher(t, f, ledgeradapter.BatcherConfig{Window: window})
+			ctx := context.Background()
+			first := goWrite(ctx, b, "a:0", "k0") // in flight, held
+			synctest.Wait()
+			start := time.Now()
+			var rest []<-chan error
+			for i := 1; i <= 5; i++ {
+				rest = append(rest, goWrite(ctx, b, fmt.Sprintf("a:%d", i), fmt.Sprint("k", i)))
+			}
+			synctest.Wait()
+			require.Len(t, f.log(), 1, "the others wait for their window")
+			time.Sleep(window)
+			synctest.Wait()
+			log := f.log()
+			require.Len(t, log, 2)
+			require.Equal(t, fakeRequest{op: "Bulk", n: 5, at: start.Add(window)}, log[1], "one request after the window")
+			close(f.hold)
+			require.NoError(t, <-first)
+			for _, ch := range rest {
+				require.NoError(t, <-ch)
+			}
+		})
+	})
 
-		time.Sleep(window)
-		synctest.Wait()
-		log := f.log()
-		require.Len(t, log, 2)
-		require.Equal(t, fakeRequest{op: "ListAccounts", n: 6, at: start.Add(window)}, log[1], "one request after the window")
+	t.Run("reads after the read in flight", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake()
+			f.hold = make(chan struct{})
+			b := newBatcher(t, f, ledgeradapter.BatcherConfig{Window: window})
+			ctx := context.Background()
+			f.accounts["a:3"] = map[string]string{"n": "3"}
 
-		close(f.hold)
-		require.NoError(t, (<-first).err)
-		for i, ch := range rest {
-			r := <-ch
-			require.NoError(t, r.err)
-			require.Equal(t, i == 2 || i == 5, r.found, "a:%d", i+1)
-		}
-		st := b.Stats()
-		require.Equal(t, int64(7), st.Reads)
-		require.Equal(t, int64(2), st.ReadRequests)
+			first := goRead(ctx, b, "a:0") // in flight, held
+			synctest.Wait()
+			var rest []<-chan readResult
+			for i := 1; i <= 5; i++ {
+				rest = append(rest, goRead(ctx, b, fmt.Sprintf("a:%d", i)))
+			}
+			rest = append(rest, goRead(ctx, b, "a:3")) // the same address twice
+			time.Sleep(time.Second)
+			synctest.Wait()
+			require.Len(t, f.log(), 1, "the others wait for the read in flight, well past the window")
+
+			f.hold <- struct{}{}
+			require.NoError(t, (<-first).err)
+			synctest.Wait()
+			log := f.log()
+			require.Len(t, log, 2)
+			require.Equal(t, "ListAccounts", log[1].op)
+			require.Equal(t, 6, log[1].n, "one request for the six that waited")
+			close(f.hold)
+			for i, ch := range rest {
+				r := <-ch
+				require.NoError(t, r.err)
+				require.Equal(t, i == 2 || i == 5, r.found, "a:%d", i+1)
+			}
+			st := b.Stats()
+			require.Equal(t, int64(7), st.Reads)
+			require.Equal(t, int64(2), st.ReadRequests)
+		})
+	})
+
+	t.Run("a full batch of reads does not wait", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake()
+			f.hold = make(chan struct{})
+			b := newBatcher(t, f, ledgeradapter.BatcherConfig{Window: window, MaxBatch: 4})
+			ctx := context.Background()
+			first := goRead(ctx, b, "a:0")
+			synctest.Wait()
+			var rest []<-chan readResult
+			for i := 1; i <= 5; i++ {
+				rest = append(rest, goRead(ctx, b, fmt.Sprintf("a:%d", i)))
+			}
+			synctest.Wait()
+			log := f.log()
+			require.Len(t, log, 2, "four of the five fill a request, which leaves at once")
+			require.Equal(t, 4, log[1].n)
+			close(f.hold)
+			require.NoError(t, (<-first).err)
+			for _, ch := range rest {
+				require.NoError(t, (<-ch).err)
+			}
+			require.Len(t, f.log(), 3)
+		})
 	})
 }
 
@@ -490,8 +565,8 @@ func TestBatcherConfig(t *testing.T) {
 		Window: ledgeradapter.DefaultBatchWindow, MaxBatch: ledgeradapter.DefaultBatchMax, MaxInFlight: ledgeradapter.DefaultBatchInFlight,
 		Limiter: ledgeradapter.LimiterConfig{
 			Initial: ledgeradapter.DefaultLimiterInitial, Min: 1, Max: ledgeradapter.DefaultBatchInFlight,
-			TargetLatency: ledgeradapter.DefaultTargetLatency, Backoff: ledgeradapter.DefaultLimiterBackoff,
-			FirstBatch: ledgeradapter.DefaultFirstBatch,
+			Backoff: ledgeradapter.DefaultLimiterBackoff, FirstBatch: ledgeradapter.DefaultFirstBatch,
+			Band: ledgeradapter.DefaultLimiterBand, ProbeRounds: ledgeradapter.DefaultProbeRounds,
 		},
 	}, b.Config())
 	require.Equal(t, 4, newBatcher(t, newFake(), ledgeradapter.BatcherConfig{MaxInFlight: 4}).Config().Limiter.Max, "the limit's ceiling is MaxInFlight")

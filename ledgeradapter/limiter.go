@@ -12,13 +12,10 @@ import (
 const (
 	// DefaultLimiterInitial is the limit a Limiter starts from.
 	DefaultLimiterInitial = 8
-	// DefaultTargetLatency is the most latency a request may reach before
-	// the limit shrinks; a request whose timeout is known gets at most a
-	// quarter of it (TimeoutShare).
-	DefaultTargetLatency = 2500 * time.Millisecond
 	// TimeoutShare is the share of a request's timeout its latency may
-	// reach before the limit shrinks: under load the slowest requests take
-	// about three times the median, and none may time out.
+	// reach before the limit shrinks, whatever the throughput: under load
+	// the slowest requests take about three times the median, and none may
+	// time out (a write whose answer is lost comes back as a replay).
 	TimeoutShare = 0.25
 	// DefaultLimiterBackoff is what the limit is multiplied by on an
 	// overload signal (a timeout, a 5xx, a 429, no answer).
@@ -27,6 +24,13 @@ const (
 	// back, so that a burst at start does not send a ledger of unknown
 	// speed its largest requests.
 	DefaultFirstBatch = 10
+	// DefaultLimiterBand is how much a round's throughput must beat the
+	// round before it for the limit to grow again, or fall short of it
+	// for the limit to give a step back.
+	DefaultLimiterBand = 0.1
+	// DefaultProbeRounds is how many rounds a held limit waits before it
+	// tries one more request in flight.
+	DefaultProbeRounds = 4
 )
 
 // LimiterConfig configures a Limiter. Zero values take the defaults.
@@ -35,11 +39,14 @@ type LimiterConfig struct {
 	// Max).
 	Initial int
 	// Min and Max bound the limit (defaults 1 and DefaultBatchInFlight).
+	// Min is a floor no throughput measurement goes under; only overload
+	// signals and requests near their timeout do.
 	Min, Max int
-	// TargetLatency is the most latency a request may reach before the
-	// limit shrinks (default DefaultTargetLatency); a Sample with a
-	// Timeout lowers it to TimeoutShare of that timeout. Keep it well below
-	// the client's timeout: a request that times out has lost its answer.
+	// TargetLatency, when set, is the most latency a request may reach
+	// before the limit shrinks; by default (0) only TimeoutShare of the
+	// request's timeout is (a Sample with a Timeout). Latency is a poor
+	// sign of overload for a ledger whose throughput keeps growing long
+	// after its latency does.
 	TargetLatency time.Duration
 	// Backoff multiplies the limit on an overload signal (default
 	// DefaultLimiterBackoff, in (0, 1)).
@@ -47,6 +54,12 @@ type LimiterConfig struct {
 	// FirstBatch caps batches until a request came back (default
 	// DefaultFirstBatch).
 	FirstBatch int
+	// Band is the share by which throughput must change from one round to
+	// the next to count (default DefaultLimiterBand, in (0, 1)).
+	Band float64
+	// ProbeRounds is how many rounds at a held limit come before one more
+	// request in flight is tried (default DefaultProbeRounds).
+	ProbeRounds int
 }
 
 func (c *LimiterConfig) setDefaults() {
@@ -57,16 +70,19 @@ func (c *LimiterConfig) setDefaults() {
 		c.Max = DefaultBatchInFlight
 	}
 	if c.Initial == 0 {
-		c.Initial = min(DefaultLimiterInitial, c.Max)
-	}
-	if c.TargetLatency == 0 {
-		c.TargetLatency = DefaultTargetLatency
+		c.Initial = max(c.Min, min(DefaultLimiterInitial, c.Max))
 	}
 	if c.Backoff == 0 {
 		c.Backoff = DefaultLimiterBackoff
 	}
 	if c.FirstBatch == 0 {
 		c.FirstBatch = DefaultFirstBatch
+	}
+	if c.Band == 0 {
+		c.Band = DefaultLimiterBand
+	}
+	if c.ProbeRounds == 0 {
+		c.ProbeRounds = DefaultProbeRounds
 	}
 }
 
@@ -89,26 +105,46 @@ func (c LimiterConfig) Validate() error {
 	if c.FirstBatch < 0 {
 		errs = append(errs, fmt.Errorf("ledgeradapter: first batch %d is negative", c.FirstBatch))
 	}
+	if c.Band <= 0 || c.Band >= 1 {
+		errs = append(errs, fmt.Errorf("ledgeradapter: limiter band %g: want a share in (0, 1)", c.Band))
+	}
+	if c.ProbeRounds < 1 {
+		errs = append(errs, fmt.Errorf("ledgeradapter: probe rounds %d: want at least 1", c.ProbeRounds))
+	}
 	return errors.Join(errs...)
 }
 
 // Limiter adapts how many requests may be in flight to one ledger, and how
-// many calls one request carries, to the latency and the failures of the
-// requests that come back: additive increase, multiplicative decrease, as
-// TCP and Netflix's concurrency-limits AIMD do, with a latency target as
-// the congestion signal.
+// many calls one request carries, to the throughput and the failures of the
+// requests that come back. It seeks throughput: the limit grows while
+// completions per second grow with it, steps back when they fall, and
+// halves on an overload signal.
 //
-// The real ledger's throughput keeps growing with the work in flight well
-// after its latency has grown several times (its writes queue for a pool
-// of database connections), so the limit is not held where latency starts
-// to rise but where it reaches its target: TargetLatency, or a quarter of
-// the request's timeout if that is less. While requests come back within it, the limit grows by
-// one per request, as long as it is used (a limit that is not reached is
-// not raised); a request beyond it shrinks the limit in proportion to the
-// excess, by half at most; a request that timed out, was refused as
-// overloaded (5xx, 429) or got no answer halves it at once. When the limit
-// is at its minimum and requests are still too slow, the batch size shrinks
-// the same way, and grows back by a tenth per request within the target.
+// The real ledger's throughput levels off, and then falls, well before its
+// latency says anything (its writes queue for a pool of database
+// connections, and each list-accounts request scans a table), so latency
+// is not the signal: completions per second are. They are counted in
+// rounds, each as many answers as the limit was when it began (about one
+// round trip), and a round counts only when the limit held requests back
+// in it (Pressed): a limit that is not reached says nothing of the ledger.
+// The limit moves by probes of a quarter (at least one), and the round
+// after a probe judges it:
+//   - a probe up that got more than Band more through is followed by
+//     another; one that did not is taken back, and the next probe looks
+//     below;
+//   - a probe down that got as much through (within Band of the best of the
+//     last rounds) is kept, since fewer requests in flight cost the ledger
+//     less; one that got less is taken back, and the next probe looks above;
+//   - a limit that held for ProbeRounds rounds probes again, and one under
+//     which more got through on its own (a ledger recovering, a pipeline
+//     filling) probes up at once.
+//
+// A request that timed out, was refused as overloaded (5xx, 429) or got no
+// answer halves the limit at once; a request whose latency passed
+// TimeoutShare of its timeout (or TargetLatency) shrinks it in proportion
+// to the excess, by half at most, so that none times out. When the limit is
+// at its minimum and requests are still too slow, the batch size shrinks
+// the same way, and grows back by a tenth per request within bounds.
 //
 // A Limiter is safe for concurrent use; it does not count requests itself.
 type Limiter struct {
@@ -122,6 +158,29 @@ type Limiter struct {
 	// recent is an average of the latency of the last requests, 0 until
 	// one came back.
 	recent time.Duration
+
+	// round is the round under way.
+	round struct {
+		start    time.Time
+		need     int // answers that end it
+		answers  int
+		elements int
+		pressed  bool
+	}
+	// lastRate is the throughput (elements a second) of the last round
+	// that counted, 0 when the one before was not; held counts the rounds
+	// the limit held since it last moved.
+	lastRate float64
+	held     int
+	// moved is +1 or -1 when the last round that counted moved the limit
+	// up or down (its effect is judged by the next one), 0 otherwise; up
+	// is the way the next probe goes.
+	moved int
+	up    bool
+	// rates are the throughputs of the last rounds that counted, nRates
+	// how many there were in all.
+	rates  [8]float64
+	nRates int
 }
 
 // Sample is what became of one request.
@@ -150,7 +209,7 @@ func NewLimiter(cfg LimiterConfig) (*Limiter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Limiter{cfg: cfg, limit: float64(cfg.Initial), batch: 1}, nil
+	return &Limiter{cfg: cfg, limit: float64(cfg.Initial), batch: 1, up: true}, nil
 }
 
 // Config returns the configuration in force, defaults applied.
@@ -161,6 +220,14 @@ func (l *Limiter) Limit() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return int(l.limit)
+}
+
+// Pressed says that the limit held a request back: one was ready to go
+// and the limit was reached. Only rounds with one count.
+func (l *Limiter) Pressed() {
+	l.mu.Lock()
+	l.round.pressed = true
+	l.mu.Unlock()
 }
 
 // BatchLimit is how many calls one request should carry at most, up to
@@ -192,6 +259,9 @@ const (
 	// batchGrowth is what the batch share grows by per request within
 	// the target.
 	batchGrowth = 0.1
+	// probeStep is the factor of a probe: a step of one in flight would
+	// change the throughput of a large limit by less than the band.
+	probeStep = 1.25
 )
 
 // Observe adapts the limits to one request's fate.
@@ -209,25 +279,135 @@ func (l *Limiter) Observe(s Sample) {
 	}
 	target := l.cfg.TargetLatency
 	if s.Timeout > 0 {
-		target = min(target, time.Duration(TimeoutShare*float64(s.Timeout)))
+		share := time.Duration(TimeoutShare * float64(s.Timeout))
+		if target == 0 || share < target {
+			target = share
+		}
 	}
-	if s.Latency > target {
+	if target > 0 && s.Latency > target {
 		l.shrink(math.Max(l.cfg.Backoff, float64(target)/float64(s.Latency)))
 		return
 	}
 	l.batch = math.Min(1, l.batch+batchGrowth)
-	if float64(s.InFlight) >= l.limit/2 {
-		l.limit = l.clamp(l.limit + 1)
+	l.count(max(1, s.Elements))
+}
+
+// count adds an answer of n elements to the round, and judges the round
+// when it is complete. Called with mu held.
+func (l *Limiter) count(n int) {
+	now := time.Now()
+	r := &l.round
+	if r.start.IsZero() {
+		// The first answer starts the first round: the time before it
+		// was the ledger's first latency, not its throughput.
+		l.newRound(now)
+		return
+	}
+	r.answers++
+	r.elements += n
+	if r.answers < r.need {
+		return
+	}
+	elapsed := now.Sub(r.start)
+	pressed := r.pressed
+	rate := 0.0
+	if elapsed > 0 {
+		rate = float64(r.elements) / elapsed.Seconds()
+	}
+	l.newRound(now)
+	if !pressed || rate == 0 {
+		// The limit held nothing back: the round measured the demand, not
+		// the ledger.
+		l.lastRate, l.moved = 0, 0
+		return
+	}
+	l.rates[l.nRates%len(l.rates)] = rate
+	l.nRates++
+	last, moved := l.lastRate, l.moved
+	l.lastRate, l.moved = rate, 0
+	gain := last > 0 && rate > last*(1+l.cfg.Band)
+	switch {
+	case moved > 0 && gain:
+		l.move(+1) // more in flight got more through: more still
+	case moved > 0:
+		l.step(-1) // it gained nothing: back, and look below next
+		l.up = false
+	case moved < 0 && gain:
+		l.move(-1) // fewer got more through: fewer still
+	case moved < 0 && rate >= l.recentBest()*(1-l.cfg.Band):
+		// as much with fewer: keep it
+	case moved < 0:
+		l.step(+1) // fewer got less through: back, and look above next
+		l.up = true
+	case gain:
+		l.move(+1) // more got through at the same limit (a ledger recovering, a pipeline filling): try more
+	case last > 0:
+		l.held++
+		if l.held >= l.cfg.ProbeRounds {
+			if l.up {
+				l.move(+1)
+			} else {
+				l.move(-1)
+			}
+		}
 	}
 }
 
+// move changes the limit by one probe step up (dir > 0) or down, to be
+// judged by the next round. Called with mu held.
+func (l *Limiter) move(dir int) {
+	before := l.limit
+	l.step(dir)
+	switch {
+	case l.limit > before:
+		l.moved = 1
+	case l.limit < before:
+		l.moved = -1
+	default:
+		l.up = dir < 0 // at a bound: the next probe goes the other way
+	}
+}
+
+// step changes the limit by probeStep up or down. Called with mu held.
+func (l *Limiter) step(dir int) {
+	l.held = 0
+	if dir > 0 {
+		l.limit = l.clamp(math.Max(l.limit+1, l.limit*probeStep))
+	} else {
+		l.limit = l.clamp(math.Min(l.limit-1, l.limit/probeStep))
+	}
+}
+
+// recentBest is the best throughput of the last rounds that counted.
+// Called with mu held.
+func (l *Limiter) recentBest() float64 {
+	best := 0.0
+	for i := range min(l.nRates, len(l.rates)) {
+		best = math.Max(best, l.rates[i])
+	}
+	return best
+}
+
+// newRound starts a round at now. Called with mu held.
+func (l *Limiter) newRound(now time.Time) {
+	l.round.start, l.round.need = now, max(1, int(l.limit))
+	l.round.answers, l.round.elements, l.round.pressed = 0, 0, false
+}
+
 // shrink cuts the limit by factor, and the batch size too when the limit
-// cannot take the whole cut. Called with mu held.
+// cannot take the whole cut; the round under way no longer counts. Called
+// with mu held.
 func (l *Limiter) shrink(factor float64) {
 	if l.limit*factor < float64(l.cfg.Min) {
 		l.batch = math.Max(minBatchShare, l.batch*factor)
 	}
 	l.limit = l.clamp(l.limit * factor)
+	// After a cut, the next round that counts probes upwards at once:
+	// the ledger may be back.
+	l.lastRate, l.moved, l.up, l.held = 0, 0, true, l.cfg.ProbeRounds
+	if !l.round.start.IsZero() {
+		l.newRound(time.Now())
+	}
 }
 
 func (l *Limiter) clamp(v float64) float64 {

@@ -1,7 +1,10 @@
 package ledgeradapter
 
 import (
+	"math"
+	"slices"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -14,108 +17,131 @@ func newTestLimiter(t *testing.T, cfg LimiterConfig) *Limiter {
 	return l
 }
 
-// saturating is a ledger model: requests take base while at most knee are
-// in flight, and beyond it they queue, so that latency grows with the
-// requests in flight (throughput stays at its ceiling).
-func saturating(base time.Duration, knee int) func(inFlight int) time.Duration {
-	return func(inFlight int) time.Duration {
-		if inFlight <= knee {
-			return base
-		}
-		return base * time.Duration(inFlight) / time.Duration(knee)
-	}
-}
+// ledgerModel is a ledger that gets through throughput(inFlight) elements
+// a second with inFlight requests of n elements in flight.
+type ledgerModel func(inFlight int) float64
 
-// drive runs the limiter for n samples, each request sent with the limit
-// full, and returns the limits it went through.
-func drive(l *Limiter, n int, latency func(inFlight int) time.Duration) []int {
+// drive runs the limiter for d of fake time (call it in a synctest bubble)
+// against m, every request sent with the limit full and pressed, and
+// returns the limits it went through, one per answer.
+func drive(l *Limiter, d time.Duration, n int, m ledgerModel) []int {
 	var seen []int
-	for range n {
+	for end := time.Now().Add(d); time.Now().Before(end); {
 		in := l.Limit()
-		l.Observe(Sample{Latency: latency(in), Elements: 1, InFlight: in})
+		l.Pressed()
+		// With in requests in flight, one answer comes every latency/in.
+		latency := time.Duration(float64(in*n) / m(in) * float64(time.Second))
+		time.Sleep(latency / time.Duration(in))
+		l.Observe(Sample{Latency: latency, Elements: n, InFlight: in})
 		seen = append(seen, l.Limit())
 	}
 	return seen
 }
 
+// within requires every limit of the last third of seen to be in [lo, hi].
+func within(t *testing.T, seen []int, lo, hi int) {
+	t.Helper()
+	tail := seen[len(seen)*2/3:]
+	least, most := slices.Min(tail), slices.Max(tail)
+	require.True(t, least >= lo && most <= hi, "limits of the last third: want %d to %d, got %d to %d", lo, hi, least, most)
+}
+
 func TestLimiter(t *testing.T) {
 	t.Parallel()
 
-	t.Run("grows to its ceiling while latency holds", func(t *testing.T) {
+	t.Run("climbs while more in flight gets more through", func(t *testing.T) {
 		t.Parallel()
-		l := newTestLimiter(t, LimiterConfig{Initial: 4, Max: 64})
-		seen := drive(l, 200, saturating(time.Millisecond, 1000))
-		require.Equal(t, 64, l.Limit())
-		require.IsNonDecreasing(t, seen)
+		synctest.Test(t, func(t *testing.T) {
+			l := newTestLimiter(t, LimiterConfig{Initial: 4, Max: 64})
+			seen := drive(l, time.Minute, 10, func(in int) float64 { return 50 * float64(in) })
+			within(t, seen, 48, 64)
+		})
 	})
 
-	t.Run("a limit that is not used is not raised", func(t *testing.T) {
+	t.Run("holds where throughput stops growing", func(t *testing.T) {
 		t.Parallel()
-		l := newTestLimiter(t, LimiterConfig{Initial: 8, Max: 64})
-		for range 100 {
-			l.Observe(Sample{Latency: time.Millisecond, Elements: 1, InFlight: 3})
-		}
-		require.Equal(t, 8, l.Limit())
+		synctest.Test(t, func(t *testing.T) {
+			// The ledger's pool is full at 16 requests: more only queue.
+			l := newTestLimiter(t, LimiterConfig{Initial: 4, Max: 64})
+			seen := drive(l, time.Minute, 10, func(in int) float64 { return 50 * float64(min(in, 16)) })
+			within(t, seen, 12, 21)
+		})
 	})
 
-	t.Run("holds a saturated ledger near its latency target", func(t *testing.T) {
+	t.Run("comes down to a ledger that thrashes", func(t *testing.T) {
 		t.Parallel()
-		// Throughput is flat past 16 in flight and latency grows with the
-		// queue: 250ms at 16, the 2.5s target at 160. The limit climbs past
-		// the knee, where latency only doubles, and stops near the target.
-		l := newTestLimiter(t, LimiterConfig{Initial: 1, Max: 1000})
-		seen := drive(l, 1000, saturating(250*time.Millisecond, 16))
-		tail := seen[800:]
-		for _, v := range tail {
-			require.GreaterOrEqual(t, v, 80, "limits of the last 200 samples: %v", tail)
-			require.LessOrEqual(t, v, 170, "limits of the last 200 samples: %v", tail)
-		}
+		synctest.Test(t, func(t *testing.T) {
+			// Best at 12 in flight; beyond, each one more costs 5% of it,
+			// as a pool fought over does.
+			l := newTestLimiter(t, LimiterConfig{Initial: 32, Max: 64})
+			seen := drive(l, 5*time.Minute, 10, func(in int) float64 {
+				if in <= 12 {
+					return 50 * float64(in)
+				}
+				return math.Max(100, 600*(1-0.05*float64(in-12)))
+			})
+			within(t, seen, 9, 16)
+		})
 	})
 
-	t.Run("a slower ledger gets less load", func(t *testing.T) {
+	t.Run("a limit that is not reached is not judged", func(t *testing.T) {
 		t.Parallel()
-		l := newTestLimiter(t, LimiterConfig{Initial: 32, Max: 64})
-		drive(l, 50, saturating(time.Millisecond, 1000))
-		before := l.Limit()
-		// The same ledger now answers in 5s, twice the target.
-		drive(l, 1, func(int) time.Duration { return 5 * time.Second })
-		require.Equal(t, before/2, l.Limit())
-		drive(l, 1, func(int) time.Duration { return 3 * time.Second })
-		require.Equal(t, int(float64(before/2)*2.5/3), l.Limit(), "in proportion to the excess")
+		synctest.Test(t, func(t *testing.T) {
+			l := newTestLimiter(t, LimiterConfig{Initial: 8, Max: 64})
+			for i := range 200 {
+				time.Sleep(time.Duration(i%7) * time.Millisecond) // a demand that varies
+				l.Observe(Sample{Latency: time.Millisecond, Elements: 1 + i%5, InFlight: 3})
+			}
+			require.Equal(t, 8, l.Limit())
+		})
 	})
 
-	t.Run("the target is at most a quarter of the request's timeout", func(t *testing.T) {
+	t.Run("overload halves at once, and the limit comes back within rounds", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			l := newTestLimiter(t, LimiterConfig{Initial: 32, Max: 64, Backoff: 0.5})
+			m := func(in int) float64 { return 50 * float64(min(in, 32)) }
+			drive(l, 10*time.Second, 10, m)
+			before := l.Limit()
+			require.GreaterOrEqual(t, before, 24)
+			l.Observe(Sample{Overload: true, Latency: time.Hour, Elements: 50, InFlight: 40})
+			require.Equal(t, before/2, l.Limit())
+			// A round is about 200 ms here (10 elements at 50 a second
+			// per request in flight).
+			seen := drive(l, 3*time.Second, 10, m)
+			require.GreaterOrEqual(t, seen[len(seen)-1], 24, "back within 3 s: %v", seen)
+			for range 20 {
+				l.Observe(Sample{Overload: true})
+			}
+			require.Equal(t, 1, l.Limit(), "never below Min")
+		})
+	})
+
+	t.Run("a request near its timeout shrinks the limit, whatever the throughput", func(t *testing.T) {
 		t.Parallel()
 		l := newTestLimiter(t, LimiterConfig{Initial: 16, Max: 64})
-		l.Observe(Sample{Latency: 2 * time.Second, Elements: 10, InFlight: 16, Timeout: 20 * time.Second})
-		require.Equal(t, 17, l.Limit(), "2s is within 2.5s")
+		l.Observe(Sample{Latency: 4 * time.Second, Elements: 10, InFlight: 16, Timeout: 20 * time.Second})
+		require.Equal(t, 16, l.Limit(), "4s is within a quarter of 20s")
 		l.Observe(Sample{Latency: 2 * time.Second, Elements: 10, InFlight: 16, Timeout: 5 * time.Second})
-		require.Equal(t, 10, l.Limit(), "2s is beyond a quarter of 5s: 17 × 1.25 ÷ 2")
-	})
-
-	t.Run("overload cuts by the backoff at once", func(t *testing.T) {
-		t.Parallel()
-		l := newTestLimiter(t, LimiterConfig{Initial: 40, Max: 64, Backoff: 0.5})
-		l.Observe(Sample{Overload: true, Latency: time.Hour, Elements: 50, InFlight: 40})
-		require.Equal(t, 20, l.Limit())
-		for range 20 {
-			l.Observe(Sample{Overload: true})
-		}
-		require.Equal(t, 1, l.Limit(), "never below Min")
+		require.Equal(t, 10, l.Limit(), "2s is beyond a quarter of 5s: 16 × 1.25 ÷ 2")
+		l = newTestLimiter(t, LimiterConfig{Initial: 16, Max: 64, TargetLatency: time.Second})
+		l.Observe(Sample{Latency: 2 * time.Second, Elements: 10, InFlight: 16, Timeout: 20 * time.Second})
+		require.Equal(t, 8, l.Limit(), "a TargetLatency set is a ceiling too")
 	})
 
 	t.Run("batches shrink once the limit is at its least, and grow back", func(t *testing.T) {
 		t.Parallel()
 		l := newTestLimiter(t, LimiterConfig{Initial: 2, Max: 64})
+		const timeout = 4 * time.Second // the target is 1 s
 		require.Equal(t, DefaultFirstBatch, l.BatchLimit(MaxBulkSize), "nothing seen yet: a small batch")
 		require.Equal(t, 3, l.BatchLimit(3))
-		l.Observe(Sample{Latency: time.Second, Elements: 10, InFlight: 2})
+		l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 10, InFlight: 2, Timeout: timeout})
 		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize), "within the target: the most")
 
-		l.Observe(Sample{Latency: 5 * time.Second, Elements: 100, InFlight: 3})
+		l.Observe(Sample{Latency: 2 * time.Second, Elements: 100, InFlight: 3, Timeout: timeout})
 		require.Equal(t, 1, l.Limit())
 		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize), "the limit gave first")
-		l.Observe(Sample{Latency: 5 * time.Second, Elements: 100, InFlight: 1})
+		l.Observe(Sample{Latency: 2 * time.Second, Elements: 100, InFlight: 1, Timeout: timeout})
 		require.Equal(t, 50, l.BatchLimit(MaxBulkSize), "then the batch")
 		l.Observe(Sample{Overload: true})
 		require.Equal(t, 25, l.BatchLimit(MaxBulkSize))
@@ -124,10 +150,10 @@ func TestLimiter(t *testing.T) {
 		}
 		require.Equal(t, 1, l.BatchLimit(MaxBulkSize), "never below one call")
 
-		l.Observe(Sample{Latency: time.Second, Elements: 1, InFlight: 1})
+		l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 1, InFlight: 1, Timeout: timeout})
 		require.Equal(t, 11, l.BatchLimit(MaxBulkSize), "a tenth more per request within the target")
 		for range 20 {
-			l.Observe(Sample{Latency: time.Second, Elements: 1, InFlight: 1})
+			l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 1, InFlight: 1, Timeout: timeout})
 		}
 		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize))
 	})
