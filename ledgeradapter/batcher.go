@@ -220,6 +220,11 @@ type BatcherStats struct {
 	// kind carries now.
 	ReadLimit, WriteLimit int
 	ReadBatch, WriteBatch int
+	// ReadsInFlight and WritesInFlight are the requests of each kind in
+	// flight now; ReadsWaiting and WritesWaiting the calls queued for a
+	// request of their kind.
+	ReadsInFlight, WritesInFlight int
+	ReadsWaiting, WritesWaiting   int
 }
 
 type batcherCounters struct {
@@ -232,8 +237,15 @@ type batcherCounters struct {
 func (b *Batcher) Stats() BatcherStats {
 	b.mu.Lock()
 	peak := b.stats.peak
+	var waiting [numKinds]int
+	for _, q := range b.queues {
+		waiting[q.key.kind()] += len(q.pending)
+	}
+	inFlight := b.kindInFlight
 	b.mu.Unlock()
 	return BatcherStats{
+		ReadsInFlight: inFlight[kindRead], WritesInFlight: inFlight[kindWrite],
+		ReadsWaiting: waiting[kindRead], WritesWaiting: waiting[kindWrite],
 		Reads: b.stats.reads.Load(), Writes: b.stats.writes.Load(),
 		ReadRequests: b.stats.readRequests.Load(), WriteRequests: b.stats.writeRequests.Load(),
 		PeakInFlight: peak,

@@ -26,11 +26,11 @@ type fakeLedger struct {
 	latency time.Duration // every request takes this long (fake time in a bubble)
 	// cost, when set, is how long a request of n calls takes with
 	// inFlight requests in flight, itself included.
-	cost     func(inFlight, n int) time.Duration
-	hold     chan struct{} // when set, each request waits for one receive from it
+	cost func(inFlight, n int) time.Duration
+	hold chan struct{} // when set, each request waits for one receive from it
 	// timeout, when set, is the timeout of a request of n calls, as
 	// Client.TimeoutFor says it.
-	timeout func(n int) time.Duration
+	timeout  func(n int) time.Duration
 	inFlight atomic.Int32
 
 	mu       sync.Mutex

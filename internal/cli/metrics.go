@@ -53,5 +53,13 @@ func registerBatcherMetrics(reg prometheus.Registerer, b *ledgeradapter.Batcher)
 			func(s ledgeradapter.BatcherStats) int { return s.ReadBatch }),
 		gauge("wallets_worker_ledger_write_batch", "Most metadata writes one bulk request carries now (adaptive).",
 			func(s ledgeradapter.BatcherStats) int { return s.WriteBatch }),
+		gauge("wallets_worker_ledger_reads_in_flight", "Ledger read requests of the Batcher in flight now.",
+			func(s ledgeradapter.BatcherStats) int { return s.ReadsInFlight }),
+		gauge("wallets_worker_ledger_writes_in_flight", "Ledger write requests of the Batcher in flight now.",
+			func(s ledgeradapter.BatcherStats) int { return s.WritesInFlight }),
+		gauge("wallets_worker_ledger_reads_waiting", "Account reads queued in the Batcher for a request.",
+			func(s ledgeradapter.BatcherStats) int { return s.ReadsWaiting }),
+		gauge("wallets_worker_ledger_writes_waiting", "Metadata writes queued in the Batcher for a request.",
+			func(s ledgeradapter.BatcherStats) int { return s.WritesWaiting }),
 	)
 }
