@@ -27,6 +27,15 @@ const (
 	DefaultBatchWindow = 2 * time.Millisecond
 	// DefaultBatchMax is the most calls one request carries.
 	DefaultBatchMax = MaxBulkSize
+	// DefaultWriteBatchMax is the most writes one bulk carries: what the
+	// ledger runs at once of a parallel bulk (its --bulk-parallel, 10 by
+	// default on v2.4.12). The rest of a larger bulk waits inside the
+	// ledger, so it adds latency and no throughput: measured on v2.4.12,
+	// bulks of 10, 25 and 50 with 8 to 32 in flight all got 380-450
+	// writes a second through, and 2,000 creates through the worker ran
+	// 10-15% faster with bulks of 10 than of up to 100 (the last ones
+	// waited seconds in bulks of 100).
+	DefaultWriteBatchMax = 10
 	// DefaultBatchInFlight is how many ledger requests a Batcher keeps in
 	// flight at most, reads and writes together; within it, each kind's
 	// limit adapts (Limiter).
@@ -53,6 +62,9 @@ type BatcherConfig struct {
 	// DefaultBatchMax, the ledger's BULK_MAX_SIZE and page size). 1 turns
 	// coalescing off and leaves a limiter of requests in flight.
 	MaxBatch int
+	// MaxWriteBatch caps the calls of one write request below MaxBatch
+	// (default DefaultWriteBatchMax).
+	MaxWriteBatch int
 	// MaxInFlight caps the ledger requests in flight, reads and writes
 	// together (default DefaultBatchInFlight). Within it, reads and writes
 	// each have a limit that adapts to the latency and failures of their
@@ -70,6 +82,9 @@ func (c *BatcherConfig) setDefaults() {
 	}
 	if c.MaxBatch == 0 {
 		c.MaxBatch = DefaultBatchMax
+	}
+	if c.MaxWriteBatch == 0 {
+		c.MaxWriteBatch = DefaultWriteBatchMax
 	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = DefaultBatchInFlight
@@ -89,6 +104,9 @@ func (c BatcherConfig) Validate() error {
 	}
 	if c.MaxBatch < 1 || c.MaxBatch > DefaultBatchMax {
 		errs = append(errs, fmt.Errorf("ledgeradapter: batch max %d: want 1 to %d", c.MaxBatch, DefaultBatchMax))
+	}
+	if c.MaxWriteBatch < 1 || c.MaxWriteBatch > DefaultBatchMax {
+		errs = append(errs, fmt.Errorf("ledgeradapter: write batch max %d: want 1 to %d", c.MaxWriteBatch, DefaultBatchMax))
 	}
 	if c.MaxInFlight < 1 {
 		errs = append(errs, fmt.Errorf("ledgeradapter: requests in flight %d: want at least 1", c.MaxInFlight))
@@ -257,6 +275,9 @@ func (b *Batcher) Stats() BatcherStats {
 
 // batchLimit is the most calls a request of kind k carries now.
 func (b *Batcher) batchLimit(k int) int {
+	if k == kindWrite {
+		return b.limiters[k].BatchLimit(min(b.cfg.MaxBatch, b.cfg.MaxWriteBatch))
+	}
 	return b.limiters[k].BatchLimit(b.cfg.MaxBatch)
 }
 
@@ -503,8 +524,11 @@ func (b *Batcher) dispatch() {
 			if !b.ready(c, batchLimits[k]) {
 				continue
 			}
-			if b.inFlight >= b.cfg.MaxInFlight || b.kindInFlight[k] >= limits[k] {
-				pressed[k] = true
+			if b.kindInFlight[k] >= limits[k] {
+				pressed[k] = true // its own limit held it back
+				continue
+			}
+			if b.inFlight >= b.cfg.MaxInFlight {
 				continue
 			}
 			if q == nil || c.pending[0].arrived.Before(q.pending[0].arrived) {

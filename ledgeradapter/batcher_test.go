@@ -562,7 +562,8 @@ func TestBatcherConfig(t *testing.T) {
 	t.Parallel()
 	b := newBatcher(t, newFake(), ledgeradapter.BatcherConfig{})
 	require.Equal(t, ledgeradapter.BatcherConfig{
-		Window: ledgeradapter.DefaultBatchWindow, MaxBatch: ledgeradapter.DefaultBatchMax, MaxInFlight: ledgeradapter.DefaultBatchInFlight,
+		Window: ledgeradapter.DefaultBatchWindow, MaxBatch: ledgeradapter.DefaultBatchMax, MaxWriteBatch: ledgeradapter.DefaultWriteBatchMax,
+		MaxInFlight: ledgeradapter.DefaultBatchInFlight,
 		Limiter: ledgeradapter.LimiterConfig{
 			Initial: ledgeradapter.DefaultLimiterInitial, Min: 1, Max: ledgeradapter.DefaultBatchInFlight,
 			Backoff: ledgeradapter.DefaultLimiterBackoff, FirstBatch: ledgeradapter.DefaultFirstBatch,
@@ -570,8 +571,9 @@ func TestBatcherConfig(t *testing.T) {
 		},
 	}, b.Config())
 	require.Equal(t, 4, newBatcher(t, newFake(), ledgeradapter.BatcherConfig{MaxInFlight: 4}).Config().Limiter.Max, "the limit's ceiling is MaxInFlight")
-	err := ledgeradapter.BatcherConfig{Window: -1, MaxBatch: 101, MaxInFlight: -1}.Validate()
+	err := ledgeradapter.BatcherConfig{Window: -1, MaxBatch: 101, MaxWriteBatch: 101, MaxInFlight: -1}.Validate()
 	require.ErrorContains(t, err, "window")
+	require.ErrorContains(t, err, "write batch max 101")
 	require.ErrorContains(t, err, "batch max 101")
 	require.ErrorContains(t, err, "in flight -1")
 	err = ledgeradapter.BatcherConfig{MaxInFlight: 4, Limiter: ledgeradapter.LimiterConfig{Max: 8, Backoff: 2}}.Validate()

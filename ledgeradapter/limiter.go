@@ -124,8 +124,8 @@ func (c LimiterConfig) Validate() error {
 // latency says anything (its writes queue for a pool of database
 // connections, and each list-accounts request scans a table), so latency
 // is not the signal: completions per second are. They are counted in
-// rounds, each as many answers as the limit was when it began (about one
-// round trip), and a round counts only when the limit held requests back
+// rounds, each at least as many answers as the limit was when it began and
+// two latencies of a request long, and a round counts only when the limit held requests back
 // in it (Pressed): a limit that is not reached says nothing of the ledger.
 // The limit moves by probes of a quarter (at least one), and the round
 // after a probe judges it:
@@ -135,9 +135,8 @@ func (c LimiterConfig) Validate() error {
 //   - a probe down that got as much through (within Band of the best of the
 //     last rounds) is kept, since fewer requests in flight cost the ledger
 //     less; one that got less is taken back, and the next probe looks above;
-//   - a limit that held for ProbeRounds rounds probes again, and one under
-//     which more got through on its own (a ledger recovering, a pipeline
-//     filling) probes up at once.
+//   - a limit that held for ProbeRounds rounds probes again (up at once
+//     after a cut).
 //
 // A request that timed out, was refused as overloaded (5xx, 429) or got no
 // answer halves the limit at once; a request whose latency passed
@@ -259,6 +258,9 @@ const (
 	// batchGrowth is what the batch share grows by per request within
 	// the target.
 	batchGrowth = 0.1
+	// roundLatencies is the least length of a round, in latencies of a
+	// request: fewer answers measure the noise more than the ledger.
+	roundLatencies = 2
 	// probeStep is the factor of a probe: a step of one in flight would
 	// change the throughput of a large limit by less than the band.
 	probeStep = 1.25
@@ -305,10 +307,10 @@ func (l *Limiter) count(n int) {
 	}
 	r.answers++
 	r.elements += n
-	if r.answers < r.need {
+	elapsed := now.Sub(r.start)
+	if r.answers < r.need || elapsed < roundLatencies*l.recent {
 		return
 	}
-	elapsed := now.Sub(r.start)
 	pressed := r.pressed
 	rate := 0.0
 	if elapsed > 0 {
@@ -339,8 +341,6 @@ func (l *Limiter) count(n int) {
 	case moved < 0:
 		l.step(+1) // fewer got less through: back, and look above next
 		l.up = true
-	case gain:
-		l.move(+1) // more got through at the same limit (a ledger recovering, a pipeline filling): try more
 	case last > 0:
 		l.held++
 		if l.held >= l.cfg.ProbeRounds {
