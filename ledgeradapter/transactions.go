@@ -9,6 +9,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -174,43 +175,100 @@ func (r TransactionRequest) body() ([]byte, error) {
 	return json.Marshal(w)
 }
 
-// txGate caps the transaction requests in flight to one ledger and reports
-// a stall once.
+// txGate caps the transaction requests in flight to one ledger at a limit
+// that seeks throughput below the cap (a Limiter: fewer in flight when more
+// get no more through, halved on a timeout, a 5xx or a 429), and reports a
+// stall once.
 type txGate struct {
-	slots   chan struct{}
+	most    int
+	limiter *Limiter
 	log     *slog.Logger
 	stalled atomic.Bool
-	waiting atomic.Int64
 	// lastTimeout is when a transaction last went unanswered (UnixNano).
 	lastTimeout atomic.Int64
 	mu          sync.Mutex // orders the stall's two reports
+
+	smu     sync.Mutex
+	held    int             // slots held
+	waiters []chan struct{} // first come, first served; closed with a slot
 }
 
 func newTxGate(n int, log *slog.Logger) *txGate {
-	return &txGate{slots: make(chan struct{}, n), log: log}
+	l, err := NewLimiter(LimiterConfig{Initial: n, Min: 1, Max: n})
+	if err != nil {
+		panic(err) // n is at least 1: Config.Validate
+	}
+	return &txGate{most: n, limiter: l, log: log}
 }
 
 // acquire waits for a slot or the end of ctx.
 func (g *txGate) acquire(ctx context.Context) error {
-	select {
-	case g.slots <- struct{}{}:
+	g.smu.Lock()
+	if len(g.waiters) == 0 && g.held < g.limiter.Limit() {
+		g.held++
+		g.smu.Unlock()
 		return nil
-	default:
 	}
-	g.waiting.Add(1)
-	defer g.waiting.Add(-1)
+	g.limiter.Pressed()
+	ch := make(chan struct{})
+	g.waiters = append(g.waiters, ch)
+	g.smu.Unlock()
 	select {
-	case g.slots <- struct{}{}:
+	case <-ch:
 		return nil
 	case <-ctx.Done():
+		g.smu.Lock()
+		defer g.smu.Unlock()
+		if i := slices.Index(g.waiters, ch); i >= 0 {
+			g.waiters = slices.Delete(g.waiters, i, i+1)
+		} else {
+			// The slot came with the end of ctx: hand it on.
+			g.held--
+			g.handOn()
+		}
 		return ctxError(ctx)
 	}
 }
 
-func (g *txGate) release() { <-g.slots }
+// release frees a slot and feeds the limiter what became of its request
+// (nothing when its caller left: a request cut short says nothing of the
+// ledger).
+func (g *txGate) release(ctx context.Context, start time.Time, elements int, resp *response, e *Error, timeout time.Duration) {
+	if ctx.Err() == nil {
+		var overload bool
+		switch {
+		case e != nil:
+			overload = isOverload(e)
+		case resp != nil:
+			overload = resp.status >= 500 || resp.status == http.StatusTooManyRequests
+		}
+		g.limiter.Observe(Sample{Latency: time.Since(start), Elements: elements, Overload: overload, Timeout: timeout})
+	}
+	g.smu.Lock()
+	defer g.smu.Unlock()
+	g.held--
+	g.handOn()
+}
 
-// InFlight is how many transaction requests hold a slot now.
-func (g *txGate) inFlight() int { return len(g.slots) }
+// handOn gives free slots to the first waiters; those left are held back
+// by the limit. Called with smu held.
+func (g *txGate) handOn() {
+	for len(g.waiters) > 0 && g.held < g.limiter.Limit() {
+		g.held++
+		close(g.waiters[0])
+		g.waiters = g.waiters[1:]
+	}
+	if len(g.waiters) > 0 {
+		g.limiter.Pressed()
+	}
+}
+
+// inFlight is how many transaction requests hold a slot now.
+func (g *txGate) inFlight() int {
+	g.smu.Lock()
+	defer g.smu.Unlock()
+	return g.held
+}
 
 // outcome records how a transaction request ended. A timeout starts a
 // stall, reported once. The stall ends when a transaction is answered (a
@@ -228,7 +286,7 @@ func (g *txGate) outcome(e *Error, timeout time.Duration) {
 			g.log.Warn("ledger stalled: a transaction got no answer within its timeout; "+
 				"the real Formance ledger stalls when as many transactions touching one account wait as it has PostgreSQL connections. "+
 				"Keep --ledger-tx-concurrency below the ledger's POSTGRES_MAX_OPEN_CONNS (default 20), summed over the workers",
-				"timeout", timeout, "tx_in_flight", g.inFlight(), "tx_cap", cap(g.slots))
+				"timeout", timeout, "tx_in_flight", g.inFlight(), "tx_limit", g.limiter.Limit(), "tx_cap", g.most)
 		}
 		return
 	}
@@ -247,7 +305,11 @@ func (g *txGate) outcome(e *Error, timeout time.Duration) {
 func (c *Client) TxInFlight() int { return c.tx.inFlight() }
 
 // TxConcurrency is the cap on them (Config.TxConcurrency).
-func (c *Client) TxConcurrency() int { return cap(c.tx.slots) }
+func (c *Client) TxConcurrency() int { return c.tx.most }
+
+// TxLimit is how many transaction requests may be in flight now: it seeks
+// throughput between 1 and TxConcurrency.
+func (c *Client) TxLimit() int { return c.tx.limiter.Limit() }
 
 // CreateTransaction posts a transaction: POST /v2/{ledger}/transactions.
 // A non-empty idempotencyKey is sent as Idempotency-Key: a retry with the
@@ -281,11 +343,12 @@ func (c *Client) CreateTransaction(ctx context.Context, ledger string, req Trans
 	if req.DryRun {
 		query = url.Values{"dryRun": {"true"}}
 	}
+	start := time.Now()
 	resp, e := c.do(ctx, request{
 		op: op, method: http.MethodPost, path: "/v2/" + url.PathEscape(ledger) + "/transactions",
 		query: query, body: body, idempotencyKey: idempotencyKey,
 	})
-	c.tx.release()
+	c.tx.release(ctx, start, 1, resp, e, c.timeout)
 	c.tx.outcome(e, c.timeout)
 	if e != nil {
 		return TransactionResult{}, e
@@ -492,11 +555,12 @@ func (c *Client) bulkTransactions(ctx context.Context, op, ledger string, elems 
 	if continueOnFailure {
 		query = url.Values{"continueOnFailure": {"true"}}
 	}
+	start := time.Now()
 	resp, e := c.do(ctx, request{
 		op: op, method: http.MethodPost, path: "/v2/" + url.PathEscape(ledger) + "/_bulk",
 		query: query, body: body, elements: len(elems),
 	})
-	c.tx.release()
+	c.tx.release(ctx, start, len(elems), resp, e, c.TimeoutFor(len(elems)))
 	c.tx.outcome(e, c.TimeoutFor(len(elems)))
 	if e != nil {
 		return nil, e

@@ -3,6 +3,7 @@ package ledgeradapter_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/big"
 	"net/http"
@@ -393,4 +394,72 @@ func TestDryRunTellsWhetherAKeyApplied(t *testing.T) {
 	require.True(t, res.IdempotencyHit)
 	require.Equal(t, applied.Transaction.ID, res.Transaction.ID)
 	require.Equal(t, "10", balance(t, c, "dry", "wallets:w1:main", "USD/2").String())
+}
+
+// TestTxLimitBacksOffAndComesBack: a ledger that answers transactions 503
+// gets fewer of them in flight; once it answers again, and more in flight
+// get more through, the limit climbs back to the cap.
+func TestTxLimitBacksOffAndComesBack(t *testing.T) {
+	t.Parallel()
+	var failing atomic.Bool
+	failing.Store(true)
+	wrap := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && r.URL.Path == "/v2/back/transactions" {
+				if failing.Load() {
+					http.Error(w, `{"errorCode":"INTERNAL","errorMessage":"overloaded"}`, http.StatusServiceUnavailable)
+					return
+				}
+				// A ledger whose throughput grows with what is in flight, well
+				// past the cap: the embedded ledger's own time per
+				// transaction is small beside this.
+				time.Sleep(60 * time.Millisecond)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	l := testutil.StartLedger(t, testutil.LedgerOptions{Wrap: wrap})
+	c, ctx := l.Client, context.Background()
+	require.NoError(t, c.EnsureLedger(ctx, "back"))
+	load := func(n int) error {
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for i := range n {
+			wg.Go(func() {
+				_, errs[i] = c.CreateTransaction(ctx, "back", credit(fmt.Sprintf("wallets:w%d:main", i), "1"), "")
+			})
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+	require.Error(t, load(16))
+	require.Less(t, c.TxLimit(), ledgeradapter.DefaultTxConcurrency, "503s halve the limit")
+	failing.Store(false)
+	// A steady backlog, as a worker keeps: 32 callers, each sending one
+	// transaction after another, until the limit is back at the cap.
+	start, done := time.Now(), make(chan struct{})
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := range 32 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if _, err := c.CreateTransaction(ctx, "back", credit(fmt.Sprintf("wallets:v%d-%d:main", w, i), "1"), ""); err != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	for c.TxLimit() < ledgeradapter.DefaultTxConcurrency && time.Since(start) < 20*time.Second {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(done)
+	wg.Wait()
+	require.Zero(t, failed.Load())
+	require.Equal(t, ledgeradapter.DefaultTxConcurrency, c.TxLimit(), "back to the cap, never past it")
+	t.Logf("back at the cap %s after the ledger answered again", time.Since(start).Round(time.Millisecond))
 }

@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -324,6 +327,7 @@ func TestUserWorkload(t *testing.T) {
 	require.Equal(t, 500, res.Run.Created, "every balance created: %+v", res.Run)
 	require.Zero(t, res.Run.Replayed)
 	require.Zero(t, res.Run.Rejected)
+	require.Zero(t, res.Run.LedgerNoAnswer, "the embedded ledger answers every request")
 	require.Positive(t, res.Run.PerSec)
 	require.Positive(t, res.Run.PeakRSSMiB, "the run process's peak RSS")
 	sum := 0
@@ -338,4 +342,26 @@ func TestUserWorkload(t *testing.T) {
 	var out, log bytes.Buffer
 	require.NoError(t, Command(context.Background(), []string{"--workload", "user", "--binary", bin, "--commands", "200"}, &out, &log), log.String())
 	require.Contains(t, out.String(), "run ÷ raw JetStream")
+}
+
+// The user workload reads the run's ledger requests without an answer and
+// its retries from its metrics, whatever their other labels.
+func TestRunCounters(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, `# HELP wallets_worker_ledger_requests_total Ledger requests.
+# TYPE wallets_worker_ledger_requests_total counter
+wallets_worker_ledger_requests_total{endpoint="Bulk",status="0"} 2
+wallets_worker_ledger_requests_total{endpoint="Bulk",status="200"} 40
+wallets_worker_ledger_requests_total{endpoint="ListAccounts",status="0"} 1
+wallets_worker_retries_total{reason="transient"} 3
+wallets_worker_retries_total{reason="order"} 4
+wallets_worker_redeliveries_total 9
+`)
+	}))
+	defer srv.Close()
+	var res UserResult
+	require.NoError(t, runCounters(context.Background(), srv.URL, &res))
+	require.Equal(t, 3, res.Run.LedgerNoAnswer)
+	require.Equal(t, 7, res.Run.Retries)
+	require.Error(t, runCounters(context.Background(), srv.URL+"/nowhere\x7f", &res))
 }

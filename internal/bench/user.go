@@ -62,6 +62,12 @@ type UserResult struct {
 		// PerSecond counts the outcomes of each second from the first
 		// publish: a collapse shows as a run of low seconds.
 		PerSecond []int `json:"outcomesPerSecond"`
+		// LedgerNoAnswer counts the run's ledger requests that got no
+		// answer (timeouts among them), Retries the commands it handed
+		// back for another attempt, both read from its /metrics after the
+		// last outcome.
+		LedgerNoAnswer int `json:"ledgerNoAnswer"`
+		Retries        int `json:"retries"`
 	} `json:"run"`
 	// RawJetStream is the loop's messages per second on the same server:
 	// publish, consume, publish an event, ack.
@@ -175,6 +181,9 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 		return res, fmt.Errorf("%w; run's output:\n%s", err, runLog.String())
 	}
 	logf("run: %d created, %d replayed, %d rejected in %.2fs: %.0f/s\n", res.Run.Created, res.Run.Replayed, res.Run.Rejected, res.Run.Seconds, res.Run.PerSec)
+	if err := runCounters(ctx, "http://"+httpAddr+"/metrics", &res); err != nil {
+		return res, fmt.Errorf("run's metrics: %w", err)
+	}
 	if st, err := procStatusOf(strconv.Itoa(cmd.Process.Pid)); err == nil {
 		res.Run.PeakRSSMiB = float64(st.hwm) / (1 << 20)
 	}
@@ -200,6 +209,44 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 		return res, fmt.Errorf("run: %w; its output:\n%s", err, runLog.String())
 	}
 	return res, nil
+}
+
+// runCounters reads the run's ledger requests without an answer and its
+// retries from its Prometheus metrics at url.
+func runCounters(ctx context.Context, url string, res *UserResult) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s answered %s", url, resp.Status)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	for line := range strings.Lines(string(body)) {
+		name, value, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok || strings.HasPrefix(name, "#") {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(name, "wallets_worker_ledger_requests_total{") && strings.Contains(name, `status="0"`):
+			res.Run.LedgerNoAnswer += int(v)
+		case strings.HasPrefix(name, "wallets_worker_retries_total"):
+			res.Run.Retries += int(v)
+		}
+	}
+	return nil
 }
 
 // publishAndAwait publishes the commands and waits for their outcomes. The
@@ -410,6 +457,7 @@ func userCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, s
 	fmt.Fprintf(stdout, "run:                 %8.0f creates/s  (%.2f s; created %d, replayed %d, rejected %d; peak RSS %.0f MiB)\n",
 		res.Run.PerSec, res.Run.Seconds, res.Run.Created, res.Run.Replayed, res.Run.Rejected, res.Run.PeakRSSMiB)
 	fmt.Fprintf(stdout, "  outcomes per second: %v\n", res.Run.PerSecond)
+	fmt.Fprintf(stdout, "  ledger requests without an answer: %d; retries: %d\n", res.Run.LedgerNoAnswer, res.Run.Retries)
 	fmt.Fprintf(stdout, "raw JetStream loop:  %8.0f msg/s      (same server)\n", res.RawJetStream)
 	for _, b := range res.Baselines {
 		fmt.Fprintf(stdout, "ledger %-13s %8.0f creates/s  (%d in flight × %d, %d created, %d timeouts)\n", b.Name+":", b.CreatesPerSecond, b.InFlight, b.PerRequest, b.Created, b.Timeouts)

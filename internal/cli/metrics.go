@@ -36,6 +36,19 @@ func (m *ledgerMetrics) observe(op string, status int, d time.Duration) {
 	m.seconds.WithLabelValues(op).Observe(d.Seconds())
 }
 
+// registerTxMetrics exposes the client's transaction limit and requests in
+// flight as gauges, read when scraped.
+func registerTxMetrics(reg prometheus.Registerer, c *ledgeradapter.Client) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wallets_worker_ledger_tx_limit",
+			Help: "Ledger transaction requests the client lets in flight now (seeks throughput up to --ledger-tx-concurrency)."},
+			func() float64 { return float64(c.TxLimit()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wallets_worker_ledger_tx_in_flight",
+			Help: "Ledger transaction requests of the client in flight now."},
+			func() float64 { return float64(c.TxInFlight()) }),
+	)
+}
+
 // registerBatcherMetrics exposes the Batcher's adaptive limits as gauges,
 // read when scraped.
 func registerBatcherMetrics(reg prometheus.Registerer, b *ledgeradapter.Batcher) {

@@ -284,6 +284,7 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		return fmt.Errorf("ledger client: %w", err)
 	}
 	cleanups = append(cleanups, client.CloseIdleConnections) // before the embedded ledger's server waits for idle connections
+	registerTxMetrics(reg, client)
 	var ledger handlers.Ledger = client
 	if f.ledgerBatch {
 		b, err := ledgeradapter.NewBatcher(client, f.batch)
