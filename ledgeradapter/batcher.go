@@ -36,6 +36,13 @@ const (
 	// 10-15% faster with bulks of 10 than of up to 100 (the last ones
 	// waited seconds in bulks of 100).
 	DefaultWriteBatchMax = 10
+	// DefaultWriteFloor is how many writes a Batcher keeps in flight at
+	// least, whatever the throughput probes say, while it has them to send:
+	// below about 20 operations at its database the real ledger's
+	// PostgreSQL pool (no idle connection kept by default) opens a new
+	// connection per write, at several times the CPU. Only a timeout, a
+	// 5xx or a 429 takes the write requests below it.
+	DefaultWriteFloor = 24
 	// DefaultBatchInFlight is how many ledger requests a Batcher keeps in
 	// flight at most, reads and writes together; within it, each kind's
 	// limit adapts (Limiter).
@@ -175,6 +182,7 @@ type Batcher struct {
 
 // NewBatcher returns a Batcher sending to next.
 func NewBatcher(next BatchLedger, cfg BatcherConfig) (*Batcher, error) {
+	floor := cfg.Limiter.Floor // 0: the writes get DefaultWriteFloor
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -184,7 +192,13 @@ func NewBatcher(next BatchLedger, cfg BatcherConfig) (*Batcher, error) {
 	}
 	b := &Batcher{next: next, cfg: cfg, queues: map[queueKey]*queue{}, flights: map[flightKey]*flight{}}
 	for k := range b.limiters {
-		l, err := NewLimiter(cfg.Limiter)
+		lc := cfg.Limiter
+		if k == kindWrite && floor == 0 {
+			// The write floor in requests of full bulks, within the bounds.
+			per := min(cfg.MaxBatch, cfg.MaxWriteBatch)
+			lc.Floor = min(lc.Max, max(lc.Min, (DefaultWriteFloor+per-1)/per))
+		}
+		l, err := NewLimiter(lc)
 		if err != nil {
 			return nil, err
 		}

@@ -565,7 +565,7 @@ func TestBatcherConfig(t *testing.T) {
 		Window: ledgeradapter.DefaultBatchWindow, MaxBatch: ledgeradapter.DefaultBatchMax, MaxWriteBatch: ledgeradapter.DefaultWriteBatchMax,
 		MaxInFlight: ledgeradapter.DefaultBatchInFlight,
 		Limiter: ledgeradapter.LimiterConfig{
-			Initial: ledgeradapter.DefaultLimiterInitial, Min: 1, Max: ledgeradapter.DefaultBatchInFlight,
+			Initial: ledgeradapter.DefaultLimiterInitial, Min: 1, Max: ledgeradapter.DefaultBatchInFlight, Floor: 1,
 			Backoff: ledgeradapter.DefaultLimiterBackoff, FirstBatch: ledgeradapter.DefaultFirstBatch,
 			Band: ledgeradapter.DefaultLimiterBand, ProbeRounds: ledgeradapter.DefaultProbeRounds,
 		},

@@ -39,9 +39,13 @@ type LimiterConfig struct {
 	// Max).
 	Initial int
 	// Min and Max bound the limit (defaults 1 and DefaultBatchInFlight).
-	// Min is a floor no throughput measurement goes under; only overload
-	// signals and requests near their timeout do.
 	Min, Max int
+	// Floor is what the throughput probes never take the limit under
+	// (default Min, at most Max): only overload signals and requests near
+	// their timeout go below it, down to Min. A ledger that does worse with
+	// too little in flight (a pool that churns its connections) keeps what
+	// it needs when its throughput is noisy.
+	Floor int
 	// TargetLatency, when set, is the most latency a request may reach
 	// before the limit shrinks; by default (0) only TimeoutShare of the
 	// request's timeout is (a Sample with a Timeout). Latency is a poor
@@ -69,8 +73,11 @@ func (c *LimiterConfig) setDefaults() {
 	if c.Max == 0 {
 		c.Max = DefaultBatchInFlight
 	}
+	if c.Floor == 0 {
+		c.Floor = c.Min
+	}
 	if c.Initial == 0 {
-		c.Initial = max(c.Min, min(DefaultLimiterInitial, c.Max))
+		c.Initial = max(c.Floor, min(DefaultLimiterInitial, c.Max))
 	}
 	if c.Backoff == 0 {
 		c.Backoff = DefaultLimiterBackoff
@@ -92,6 +99,9 @@ func (c LimiterConfig) Validate() error {
 	var errs []error
 	if c.Min < 1 || c.Max < c.Min {
 		errs = append(errs, fmt.Errorf("ledgeradapter: limiter bounds %d to %d: want 1 <= min <= max", c.Min, c.Max))
+	}
+	if c.Floor < c.Min || c.Floor > c.Max {
+		errs = append(errs, fmt.Errorf("ledgeradapter: limiter floor %d is outside %d to %d", c.Floor, c.Min, c.Max))
 	}
 	if c.Initial < c.Min || c.Initial > c.Max {
 		errs = append(errs, fmt.Errorf("ledgeradapter: limiter initial %d is outside %d to %d", c.Initial, c.Min, c.Max))
@@ -374,7 +384,9 @@ func (l *Limiter) step(dir int) {
 	if dir > 0 {
 		l.limit = l.clamp(math.Max(l.limit+1, l.limit*probeStep))
 	} else {
-		l.limit = l.clamp(math.Min(l.limit-1, l.limit/probeStep))
+		// Not under the floor, unless an overload already took it there.
+		floor := math.Min(l.limit, float64(l.cfg.Floor))
+		l.limit = math.Max(floor, l.clamp(math.Min(l.limit-1, l.limit/probeStep)))
 	}
 }
 

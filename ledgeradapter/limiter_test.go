@@ -84,6 +84,21 @@ func TestLimiter(t *testing.T) {
 		})
 	})
 
+	t.Run("probes stop at the floor, overloads do not", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			// The thrashing ledger above, best at 2 in flight: the probes
+			// come down to the floor of 6 and stay there.
+			l := newTestLimiter(t, LimiterConfig{Initial: 16, Max: 64, Floor: 6})
+			seen := drive(l, 5*time.Minute, 10, func(in int) float64 {
+				return math.Max(100, 200*(1-0.05*float64(in-2)))
+			})
+			within(t, seen, 6, 9)
+			l.Observe(Sample{Overload: true})
+			require.Equal(t, 3, l.Limit(), "an overload goes under the floor")
+		})
+	})
+
 	t.Run("a limit that is not reached is not judged", func(t *testing.T) {
 		t.Parallel()
 		synctest.Test(t, func(t *testing.T) {
@@ -178,7 +193,7 @@ func TestLimiterConfigValidate(t *testing.T) {
 	require.NoError(t, LimiterConfig{}.Validate())
 	err := LimiterConfig{Min: 4, Max: 2, Backoff: 1.5, TargetLatency: -time.Second, FirstBatch: -1}.Validate()
 	require.Error(t, err)
-	for _, want := range []string{"bounds", "initial", "backoff", "target latency", "first batch"} {
+	for _, want := range []string{"bounds", "initial", "backoff", "target latency", "first batch", "floor"} {
 		require.ErrorContains(t, err, want)
 	}
 	_, err = NewLimiter(LimiterConfig{Initial: 100, Max: 10})
