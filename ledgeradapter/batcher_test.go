@@ -221,6 +221,15 @@ func TestBatcherLoneCallIsNotDelayed(t *testing.T) {
 	})
 }
 
+// heldBatcher is a Batcher over a fake ledger that holds each request until
+// released.
+func heldBatcher(t *testing.T, cfg ledgeradapter.BatcherConfig) (*fakeLedger, *ledgeradapter.Batcher) {
+	t.Helper()
+	f := newFake()
+	f.hold = make(chan struct{})
+	return f, newBatcher(t, f, cfg)
+}
+
 // Writes behind one in flight wait their window and leave together; reads
 // behind one in flight wait for it (or for a full batch): a list-accounts
 // request costs the real ledger v2.4.12 a scan of its accounts whatever it
@@ -232,9 +241,7 @@ func TestBatcherCoalesces(t *testing.T) {
 	t.Run("writes after the window", func(t *testing.T) {
 		t.Parallel()
 		synctest.Test(t, func(t *testing.T) {
-			f := newFake()
-			f.hold = make(chan struct{})
-			b := newBatcher(t, f, ledgeradapter.BatcherConfig{Window: window})
+			f, b := heldBatcher(t, ledgeradapter.BatcherConfig{Window: window})
 			ctx := context.Background()
 			first := goWrite(ctx, b, "a:0", "k0") // in flight, held
 			synctest.Wait()
@@ -261,9 +268,7 @@ func TestBatcherCoalesces(t *testing.T) {
 	t.Run("reads after the read in flight", func(t *testing.T) {
 		t.Parallel()
 		synctest.Test(t, func(t *testing.T) {
-			f := newFake()
-			f.hold = make(chan struct{})
-			b := newBatcher(t, f, ledgeradapter.BatcherConfig{Window: window})
+			f, b := heldBatcher(t, ledgeradapter.BatcherConfig{Window: window})
 			ctx := context.Background()
 			f.accounts["a:3"] = map[string]string{"n": "3"}
 
@@ -300,9 +305,7 @@ func TestBatcherCoalesces(t *testing.T) {
 	t.Run("a full batch of reads does not wait", func(t *testing.T) {
 		t.Parallel()
 		synctest.Test(t, func(t *testing.T) {
-			f := newFake()
-			f.hold = make(chan struct{})
-			b := newBatcher(t, f, ledgeradapter.BatcherConfig{Window: window, MaxBatch: 4})
+			f, b := heldBatcher(t, ledgeradapter.BatcherConfig{Window: window, MaxBatch: 4})
 			ctx := context.Background()
 			first := goRead(ctx, b, "a:0")
 			synctest.Wait()
