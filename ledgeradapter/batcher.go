@@ -197,6 +197,7 @@ func NewBatcher(next BatchLedger, cfg BatcherConfig) (*Batcher, error) {
 			// The write floor in requests of full bulks, within the bounds.
 			per := min(cfg.MaxBatch, cfg.MaxWriteBatch)
 			lc.Floor = min(lc.Max, max(lc.Min, (DefaultWriteFloor+per-1)/per))
+			lc.Initial = max(lc.Initial, lc.Floor)
 		}
 		l, err := NewLimiter(lc)
 		if err != nil {
@@ -231,7 +232,9 @@ func (k queueKey) kind() int {
 	return kindWrite
 }
 
-// Config returns the configuration in force, defaults applied.
+// Config returns the configuration in force, defaults applied. Its Limiter
+// is the reads'; the writes' has a floor of DefaultWriteFloor writes (in
+// full bulks) unless Limiter.Floor was set, and starts at least there.
 func (b *Batcher) Config() BatcherConfig { return b.cfg }
 
 // BatcherStats counts a Batcher's calls and the ledger requests that

@@ -577,7 +577,7 @@ func TestBatcherConfig(t *testing.T) {
 	err := ledgeradapter.BatcherConfig{Window: -1, MaxBatch: 101, MaxWriteBatch: 101, MaxInFlight: -1}.Validate()
 	require.ErrorContains(t, err, "window")
 	require.ErrorContains(t, err, "write batch max 101")
-	require.ErrorContains(t, err, "batch max 101")
+	require.ErrorContains(t, err, "ledgeradapter: batch max 101")
 	require.ErrorContains(t, err, "in flight -1")
 	err = ledgeradapter.BatcherConfig{MaxInFlight: 4, Limiter: ledgeradapter.LimiterConfig{Max: 8, Backoff: 2}}.Validate()
 	require.ErrorContains(t, err, "limiter max 8 is above the requests in flight 4")

@@ -454,12 +454,18 @@ func TestTxLimitBacksOffAndComesBack(t *testing.T) {
 			}
 		})
 	}
-	for c.TxLimit() < ledgeradapter.DefaultTxConcurrency && time.Since(start) < 20*time.Second {
+	// The limit is read while the load lasts: once it stops, the last
+	// round may take a step back that gained too little, as it should.
+	peak := 0
+	for peak < ledgeradapter.DefaultTxConcurrency && time.Since(start) < 20*time.Second {
+		peak = max(peak, c.TxLimit())
 		time.Sleep(10 * time.Millisecond)
 	}
+	back := time.Since(start)
 	close(done)
 	wg.Wait()
 	require.Zero(t, failed.Load())
-	require.Equal(t, ledgeradapter.DefaultTxConcurrency, c.TxLimit(), "back to the cap, never past it")
-	t.Logf("back at the cap %s after the ledger answered again", time.Since(start).Round(time.Millisecond))
+	require.Equal(t, ledgeradapter.DefaultTxConcurrency, peak, "back to the cap, never past it")
+	require.LessOrEqual(t, c.TxLimit(), ledgeradapter.DefaultTxConcurrency)
+	t.Logf("back at the cap %s after the ledger answered again", back.Round(time.Millisecond))
 }
