@@ -193,6 +193,11 @@ func NewBatcher(next BatchLedger, cfg BatcherConfig) (*Batcher, error) {
 	b := &Batcher{next: next, cfg: cfg, queues: map[queueKey]*queue{}, flights: map[flightKey]*flight{}}
 	for k := range b.limiters {
 		lc := cfg.Limiter
+		if k == kindRead {
+			// No small first batches of reads: a list of a hundred costs
+			// the ledger what a list of one does.
+			lc.FirstBatch = cfg.MaxBatch
+		}
 		if k == kindWrite && floor == 0 {
 			// The write floor in requests of full bulks, within the bounds.
 			per := min(cfg.MaxBatch, cfg.MaxWriteBatch)
@@ -233,8 +238,9 @@ func (k queueKey) kind() int {
 }
 
 // Config returns the configuration in force, defaults applied. Its Limiter
-// is the reads'; the writes' has a floor of DefaultWriteFloor writes (in
-// full bulks) unless Limiter.Floor was set, and starts at least there.
+// is the writes' but for the floor: the writes' has a floor of
+// DefaultWriteFloor writes (in full bulks) unless Limiter.Floor was set, and
+// starts at least there; the reads' has no first-batch cap.
 func (b *Batcher) Config() BatcherConfig { return b.cfg }
 
 // BatcherStats counts a Batcher's calls and the ledger requests that

@@ -302,6 +302,33 @@ func TestBatcherCoalesces(t *testing.T) {
 		})
 	})
 
+	t.Run("reads are not held to a small first batch", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			// Nothing came back yet, when writes leave in batches of at most
+			// FirstBatch; a list of 49 costs the ledger what a list of 1 does.
+			f, b := heldBatcher(t, ledgeradapter.BatcherConfig{Window: window})
+			ctx := context.Background()
+			first := goRead(ctx, b, "a:0")
+			synctest.Wait()
+			var rest []<-chan readResult
+			for i := 1; i < 50; i++ {
+				rest = append(rest, goRead(ctx, b, fmt.Sprintf("a:%d", i)))
+			}
+			synctest.Wait()
+			f.hold <- struct{}{}
+			require.NoError(t, (<-first).err)
+			synctest.Wait()
+			log := f.log()
+			require.Len(t, log, 2)
+			require.Equal(t, 49, log[1].n, "one request for the 49 that waited")
+			close(f.hold)
+			for _, ch := range rest {
+				require.NoError(t, (<-ch).err)
+			}
+		})
+	})
+
 	t.Run("a full batch of reads does not wait", func(t *testing.T) {
 		t.Parallel()
 		synctest.Test(t, func(t *testing.T) {
