@@ -366,9 +366,6 @@ type batch struct {
 	live   atomic.Int32 // calls whose caller still waits
 	ctx    context.Context
 	cancel context.CancelFunc
-	// inFlight is how many requests of its kind were in flight once it
-	// was, itself included.
-	inFlight int
 	// stale says it went because the expected time was stale (dispatch).
 	stale bool
 }
@@ -623,7 +620,6 @@ func (b *Batcher) dispatch() {
 		b.inFlight++
 		q.inFlight++
 		b.kindInFlight[k]++
-		bt.inFlight = b.kindInFlight[k]
 		b.stats.peak = max(b.stats.peak, b.inFlight)
 		go b.send(q, bt)
 	}
@@ -679,7 +675,7 @@ func (b *Batcher) send(q *queue, bt *batch) {
 		if errors.Is(err, ErrTimeout) {
 			b.stats.timeouts.Add(1)
 		}
-		sample := Sample{Latency: time.Since(start), Elements: len(bt.calls), InFlight: bt.inFlight, Overload: overload, Stale: bt.stale}
+		sample := Sample{Latency: time.Since(start), Elements: len(bt.calls), Overload: overload, Stale: bt.stale}
 		if t, ok := b.next.(interface{ TimeoutFor(int) time.Duration }); ok {
 			sample.Timeout = t.TimeoutFor(len(bt.calls))
 		}
@@ -715,7 +711,13 @@ func isOverload(err error) bool {
 	case e.StatusCode == 0:
 		return !errors.Is(e.Err, context.Canceled) && !errors.Is(e.Err, context.DeadlineExceeded)
 	}
-	return e.StatusCode >= 500 || e.StatusCode == http.StatusTooManyRequests
+	return overloadStatus(e.StatusCode)
+}
+
+// overloadStatus says whether an answer's status means the ledger did not
+// cope: a 5xx or a 429.
+func overloadStatus(code int) bool {
+	return code >= 500 || code == http.StatusTooManyRequests
 }
 
 // sendReads makes the request of calls and returns its error as a whole,

@@ -198,9 +198,6 @@ type Sample struct {
 	Latency time.Duration
 	// Elements is how many calls the request carried (at least 1).
 	Elements int
-	// InFlight is how many requests of the limiter were in flight when
-	// this one was sent, itself included.
-	InFlight int
 	// Overload says the ledger did not cope: a timeout, a 5xx, a 429 or no
 	// answer. Its latency is not used.
 	Overload bool

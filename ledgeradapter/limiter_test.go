@@ -32,7 +32,7 @@ func drive(l *Limiter, d time.Duration, n int, m ledgerModel) []int {
 		// With in requests in flight, one answer comes every latency/in.
 		latency := time.Duration(float64(in*n) / m(in) * float64(time.Second))
 		time.Sleep(latency / time.Duration(in))
-		l.Observe(Sample{Latency: latency, Elements: n, InFlight: in})
+		l.Observe(Sample{Latency: latency, Elements: n})
 		seen = append(seen, l.Limit())
 	}
 	return seen
@@ -105,7 +105,7 @@ func TestLimiter(t *testing.T) {
 			l := newTestLimiter(t, LimiterConfig{Initial: 8, Max: 64})
 			for i := range 200 {
 				time.Sleep(time.Duration(i%7) * time.Millisecond) // a demand that varies
-				l.Observe(Sample{Latency: time.Millisecond, Elements: 1 + i%5, InFlight: 3})
+				l.Observe(Sample{Latency: time.Millisecond, Elements: 1 + i%5})
 			}
 			require.Equal(t, 8, l.Limit())
 		})
@@ -119,7 +119,7 @@ func TestLimiter(t *testing.T) {
 			drive(l, 10*time.Second, 10, m)
 			before := l.Limit()
 			require.GreaterOrEqual(t, before, 24)
-			l.Observe(Sample{Overload: true, Latency: time.Hour, Elements: 50, InFlight: 40})
+			l.Observe(Sample{Overload: true, Latency: time.Hour, Elements: 50})
 			require.Equal(t, before/2, l.Limit())
 			// A round is about 200 ms here (10 elements at 50 a second
 			// per request in flight).
@@ -135,12 +135,12 @@ func TestLimiter(t *testing.T) {
 	t.Run("a request near its timeout shrinks the limit, whatever the throughput", func(t *testing.T) {
 		t.Parallel()
 		l := newTestLimiter(t, LimiterConfig{Initial: 16, Max: 64})
-		l.Observe(Sample{Latency: 4 * time.Second, Elements: 10, InFlight: 16, Timeout: 20 * time.Second})
+		l.Observe(Sample{Latency: 4 * time.Second, Elements: 10, Timeout: 20 * time.Second})
 		require.Equal(t, 16, l.Limit(), "4s is within a quarter of 20s")
-		l.Observe(Sample{Latency: 2 * time.Second, Elements: 10, InFlight: 16, Timeout: 5 * time.Second})
+		l.Observe(Sample{Latency: 2 * time.Second, Elements: 10, Timeout: 5 * time.Second})
 		require.Equal(t, 10, l.Limit(), "2s is beyond a quarter of 5s: 16 × 1.25 ÷ 2")
 		l = newTestLimiter(t, LimiterConfig{Initial: 16, Max: 64, TargetLatency: time.Second})
-		l.Observe(Sample{Latency: 2 * time.Second, Elements: 10, InFlight: 16, Timeout: 20 * time.Second})
+		l.Observe(Sample{Latency: 2 * time.Second, Elements: 10, Timeout: 20 * time.Second})
 		require.Equal(t, 8, l.Limit(), "a TargetLatency set is a ceiling too")
 	})
 
@@ -150,13 +150,13 @@ func TestLimiter(t *testing.T) {
 		const timeout = 4 * time.Second // the target is 1 s
 		require.Equal(t, DefaultFirstBatch, l.BatchLimit(MaxBulkSize), "nothing seen yet: a small batch")
 		require.Equal(t, 3, l.BatchLimit(3))
-		l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 10, InFlight: 2, Timeout: timeout})
+		l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 10, Timeout: timeout})
 		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize), "within the target: the most")
 
-		l.Observe(Sample{Latency: 2 * time.Second, Elements: 100, InFlight: 3, Timeout: timeout})
+		l.Observe(Sample{Latency: 2 * time.Second, Elements: 100, Timeout: timeout})
 		require.Equal(t, 1, l.Limit())
 		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize), "the limit gave first")
-		l.Observe(Sample{Latency: 2 * time.Second, Elements: 100, InFlight: 1, Timeout: timeout})
+		l.Observe(Sample{Latency: 2 * time.Second, Elements: 100, Timeout: timeout})
 		require.Equal(t, 50, l.BatchLimit(MaxBulkSize), "then the batch")
 		l.Observe(Sample{Overload: true})
 		require.Equal(t, 25, l.BatchLimit(MaxBulkSize))
@@ -165,10 +165,10 @@ func TestLimiter(t *testing.T) {
 		}
 		require.Equal(t, 1, l.BatchLimit(MaxBulkSize), "never below one call")
 
-		l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 1, InFlight: 1, Timeout: timeout})
+		l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 1, Timeout: timeout})
 		require.Equal(t, 11, l.BatchLimit(MaxBulkSize), "a tenth more per request within the target")
 		for range 20 {
-			l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 1, InFlight: 1, Timeout: timeout})
+			l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 1, Timeout: timeout})
 		}
 		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize))
 	})
@@ -177,10 +177,10 @@ func TestLimiter(t *testing.T) {
 		t.Parallel()
 		l := newTestLimiter(t, LimiterConfig{})
 		require.Zero(t, l.Expected())
-		l.Observe(Sample{Latency: time.Second, Elements: 1, InFlight: 1})
+		l.Observe(Sample{Latency: time.Second, Elements: 1})
 		require.Equal(t, time.Second, l.Expected())
 		for range 30 {
-			l.Observe(Sample{Latency: 100 * time.Millisecond, Elements: 1, InFlight: 1})
+			l.Observe(Sample{Latency: 100 * time.Millisecond, Elements: 1})
 		}
 		require.InDelta(t, 100*time.Millisecond, l.Expected(), float64(time.Millisecond))
 		l.Observe(Sample{Overload: true, Latency: time.Hour})

@@ -240,7 +240,7 @@ func (g *txGate) release(ctx context.Context, start time.Time, elements int, res
 		case e != nil:
 			overload = isOverload(e)
 		case resp != nil:
-			overload = resp.status >= 500 || resp.status == http.StatusTooManyRequests
+			overload = overloadStatus(resp.status)
 		}
 		g.limiter.Observe(Sample{Latency: time.Since(start), Elements: elements, Overload: overload, Timeout: timeout})
 	}

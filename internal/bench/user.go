@@ -21,6 +21,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/wallets-worker/wallets-worker/messages"
 )
@@ -226,27 +229,28 @@ func runCounters(ctx context.Context, url string, res *UserResult) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s answered %s", url, resp.Status)
 	}
-	body, err := io.ReadAll(resp.Body)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
 		return err
 	}
-	for line := range strings.Lines(string(body)) {
-		name, value, ok := strings.Cut(strings.TrimSpace(line), " ")
-		if !ok || strings.HasPrefix(name, "#") {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			continue
-		}
-		switch {
-		case strings.HasPrefix(name, "wallets_worker_ledger_requests_total{") && strings.Contains(name, `status="0"`):
-			res.Run.LedgerNoAnswer += int(v)
-		case strings.HasPrefix(name, "wallets_worker_retries_total"):
-			res.Run.Retries += int(v)
+	for _, m := range families["wallets_worker_ledger_requests_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "status" && l.GetValue() == "0" {
+				res.Run.LedgerNoAnswer += counterValue(m)
+			}
 		}
 	}
+	for _, m := range families["wallets_worker_retries_total"].GetMetric() {
+		res.Run.Retries += counterValue(m)
+	}
 	return nil
+}
+
+// counterValue is a counter's value, also when it was exposed without its
+// type.
+func counterValue(m *dto.Metric) int {
+	return int(m.GetCounter().GetValue() + m.GetUntyped().GetValue())
 }
 
 // publishAndAwait publishes the commands and waits for their outcomes. The
