@@ -92,7 +92,9 @@ type Config struct {
 	BatchMax          int
 	LedgerConcurrency int
 	// Concurrency of each worker (default as run's: the worker's without
-	// Batch, ledgeradapter.DefaultBatchingConcurrency with it); the baseline runs
+	// Batch, with it ledgeradapter.DefaultBatchingConcurrency against
+	// LedgerURL and DefaultInProcessConcurrency against the null or
+	// embedded ledger); the baseline runs
 	// Workers × Concurrency, the pool's total.
 	Concurrency int
 	// Order is the workers' --order (default wallet, as run's).
@@ -149,6 +151,9 @@ func (c *Config) setDefaults() {
 		c.Concurrency = worker.Config{}.WithDefaults().Concurrency
 		if c.Batch {
 			c.Concurrency = ledgeradapter.DefaultBatchingConcurrency
+			if c.LedgerURL == "" {
+				c.Concurrency = ledgeradapter.DefaultInProcessConcurrency
+			}
 		}
 	}
 	if c.Workers == 0 {

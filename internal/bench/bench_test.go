@@ -251,7 +251,7 @@ func TestDefaultsFollowRun(t *testing.T) {
 	require.NoError(t, json.Unmarshal(out.Bytes(), &res), out.String())
 	require.Equal(t, ledgeradapter.DefaultBatching, res.Batch != nil, "batched as run is by default")
 	if ledgeradapter.DefaultBatching {
-		require.Equal(t, ledgeradapter.DefaultBatchingConcurrency, res.Concurrency)
+		require.Equal(t, ledgeradapter.DefaultInProcessConcurrency, res.Concurrency, "the null ledger is in process")
 		require.Equal(t, ledgeradapter.DefaultBatchInFlight, res.Batch.LedgerConcurrency)
 		require.Positive(t, res.Batch.WriteLimit, "the adaptive limits are reported")
 		require.Positive(t, res.Batch.ReadLimit)

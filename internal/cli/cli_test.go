@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/internal/testutil"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/messages"
 	"github.com/wallets-worker/wallets-worker/worker"
 )
@@ -200,6 +201,29 @@ func TestEnvironmentVariables(t *testing.T) {
 		return ""
 	})
 	require.ErrorContains(t, err, "WALLETS_WORKER_CONCURRENCY")
+}
+
+// TestRunConcurrencyDefaults checks run's --concurrency by ledger: many
+// commands in flight for batches to form against a remote ledger, fewer
+// against the embedded one, the worker's own without batching; a value set
+// wins.
+func TestRunConcurrencyDefaults(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{nil, ledgeradapter.DefaultInProcessConcurrency},
+		{[]string{"--ledger-url", "http://127.0.0.1:3068"}, ledgeradapter.DefaultBatchingConcurrency},
+		{[]string{"--ledger-batch=false"}, worker.Config{}.WithDefaults().Concurrency},
+		{[]string{"--ledger-url", "http://127.0.0.1:3068", "--ledger-batch=false"}, worker.Config{}.WithDefaults().Concurrency},
+		{[]string{"--concurrency", "7"}, 7},
+	} {
+		fs, f := runFlagSet(Env{Stderr: io.Discard})
+		require.NoError(t, parse(fs, tc.args, func(string) string { return "" }))
+		require.NoError(t, f.validate(), "%v", tc.args)
+		require.Equal(t, tc.want, f.w.WithDefaults().Concurrency, "%v", tc.args)
+	}
 }
 
 func TestRunHelpNamesEveryFlagAndVariable(t *testing.T) {

@@ -78,7 +78,7 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.embeddedNATSAddr, "embedded-nats-addr", "127.0.0.1:4222", "listen address of the embedded NATS server")
 	fs.StringVar(&f.embeddedLedgerAddr, "embedded-ledger-addr", "127.0.0.1:3068", "listen address of the embedded ledger")
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9090", "listen address of /metrics (Prometheus), /healthz and /readyz (empty: off)")
-	fs.IntVar(&f.w.Concurrency, "concurrency", 0, fmt.Sprintf("commands in flight in this process (default %d with --ledger-batch, for batches to form against a slow ledger; %d without, each command then holding a ledger request)", ledgeradapter.DefaultBatchingConcurrency, def.Concurrency))
+	fs.IntVar(&f.w.Concurrency, "concurrency", 0, fmt.Sprintf("commands in flight in this process (default %d with --ledger-batch and --ledger-url, for batches to form against a slow ledger; %d with the embedded ledger, which answers at once; %d without --ledger-batch, each command then holding a ledger request)", ledgeradapter.DefaultBatchingConcurrency, ledgeradapter.DefaultInProcessConcurrency, def.Concurrency))
 	fs.DurationVar(&f.w.AckWait, "ack-wait", def.AckWait, "JetStream ack wait of the consumer: a command not settled by then goes to another worker")
 	fs.DurationVar(&f.w.HandlerTimeout, "handler-timeout", 0, "deadline of one attempt at a command, counted from when it gets a slot (or the ledger is back); below --ack-wait (default 2/3 of --ack-wait)")
 	fs.IntVar(&f.w.MaxDeliver, "max-deliver", def.MaxDeliver, "deliveries before a still-failing command is dead-lettered as RETRIES_EXHAUSTED")
@@ -103,6 +103,9 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 func (f *runFlags) validate() error {
 	if f.w.Concurrency == 0 && f.ledgerBatch {
 		f.w.Concurrency = ledgeradapter.DefaultBatchingConcurrency
+		if f.ledgerURL == "" {
+			f.w.Concurrency = ledgeradapter.DefaultInProcessConcurrency
+		}
 	}
 	var errs []error
 	if f.logFormat != "json" && f.logFormat != "text" {
