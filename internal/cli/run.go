@@ -419,18 +419,19 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 }
 
 // allEmbeddedMemoryLimit is the soft memory limit of the Go runtime when
-// `run` embeds both NATS and the ledger. About 40 MiB of the process's
-// resident memory is outside the Go heap (its mapped binary, the embedded
-// SQLite's pages), and under a full-speed publisher the live heap reaches
-// about 36 MiB, 16 of them the NATS server's two 8 MiB file-store block
-// buffers: without a limit the collector's headroom (GOGC=100) lets the
-// resident size pass 120 MiB. A limit close to the live heap costs more
-// than it saves: at 48 MiB the collector took 70% of the CPU and `bench
-// --workload user` created 2,300-2,500 balances/s (peak RSS 87 MiB); at 64
-// MiB, 4,600/s (96 MiB); with none, 7,300/s (132 MiB). The limit only makes
-// the collector run sooner as the heap nears it; it never refuses an
-// allocation.
-const allEmbeddedMemoryLimit = 64 << 20
+// `run` embeds both NATS and the ledger. About 30 MiB of the process's
+// resident memory is outside the Go heap (mostly its mapped binary), and
+// under a full-speed publisher the live heap reaches about 40 MiB, 16-28 of
+// them the NATS server's file-store block buffers: without a limit the
+// collector's headroom (GOGC=100) lets the resident size pass 120 MiB. A
+// limit close to the live heap costs more than it saves: at 48 MiB the
+// collector took 70% of the CPU. With 128 commands in flight (the embedded
+// ledger's default), `bench --workload user` (20,000 creates, five runs
+// each, alternated) created 5,861-7,045 balances/s at a peak of 97-102 MiB
+// under 64 MiB, 6,519-6,941/s at 93 MiB under 60, and 5,364-6,241/s at
+// 91-92 MiB under 56. The limit only makes the collector run sooner as the
+// heap nears it; it never refuses an allocation.
+const allEmbeddedMemoryLimit = 60 << 20
 
 // embeddedMemoryLimit is the soft memory limit run sets: allEmbeddedMemoryLimit
 // when it embeds both NATS and the ledger and the user has not set GOMEMLIMIT
