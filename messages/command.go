@@ -267,7 +267,9 @@ func decodeFields(body []byte, set func(name string, raw json.RawMessage) error)
 	if _, err := dec.Token(); err != nil { // the closing brace
 		return invalid(FieldBody, "is not JSON: %v", jsonErr(err))
 	}
-	if _, err := dec.Token(); err != io.EOF {
+	// Only JSON whitespace may follow (checked on the bytes: asking the
+	// decoder for one more token would build an error on every command).
+	if len(bytes.TrimLeft(body[dec.InputOffset():], " \t\r\n")) != 0 {
 		return invalid(FieldBody, "has data after the JSON object")
 	}
 	return nil

@@ -155,6 +155,7 @@ func TestDecodeCreateBalance_Invalid(t *testing.T) {
 		{"trailing object", subjectW1, `{"walletID":"w1","name":"n"}{}`, messages.FieldBody},
 		{"trailing garbage", subjectW1, `{"walletID":"w1","name":"n"} x`, messages.FieldBody},
 		{"trailing number", subjectW1, `{"walletID":"w1","name":"n"}0`, messages.FieldBody},
+		{"trailing form feed", subjectW1, "{\"walletID\":\"w1\",\"name\":\"n\"}\f", messages.FieldBody},
 		{"invalid UTF-8 in a value", subjectW1, "{\"walletID\":\"w1\",\"name\":\"n\xff\"}", messages.FieldBody},
 		{"invalid UTF-8 after the object", subjectW1, "{\"walletID\":\"w1\",\"name\":\"n\"}\xc3", messages.FieldBody},
 		{"byte order mark", subjectW1, "\xef\xbb\xbf{\"walletID\":\"w1\",\"name\":\"n\"}", messages.FieldBody},
