@@ -42,6 +42,7 @@ type Worker struct {
 
 	breaker *breaker
 	line    *line
+	runner  *runner
 	stats   Stats
 
 	// hooks lets tests inject faults at the settle seam.
@@ -95,6 +96,7 @@ func New(js jetstream.JetStream, kinds handlers.Kinds, cfg Config, log *slog.Log
 	w := &Worker{cfg: cfg, js: js, kinds: kinds, spans: spans, log: log, tracer: tracerFrom(cfg.TracerProvider), work: work, abortWork: abort}
 	w.breaker = newBreaker(cfg.Breaker, cfg.HandlerTimeout, log, cfg.Metrics, &w.stats)
 	w.line = newLine(cfg.Order, js, cfg.AckWait)
+	w.runner = newRunner()
 	return w, nil
 }
 
@@ -194,7 +196,7 @@ func (w *Worker) process(wm *message.Message) error {
 	defer w.cfg.Metrics.done()
 	ctx := w.startSpan(wm.Context(), d)
 	defer d.span.End()
-	w.handle(ctx, d)
+	w.runner.run(func() { w.handle(ctx, d) })
 	return nil
 }
 
