@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/internal/gopool"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -42,7 +43,7 @@ type Worker struct {
 
 	breaker *breaker
 	line    *line
-	runner  *runner
+	runner  *gopool.Pool
 	stats   Stats
 
 	// hooks lets tests inject faults at the settle seam.
@@ -96,7 +97,9 @@ func New(js jetstream.JetStream, kinds handlers.Kinds, cfg Config, log *slog.Log
 	w := &Worker{cfg: cfg, js: js, kinds: kinds, spans: spans, log: log, tracer: tracerFrom(cfg.TracerProvider), work: work, abortWork: abort}
 	w.breaker = newBreaker(cfg.Breaker, cfg.HandlerTimeout, log, cfg.Metrics, &w.stats)
 	w.line = newLine(cfg.Order, js, cfg.AckWait)
-	w.runner = newRunner()
+	// Each delivery is handled on a kept goroutine, whose stack has grown
+	// already.
+	w.runner = gopool.New(cfg.Concurrency)
 	return w, nil
 }
 
@@ -174,6 +177,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 	}()
 	err = router.Run(ctx)
+	w.runner.Stop() // its idle goroutines end
 	once.Do(func() {})
 	if drainTimer != nil {
 		drainTimer.Stop()
@@ -196,7 +200,7 @@ func (w *Worker) process(wm *message.Message) error {
 	defer w.cfg.Metrics.done()
 	ctx := w.startSpan(wm.Context(), d)
 	defer d.span.End()
-	w.runner.run(func() { w.handle(ctx, d) })
+	w.runner.Run(func() { w.handle(ctx, d) })
 	return nil
 }
 

@@ -93,8 +93,8 @@ type Config struct {
 	LedgerConcurrency int
 	// Concurrency of each worker (default as run's: the worker's without
 	// Batch, with it ledgeradapter.DefaultBatchingConcurrency against
-	// LedgerURL and DefaultInProcessConcurrency against the null or
-	// embedded ledger); the baseline runs
+	// LedgerURL or a LedgerLatency, DefaultInProcessConcurrency against the
+	// null or embedded ledger without one); the baseline runs
 	// Workers × Concurrency, the pool's total.
 	Concurrency int
 	// Order is the workers' --order (default wallet, as run's).
@@ -151,7 +151,9 @@ func (c *Config) setDefaults() {
 		c.Concurrency = worker.Config{}.WithDefaults().Concurrency
 		if c.Batch {
 			c.Concurrency = ledgeradapter.DefaultBatchingConcurrency
-			if c.LedgerURL == "" {
+			if c.LedgerURL == "" && c.LedgerLatency == 0 {
+				// An in-process ledger that answers at once, as run's
+				// embedded one; with a latency it stands for a remote one.
 				c.Concurrency = ledgeradapter.DefaultInProcessConcurrency
 			}
 		}

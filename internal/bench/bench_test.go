@@ -258,6 +258,15 @@ func TestDefaultsFollowRun(t *testing.T) {
 	} else {
 		require.Equal(t, worker.Config{}.WithDefaults().Concurrency, res.Concurrency)
 	}
+
+	// A null ledger with a latency stands for a remote one.
+	out.Reset()
+	require.NoError(t, Command(t.Context(), []string{"--json", "--commands", "40", "--baseline=false", "--timeout", "30s", "--ledger-latency", "1ms"}, &out, t.Output()))
+	res = Result{}
+	require.NoError(t, json.Unmarshal(out.Bytes(), &res), out.String())
+	if ledgeradapter.DefaultBatching {
+		require.Equal(t, ledgeradapter.DefaultBatchingConcurrency, res.Concurrency)
+	}
 }
 
 func TestTransactionsWorkload(t *testing.T) {

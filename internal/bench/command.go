@@ -74,7 +74,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		cfg.Order, err = worker.ParseOrder(v)
 		return err
 	})
-	fs.IntVar(&cfg.Concurrency, "concurrency", 0, fmt.Sprintf("commands in flight in each worker (default, as run: with --batch %d against --ledger-url and %d against the null or embedded ledger, %d without); the baseline runs --workers × this. Without --batch, also the most ledger requests in flight", ledgeradapter.DefaultBatchingConcurrency, ledgeradapter.DefaultInProcessConcurrency, def.Concurrency))
+	fs.IntVar(&cfg.Concurrency, "concurrency", 0, fmt.Sprintf("commands in flight in each worker (default, as run: with --batch %d against --ledger-url or with --ledger-latency, %d against the null or embedded ledger without one, %d without --batch); the baseline runs --workers × this. Without --batch, also the most ledger requests in flight", ledgeradapter.DefaultBatchingConcurrency, ledgeradapter.DefaultInProcessConcurrency, def.Concurrency))
 	fs.BoolVar(&cfg.Batch, "batch", ledgeradapter.DefaultBatching, "coalesce each worker's concurrent ledger reads and writes into list-accounts and bulk requests with adaptive limits (ledgeradapter.Batcher), as run's --ledger-batch (and its default)")
 	fs.DurationVar(&cfg.BatchWindow, "batch-window", ledgeradapter.DefaultBatchWindow, "with --batch: how long a call waits for others while one of its kind is in flight")
 	fs.IntVar(&cfg.BatchMax, "batch-max", ledgeradapter.DefaultBatchMax, "with --batch: most calls per request (1: no coalescing, only the --ledger-concurrency cap)")

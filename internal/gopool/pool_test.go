@@ -1,0 +1,125 @@
+package gopool
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// waitIdle waits until n goroutines of r wait for work.
+func waitIdle(t *testing.T, r *Pool, n int64) {
+	t.Helper()
+	require.Eventually(t, func() bool { return r.Idle() == n }, 10*time.Second, time.Millisecond)
+}
+
+func TestPoolKeepsItsGoroutines(t *testing.T) {
+	t.Parallel()
+	r := New(4)
+	for range 5 {
+		ran := false
+		r.Run(func() { ran = true })
+		require.True(t, ran)
+		waitIdle(t, r, 1)
+	}
+	require.EqualValues(t, 1, r.Started(), "one goroutine ran the five calls one after another")
+	r.Stop()
+	waitIdle(t, r, 0)
+}
+
+// TestPoolNeverWaitsForABusyGoroutine checks that a call runs while every
+// goroutine of the runner is busy: the waiting commands of a wallet keep
+// theirs while the head they wait for runs.
+func TestPoolNeverWaitsForABusyGoroutine(t *testing.T) {
+	t.Parallel()
+	r := New(4)
+	release := make(chan struct{})
+	first := make(chan struct{})
+	go r.Run(func() {
+		close(first)
+		<-release // waits for the second call, as a rider for its head
+	})
+	<-first
+	done := make(chan struct{})
+	go func() {
+		r.Run(func() { close(release) })
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second call waited for the busy goroutine")
+	}
+	require.EqualValues(t, 2, r.Started())
+	waitIdle(t, r, 2)
+}
+
+// TestPoolKeepsAtMostMaxIdle checks that goroutines started for a burst
+// do not all stay: at most maxIdle wait for work.
+func TestPoolKeepsAtMostMaxIdle(t *testing.T) {
+	t.Parallel()
+	r := New(2)
+	release := make(chan struct{})
+	calls := make(chan struct{})
+	for range 6 {
+		go func() {
+			r.Run(func() { <-release })
+			calls <- struct{}{}
+		}()
+	}
+	require.Eventually(t, func() bool { return r.Started() == 6 }, 10*time.Second, time.Millisecond)
+	close(release)
+	for range 6 {
+		<-calls
+	}
+	waitIdle(t, r, 2)
+	time.Sleep(20 * time.Millisecond)
+	require.EqualValues(t, 2, r.Idle(), "the other four ended")
+}
+
+func TestPoolRaisesAPanicOnTheCaller(t *testing.T) {
+	t.Parallel()
+	r := New(4)
+	var got any
+	func() {
+		defer func() { got = recover() }()
+		r.Run(func() { panicsInHandling() })
+	}()
+	require.NotNil(t, got, "the panic reaches the caller")
+	msg := fmt.Sprint(got)
+	require.True(t, strings.HasPrefix(msg, "handling broke"), msg)
+	require.Contains(t, msg, "panicsInHandling", "the stack of the goroutine that panicked comes along")
+
+	got = nil
+	func() {
+		defer func() { got = recover() }()
+		r.Run(runtime.Goexit)
+	}()
+	require.NotNil(t, got, "a Goexit is not a return")
+	require.Contains(t, fmt.Sprint(got), "Goexit")
+
+	ran := false
+	r.Run(func() { ran = true })
+	require.True(t, ran, "the runner goes on after a panic")
+}
+
+func panicsInHandling() { panic("handling broke") }
+
+// TestPoolGoDoesNotWait checks that Go returns while f runs, and that its
+// goroutine is kept for the next call.
+func TestPoolGoDoesNotWait(t *testing.T) {
+	t.Parallel()
+	r := New(4)
+	release := make(chan struct{})
+	ran := make(chan struct{}, 2)
+	r.Go(func() { <-release; ran <- struct{}{} })
+	close(release)
+	<-ran
+	waitIdle(t, r, 1)
+	r.Go(func() { ran <- struct{}{} })
+	<-ran
+	require.EqualValues(t, 1, r.Started(), "the second call ran on the kept goroutine")
+}
