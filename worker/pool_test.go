@@ -1,4 +1,4 @@
-package gopool
+package worker
 
 import (
 	"fmt"
@@ -11,22 +11,22 @@ import (
 )
 
 // waitIdle waits until n goroutines of r wait for work.
-func waitIdle(t *testing.T, r *Pool, n int64) {
+func waitIdle(t *testing.T, r *pool, n int64) {
 	t.Helper()
-	require.Eventually(t, func() bool { return r.Idle() == n }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return r.idleCount() == n }, 10*time.Second, time.Millisecond)
 }
 
 func TestPoolKeepsItsGoroutines(t *testing.T) {
 	t.Parallel()
-	r := New(4)
+	r := newPool(4)
 	for range 5 {
 		ran := false
-		r.Run(func() { ran = true })
+		r.run(func() { ran = true })
 		require.True(t, ran)
 		waitIdle(t, r, 1)
 	}
-	require.EqualValues(t, 1, r.Started(), "one goroutine ran the five calls one after another")
-	r.Stop()
+	require.EqualValues(t, 1, r.startedCount(), "one goroutine ran the five calls one after another")
+	r.stopIdle()
 	waitIdle(t, r, 0)
 }
 
@@ -35,17 +35,17 @@ func TestPoolKeepsItsGoroutines(t *testing.T) {
 // theirs while the head they wait for runs.
 func TestPoolNeverWaitsForABusyGoroutine(t *testing.T) {
 	t.Parallel()
-	r := New(4)
+	r := newPool(4)
 	release := make(chan struct{})
 	first := make(chan struct{})
-	go r.Run(func() {
+	go r.run(func() {
 		close(first)
 		<-release // waits for the second call, as a rider for its head
 	})
 	<-first
 	done := make(chan struct{})
 	go func() {
-		r.Run(func() { close(release) })
+		r.run(func() { close(release) })
 		close(done)
 	}()
 	select {
@@ -53,7 +53,7 @@ func TestPoolNeverWaitsForABusyGoroutine(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the second call waited for the busy goroutine")
 	}
-	require.EqualValues(t, 2, r.Started())
+	require.EqualValues(t, 2, r.startedCount())
 	waitIdle(t, r, 2)
 }
 
@@ -61,32 +61,32 @@ func TestPoolNeverWaitsForABusyGoroutine(t *testing.T) {
 // do not all stay: at most maxIdle wait for work.
 func TestPoolKeepsAtMostMaxIdle(t *testing.T) {
 	t.Parallel()
-	r := New(2)
+	r := newPool(2)
 	release := make(chan struct{})
 	calls := make(chan struct{})
 	for range 6 {
 		go func() {
-			r.Run(func() { <-release })
+			r.run(func() { <-release })
 			calls <- struct{}{}
 		}()
 	}
-	require.Eventually(t, func() bool { return r.Started() == 6 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return r.startedCount() == 6 }, 10*time.Second, time.Millisecond)
 	close(release)
 	for range 6 {
 		<-calls
 	}
 	waitIdle(t, r, 2)
 	time.Sleep(20 * time.Millisecond)
-	require.EqualValues(t, 2, r.Idle(), "the other four ended")
+	require.EqualValues(t, 2, r.idleCount(), "the other four ended")
 }
 
 func TestPoolRaisesAPanicOnTheCaller(t *testing.T) {
 	t.Parallel()
-	r := New(4)
+	r := newPool(4)
 	var got any
 	func() {
 		defer func() { got = recover() }()
-		r.Run(func() { panicsInHandling() })
+		r.run(func() { panicsInHandling() })
 	}()
 	require.NotNil(t, got, "the panic reaches the caller")
 	msg := fmt.Sprint(got)
@@ -96,13 +96,13 @@ func TestPoolRaisesAPanicOnTheCaller(t *testing.T) {
 	got = nil
 	func() {
 		defer func() { got = recover() }()
-		r.Run(runtime.Goexit)
+		r.run(runtime.Goexit)
 	}()
 	require.NotNil(t, got, "a Goexit is not a return")
 	require.Contains(t, fmt.Sprint(got), "Goexit")
 
 	ran := false
-	r.Run(func() { ran = true })
+	r.run(func() { ran = true })
 	require.True(t, ran, "the runner goes on after a panic")
 }
 
@@ -112,14 +112,14 @@ func panicsInHandling() { panic("handling broke") }
 // goroutine is kept for the next call.
 func TestPoolGoDoesNotWait(t *testing.T) {
 	t.Parallel()
-	r := New(4)
+	r := newPool(4)
 	release := make(chan struct{})
 	ran := make(chan struct{}, 2)
-	r.Go(func() { <-release; ran <- struct{}{} })
+	r.goRun(func() { <-release; ran <- struct{}{} })
 	close(release)
 	<-ran
 	waitIdle(t, r, 1)
-	r.Go(func() { ran <- struct{}{} })
+	r.goRun(func() { ran <- struct{}{} })
 	<-ran
-	require.EqualValues(t, 1, r.Started(), "the second call ran on the kept goroutine")
+	require.EqualValues(t, 1, r.startedCount(), "the second call ran on the kept goroutine")
 }
