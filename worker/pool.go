@@ -10,7 +10,7 @@ import (
 
 // poolIdleTimeout is how long a goroutine of a pool waits for its next call
 // before it ends.
-const poolIdleTimeout = 10 * time.Second
+const poolIdleTimeout = time.Second
 
 // pool runs functions on goroutines kept from one call to the next. A fresh
 // goroutine starts with a small stack and grows it, copying it each time, as
