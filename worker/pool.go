@@ -9,8 +9,12 @@ import (
 )
 
 // poolIdleTimeout is how long a goroutine of a pool waits for its next call
-// before it ends.
-const poolIdleTimeout = time.Second
+// before it ends. Under load the next delivery comes within milliseconds;
+// after a burst, kept goroutines would hold their grown stacks, which a
+// process under a soft memory limit pays for: kept for a second, they
+// slowed the raw JetStream loop that `bench --workload user` runs right
+// after the worker's commands, on the same server.
+const poolIdleTimeout = 100 * time.Millisecond
 
 // pool runs functions on goroutines kept from one call to the next. A fresh
 // goroutine starts with a small stack and grows it, copying it each time, as
