@@ -58,6 +58,16 @@ const (
 	DefaultBatchInFlight = 64
 )
 
+// BatchingConcurrency is how many commands a worker should have in flight
+// in front of a Batcher: DefaultInProcessConcurrency when the ledger runs in
+// its process and answers at once, DefaultBatchingConcurrency otherwise.
+func BatchingConcurrency(inProcess bool) int {
+	if inProcess {
+		return DefaultInProcessConcurrency
+	}
+	return DefaultBatchingConcurrency
+}
+
 // BatchLedger is what a Batcher sends its requests to; *Client implements
 // it.
 type BatchLedger interface {

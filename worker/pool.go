@@ -29,7 +29,7 @@ type pool struct {
 	jobs    chan func()
 	maxIdle int64
 	stopped chan struct{}
-	stop    func()
+	stop    sync.Once
 
 	idle, started atomic.Int64
 }
@@ -37,9 +37,7 @@ type pool struct {
 // newPool returns a pool that keeps at most maxIdle idle goroutines (at least
 // one).
 func newPool(maxIdle int) *pool {
-	p := &pool{jobs: make(chan func()), maxIdle: int64(max(maxIdle, 1)), stopped: make(chan struct{})}
-	p.stop = sync.OnceFunc(func() { close(p.stopped) })
-	return p
+	return &pool{jobs: make(chan func()), maxIdle: int64(max(maxIdle, 1)), stopped: make(chan struct{})}
 }
 
 // goRun runs f on one of p's goroutines, as the go statement would: a panic in
@@ -80,7 +78,7 @@ func (p *pool) run(f func()) {
 }
 
 // stopIdle ends the idle goroutines, and those that become idle later.
-func (p *pool) stopIdle() { p.stop() }
+func (p *pool) stopIdle() { p.stop.Do(func() { close(p.stopped) }) }
 
 // idleCount returns how many goroutines wait for work; startedCount how
 // many were started (for tests).

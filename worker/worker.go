@@ -42,7 +42,7 @@ type Worker struct {
 
 	breaker *breaker
 	line    *line
-	runner  *pool
+	pool    *pool
 	stats   Stats
 
 	// hooks lets tests inject faults at the settle seam.
@@ -98,7 +98,7 @@ func New(js jetstream.JetStream, kinds handlers.Kinds, cfg Config, log *slog.Log
 	w.line = newLine(cfg.Order, js, cfg.AckWait)
 	// Each delivery is handled on a kept goroutine, whose stack has grown
 	// already.
-	w.runner = newPool(cfg.Concurrency)
+	w.pool = newPool(cfg.Concurrency)
 	return w, nil
 }
 
@@ -176,7 +176,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 	}()
 	err = router.Run(ctx)
-	w.runner.stopIdle() // its idle goroutines end
+	w.pool.stopIdle() // its idle goroutines end
 	once.Do(func() {})
 	if drainTimer != nil {
 		drainTimer.Stop()
@@ -199,7 +199,7 @@ func (w *Worker) process(wm *message.Message) error {
 	defer w.cfg.Metrics.done()
 	ctx := w.startSpan(wm.Context(), d)
 	defer d.span.End()
-	w.runner.run(func() { w.handle(ctx, d) })
+	w.pool.run(func() { w.handle(ctx, d) })
 	return nil
 }
 

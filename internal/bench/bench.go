@@ -150,12 +150,9 @@ func (c *Config) setDefaults() {
 		// without one each command holds a ledger request.
 		c.Concurrency = worker.Config{}.WithDefaults().Concurrency
 		if c.Batch {
-			c.Concurrency = ledgeradapter.DefaultBatchingConcurrency
-			if c.LedgerURL == "" && c.LedgerLatency == 0 {
-				// An in-process ledger that answers at once, as run's
-				// embedded one; with a latency it stands for a remote one.
-				c.Concurrency = ledgeradapter.DefaultInProcessConcurrency
-			}
+			// The null and embedded ledgers answer at once, as run's
+			// embedded one; with a latency they stand for a remote one.
+			c.Concurrency = ledgeradapter.BatchingConcurrency(c.LedgerURL == "" && c.LedgerLatency == 0)
 		}
 	}
 	if c.Workers == 0 {

@@ -102,10 +102,7 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 
 func (f *runFlags) validate() error {
 	if f.w.Concurrency == 0 && f.ledgerBatch {
-		f.w.Concurrency = ledgeradapter.DefaultBatchingConcurrency
-		if f.ledgerURL == "" {
-			f.w.Concurrency = ledgeradapter.DefaultInProcessConcurrency
-		}
+		f.w.Concurrency = ledgeradapter.BatchingConcurrency(f.ledgerURL == "")
 	}
 	var errs []error
 	if f.logFormat != "json" && f.logFormat != "text" {
