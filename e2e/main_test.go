@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -64,6 +65,8 @@ var (
 	waitFlag             = flag.Duration("e2e.wait", 2*time.Minute, "deadline of each wait for the worker (readiness, progress, completion)")
 	raceBinaryFlag       = flag.Bool("e2e.race-binary", raceEnabled, "build the worker binary with -race (default: when the tests run with -race)")
 	binaryFlag           = flag.String("e2e.binary", "", "run this wallets-worker binary instead of building ./cmd/wallets-worker")
+	logDirFlag           = flag.String("e2e.logdir", "", "write each worker process's whole output to a file in this directory when its test ends")
+	logLevelFlag         = flag.String("e2e.log-level", "", "--log-level of every worker process (default: the worker's own)")
 )
 
 // workerBinary is the wallets-worker binary TestMain built.
@@ -185,6 +188,9 @@ func startWorkerEnv(t testing.TB, name string, env []string, args ...string) *wo
 	t.Helper()
 	httpAddr := freeAddr(t)
 	full := append([]string{"run", "--http-addr", httpAddr, "--log-format", "text"}, args...)
+	if *logLevelFlag != "" {
+		full = append(full, "--log-level", *logLevelFlag)
+	}
 	cmd := exec.Command(workerBinary, full...)
 	cmd.Env = append(workerEnv(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -205,6 +211,12 @@ func startWorkerEnv(t testing.TB, name string, env []string, args ...string) *wo
 		}
 		if t.Failed() {
 			t.Logf("---- %s (%s) output, last lines ----\n%s", p.name, strings.Join(full, " "), p.logs.Tail(120))
+		}
+		if *logDirFlag != "" {
+			name := filepath.Join(*logDirFlag, strings.ReplaceAll(t.Name(), "/", "_")+"."+p.name+".log")
+			if err := os.WriteFile(name, []byte(p.logs.String()), 0o644); err != nil {
+				t.Errorf("writing %s's output: %v", p.name, err)
+			}
 		}
 	})
 	p.waitReady(t)

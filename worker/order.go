@@ -49,12 +49,12 @@ func ParseOrder(s string) (Order, error) {
 // through redeliveries, retries and worker deaths (the head of a dead
 // worker is redelivered after AckWait and the line resumes).
 //
-// The cost: one get per command;
-// a wallet's commands one at a time; and a waiting command holds a slot, so
-// a worker that holds many commands of one busy wallet has fewer slots for
-// the others. A waiter that has waited a whole AckWait is handed back, so
-// that slots full of waiters cannot keep a redelivered head from being
-// pulled.
+// The cost: one get per command, and a wallet's commands one at a time. A
+// waiting command steps aside (delivery.stepAside): it gives its slot back
+// and waits, its lease renewed, for as long as the head takes. Past the
+// aside room it waits in its slot, and is handed back after a whole AckWait
+// (handBackDue), so that slots full of waiters cannot keep a redelivered
+// head from being pulled.
 type line struct {
 	order   Order
 	stream  func(ctx context.Context) (jetstream.Stream, error)
@@ -329,7 +329,7 @@ func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start ti
 			case <-wt.taken:
 				return errRiding
 			}
-			if time.Since(start) >= l.maxWait {
+			if handBackDue(d, start, l.maxWait) {
 				return errLineWait
 			}
 			continue
@@ -352,7 +352,7 @@ func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start ti
 				waiting(0)
 			}
 		}
-		if time.Since(start) >= l.maxWait {
+		if handBackDue(d, start, l.maxWait) {
 			return errLineWait
 		}
 		select {
@@ -368,6 +368,18 @@ func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start ti
 			return errRiding
 		}
 	}
+}
+
+// handBackDue reports whether d, waiting for its wallet's line since start,
+// is to be handed back: only a command that waits in its slot (the aside room
+// full) is, once it has waited maxWait, so that slots full of waiters cannot
+// keep the head from being pulled. One that stepped aside holds nothing
+// another command needs, and waits as long as the head takes: handed back,
+// it would spend a delivery of its retry budget per maxWait behind a head that
+// keeps its place through a long retry, and be dead-lettered as
+// RETRIES_EXHAUSTED without having failed once.
+func handBackDue(d *delivery, start time.Time, maxWait time.Duration) bool {
+	return !d.aside && time.Since(start) >= maxWait
 }
 
 // stop hands every waiting delivery back: the worker drains.

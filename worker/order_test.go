@@ -323,3 +323,33 @@ func deniedWorker(t *testing.T, deny ...string) (admin, js jetstream.JetStream, 
 	require.NoError(t, err)
 	return admin, js, w
 }
+
+// TestWaitersKeepTheirDeliveriesBehindALongRetry: the head of a wallet's
+// line fails once and waits for its retry seven ack waits away; the five
+// commands behind it wait for it in the worker, aside, rather than be
+// handed back every ack wait. Handed back, each would spend a delivery per
+// ack wait, reach --max-deliver behind a command that keeps its place, and
+// be dead-lettered as RETRIES_EXHAUSTED without a single failure (and the
+// last of them would then go ahead of the head).
+func TestWaitersKeepTheirDeliveriesBehindALongRetry(t *testing.T) {
+	t.Parallel()
+	rec := &applied{order: map[string][]int{}, failed: map[string]bool{}}
+	kind := seqKind{rec: rec} // n = 3 fails once
+	b := setup(t, withKinds(kind), withConfig(func(c *Config) {
+		c.AckWait = time.Second
+		c.MaxDeliver = 3
+		c.Backoff = Backoff{Initial: 7 * time.Second, Max: 7 * time.Second}
+	}))
+	for n := 3; n <= 8; n++ {
+		b.publish(t, kindMsg("seq", "w0", fmt.Sprintf("w0-%d", n), fmt.Sprintf(`{"walletID":"w0","n":%d}`, n)))
+	}
+	st := b.worker.Stats()
+	require.Eventually(t, func() bool { return st.Created.Load()+st.Rejected.Load() == 6 },
+		20*time.Second, 20*time.Millisecond, "not every command was settled")
+	require.Zero(t, st.Rejected.Load(), "a command behind the retry was rejected")
+	rec.mu.Lock()
+	require.Equal(t, []int{3, 4, 5, 6, 7, 8}, rec.order["w0"])
+	rec.mu.Unlock()
+	require.Equal(t, int64(1), st.Retried.Load(), "one retry, the head's: none of the commands behind it was handed back")
+	require.Equal(t, uint64(7), b.deliveries(t), "six commands, one retry: seven deliveries")
+}

@@ -423,6 +423,11 @@ again:
 			if !d.stepAside() { // its slot to others meanwhile
 				inSlot = d.waitInSlot()
 			}
+		} else if !d.aside && d.stepAside() {
+			// Room aside came free since: a waiter there is not handed
+			// back (handBackDue).
+			inSlot()
+			inSlot = func() {}
 		}
 		behind = max(head, behind, 1)
 	})
