@@ -49,3 +49,11 @@ func (c Config) RetryBudget() time.Duration {
 	c.setDefaults()
 	return c.Backoff.Budget(c.MaxDeliver)
 }
+
+// lineAsideWait is how long a command that stepped aside waits for its
+// wallet's line before it is handed back: longer than a live head can keep
+// its place, its whole retry budget plus an AckWait for each of the
+// deliveries JetStream makes (line.handBackDue).
+func (c Config) lineAsideWait() time.Duration {
+	return c.RetryBudget() + time.Duration(c.MaxDeliver+serverMaxDeliverMargin)*c.AckWait
+}

@@ -43,7 +43,7 @@ func ParseOrder(s string) (Order, error) {
 // message on that filter (a direct get on a single-replica stream, else a
 // message get served by the stream's leader, never stale; see
 // directReadable). A delivery is applied only when it is its wallet's head; until then
-// it waits in its slot, its lease renewed, woken when a command of the same
+// it waits, its lease renewed, woken when a command of the same
 // wallet settles in this process and polling otherwise (another worker holds
 // the head). A command of one wallet thus never overtakes an earlier one,
 // through redeliveries, retries and worker deaths (the head of a dead
@@ -51,14 +51,17 @@ func ParseOrder(s string) (Order, error) {
 //
 // The cost: one get per command, and a wallet's commands one at a time. A
 // waiting command steps aside (delivery.stepAside): it gives its slot back
-// and waits, its lease renewed, for as long as the head takes. Past the
-// aside room it waits in its slot, and is handed back after a whole AckWait
-// (handBackDue), so that slots full of waiters cannot keep a redelivered
-// head from being pulled.
+// and waits, its lease renewed, as long as a live head can take. Past the
+// aside room it waits in its slot, and is handed back after a whole AckWait,
+// so that slots full of waiters cannot keep a redelivered head from being
+// pulled (see handBackDue).
 type line struct {
-	order   Order
-	stream  func(ctx context.Context) (jetstream.Stream, error)
-	maxWait time.Duration
+	order  Order
+	stream func(ctx context.Context) (jetstream.Stream, error)
+	// maxWait is how long a command waits in its slot, and how long one
+	// waits while the stream cannot be asked; asideWait how long one that
+	// stepped aside waits (handBackDue).
+	maxWait, asideWait time.Duration
 
 	// draining is closed when the worker drains.
 	draining chan struct{}
@@ -119,12 +122,13 @@ var errDraining = errors.New("draining")
 // errLineWait is returned when a delivery waited maxWait for its turn.
 var errLineWait = errors.New("waited a whole ack wait for an earlier command of the wallet")
 
-func newLine(order Order, js jetstream.JetStream, maxWait time.Duration) *line {
+func newLine(order Order, js jetstream.JetStream, maxWait, asideWait time.Duration) *line {
 	return &line{
-		order:    order,
-		maxWait:  maxWait,
-		draining: make(chan struct{}),
-		waiting:  map[string]map[uint64]*lineWaiter{},
+		order:     order,
+		maxWait:   maxWait,
+		asideWait: asideWait,
+		draining:  make(chan struct{}),
+		waiting:   map[string]map[uint64]*lineWaiter{},
 		stream: func(ctx context.Context) (jetstream.Stream, error) {
 			s, err := js.Stream(ctx, messages.StreamCommands)
 			if err != nil {
@@ -292,7 +296,8 @@ func (l *line) left(wallet string) {
 
 // await returns once d is the head of its wallet's line, with how long it
 // waited and the head it waited behind last (0 if none). It returns an error
-// when ctx ends or after maxWait.
+// when ctx ends, when the worker drains, or when it is to be handed back
+// (handBackDue).
 //
 // When a head takes wt along, await returns errRiding, whatever it was
 // doing: wt's answer comes from the head.
@@ -313,6 +318,7 @@ func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start ti
 	d := wt.d
 	poll := linePollMin
 	var failures int
+	var failingSince time.Time // of the asks failing in a row
 	for {
 		if l.behind(wallet, d.seq) {
 			// An earlier command of the wallet waits here: it asks the
@@ -329,7 +335,7 @@ func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start ti
 			case <-wt.taken:
 				return errRiding
 			}
-			if handBackDue(d, start, l.maxWait) {
+			if l.handBackDue(d, start, time.Time{}) {
 				return errLineWait
 			}
 			continue
@@ -342,17 +348,20 @@ func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start ti
 			return nil
 		case err == nil:
 			waiting(head)
-			failures = 0
+			failures, failingSince = 0, time.Time{}
 		default:
 			if ctx.Err() != nil {
 				return context.Cause(ctx)
 			}
 			failures++
+			if failures == 1 {
+				failingSince = time.Now()
+			}
 			if failures == 3 {
 				waiting(0)
 			}
 		}
-		if handBackDue(d, start, l.maxWait) {
+		if l.handBackDue(d, start, failingSince) {
 			return errLineWait
 		}
 		select {
@@ -370,16 +379,29 @@ func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start ti
 	}
 }
 
-// handBackDue reports whether d, waiting for its wallet's line since start,
-// is to be handed back: only a command that waits in its slot (the aside room
-// full) is, once it has waited maxWait, so that slots full of waiters cannot
-// keep the head from being pulled. One that stepped aside holds nothing
-// another command needs, and waits as long as the head takes: handed back,
-// it would spend a delivery of its retry budget per maxWait behind a head that
-// keeps its place through a long retry, and be dead-lettered as
-// RETRIES_EXHAUSTED without having failed once.
-func handBackDue(d *delivery, start time.Time, maxWait time.Duration) bool {
-	return !d.aside && time.Since(start) >= maxWait
+// handBackDue reports whether d, waiting for its wallet's line since start
+// (the stream failing to answer since failing, if not zero), is to be handed
+// back. A command waiting in its slot (the aside room full) is, after
+// maxWait, so that slots full of waiters cannot keep the head from being
+// pulled; so is one that could not ask the stream for maxWait (its
+// connection may be gone, and the command redelivered elsewhere). One that
+// stepped aside holds nothing another command needs: it waits asideWait,
+// longer than a live head can keep its place (its whole retry budget, and
+// an ack wait per delivery), since each hand-back spends a delivery of its
+// own budget; handed back every maxWait, the commands behind a head in a
+// long retry were dead-lettered as RETRIES_EXHAUSTED without having failed
+// once. Past asideWait the head is taken to be stranded (JetStream will not
+// deliver it again), and its waiters are handed back, in the end
+// dead-lettered, rather than wait forever.
+func (l *line) handBackDue(d *delivery, start, failing time.Time) bool {
+	switch {
+	case !failing.IsZero() && time.Since(failing) >= l.maxWait:
+		return true
+	case d.aside:
+		return time.Since(start) >= l.asideWait
+	default:
+		return time.Since(start) >= l.maxWait
+	}
 }
 
 // stop hands every waiting delivery back: the worker drains.

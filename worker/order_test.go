@@ -289,7 +289,7 @@ func TestOrderReadsDirectlyOnOneReplica(t *testing.T) {
 	require.ErrorContains(t, err, "--order none")
 
 	admin, js, w := deniedWorker(t, "$JS.API.STREAM.MSG.GET.>")
-	l := newLine(OrderWallet, js, time.Second)
+	l := newLine(OrderWallet, js, time.Second, time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, err = admin.PublishMsg(ctx, kindMsg("seq", "wd", "wd-1", `{"walletID":"wd","n":1}`))
@@ -325,7 +325,7 @@ func deniedWorker(t *testing.T, deny ...string) (admin, js jetstream.JetStream, 
 }
 
 // TestWaitersKeepTheirDeliveriesBehindALongRetry: the head of a wallet's
-// line fails once and waits for its retry seven ack waits away; the five
+// line fails once and waits for its retry six ack waits away; the five
 // commands behind it wait for it in the worker, aside, rather than be
 // handed back every ack wait. Handed back, each would spend a delivery per
 // ack wait, reach --max-deliver behind a command that keeps its place, and
@@ -336,20 +336,63 @@ func TestWaitersKeepTheirDeliveriesBehindALongRetry(t *testing.T) {
 	rec := &applied{order: map[string][]int{}, failed: map[string]bool{}}
 	kind := seqKind{rec: rec} // n = 3 fails once
 	b := setup(t, withKinds(kind), withConfig(func(c *Config) {
-		c.AckWait = time.Second
+		c.AckWait = 2 * time.Second
 		c.MaxDeliver = 3
-		c.Backoff = Backoff{Initial: 7 * time.Second, Max: 7 * time.Second}
+		c.Backoff = Backoff{Initial: 12 * time.Second, Max: 12 * time.Second}
 	}))
 	for n := 3; n <= 8; n++ {
 		b.publish(t, kindMsg("seq", "w0", fmt.Sprintf("w0-%d", n), fmt.Sprintf(`{"walletID":"w0","n":%d}`, n)))
 	}
 	st := b.worker.Stats()
 	require.Eventually(t, func() bool { return st.Created.Load()+st.Rejected.Load() == 6 },
-		20*time.Second, 20*time.Millisecond, "not every command was settled")
+		30*time.Second, 20*time.Millisecond, "not every command was settled")
 	require.Zero(t, st.Rejected.Load(), "a command behind the retry was rejected")
 	rec.mu.Lock()
 	require.Equal(t, []int{3, 4, 5, 6, 7, 8}, rec.order["w0"])
 	rec.mu.Unlock()
 	require.Equal(t, int64(1), st.Retried.Load(), "one retry, the head's: none of the commands behind it was handed back")
 	require.Equal(t, uint64(7), b.deliveries(t), "six commands, one retry: seven deliveries")
+}
+
+// TestWaitersBehindAStrandedHeadAreHandedBack: a head JetStream will never
+// deliver again (past the consumer's max deliveries, its every settle
+// failed) blocks its wallet's line for good. The commands behind it wait
+// aside longer than a live head could keep its place, and are then handed
+// back, which past their own budget dead-letters them, rather than wait
+// forever.
+func TestWaitersBehindAStrandedHeadAreHandedBack(t *testing.T) {
+	t.Parallel()
+	rec := &applied{order: map[string][]int{}, failed: map[string]bool{}}
+	kind := seqKind{rec: rec} // n = 3 fails once
+	const headKey = "w0-3"
+	b := setup(t, withKinds(kind), withConfig(func(c *Config) {
+		c.AckWait = time.Second
+		c.MaxDeliver = 1
+		c.Backoff = Backoff{Initial: 50 * time.Millisecond, Max: 50 * time.Millisecond}
+	}), withHooks(func(b *bundle) hooks {
+		return hooks{publish: func(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
+			if m.Header.Get(messages.HeaderMsgID) == headKey {
+				return nil, errors.New("injected: the head's dead letter is never stored")
+			}
+			return b.js.PublishMsg(ctx, m)
+		}}
+	}))
+	asideWait := b.worker.cfg.lineAsideWait()
+	require.Equal(t, 6*time.Second, asideWait, "no retry budget at --max-deliver 1, and six ack waits")
+	start := time.Now()
+	for n := 3; n <= 5; n++ {
+		b.publish(t, kindMsg("seq", "w0", fmt.Sprintf("w0-%d", n), fmt.Sprintf(`{"walletID":"w0","n":%d}`, n)))
+	}
+	st := b.worker.Stats()
+	require.Eventually(t, func() bool { return st.DeadLettered.Load() == 2 }, asideWait+10*time.Second, 20*time.Millisecond,
+		"the commands behind the stranded head were not dead-lettered")
+	require.GreaterOrEqual(t, time.Since(start), asideWait, "handed back before a live head's time was up")
+	rec.mu.Lock()
+	require.Empty(t, rec.order["w0"], "a command went ahead of its head")
+	rec.mu.Unlock()
+	require.EqualValues(t, 1, b.commandsLeft(t), "the stranded head stays in the stream")
+	for _, dl := range b.dlq.all() {
+		require.Equal(t, []string{"RETRIES_EXHAUSTED"}, dl.Header["Wallets-Dlq-Code"])
+		require.NotEqual(t, headKey, dl.Header.Get(messages.HeaderMsgID))
+	}
 }

@@ -95,7 +95,7 @@ func New(js jetstream.JetStream, kinds handlers.Kinds, cfg Config, log *slog.Log
 	cfg.Metrics.kinds(names)
 	w := &Worker{cfg: cfg, js: js, kinds: kinds, spans: spans, log: log, tracer: tracerFrom(cfg.TracerProvider), work: work, abortWork: abort}
 	w.breaker = newBreaker(cfg.Breaker, cfg.HandlerTimeout, log, cfg.Metrics, &w.stats)
-	w.line = newLine(cfg.Order, js, cfg.AckWait)
+	w.line = newLine(cfg.Order, js, cfg.AckWait, cfg.lineAsideWait())
 	// Each delivery is handled on a kept goroutine, whose stack has grown
 	// already.
 	w.pool = newPool(cfg.Concurrency)
@@ -403,8 +403,9 @@ func (w *Worker) decide(ctx context.Context, d *delivery, key, wallet string, cm
 
 // awaitTurn waits until d is the head of its wallet's line, its lease held
 // meanwhile. It returns false when d was handed back instead: drained, or
-// after a whole AckWait (its slot is then given up so that the head, if it
-// is to be redelivered, can be pulled). When a head took d along in its
+// after waiting a whole AckWait in its slot (given up so that the head, if
+// it is to be redelivered, can be pulled), or past line.handBackDue's other
+// bounds. When a head took d along in its
 // chain, it returns the answer the chain gave d.
 func (w *Worker) awaitTurn(ctx context.Context, d *delivery, key, wallet string, cmd handlers.Command) (*handlers.ChainAnswer, bool) {
 	d.lease.holdUntil(time.Time{})
@@ -451,6 +452,7 @@ again:
 		}
 		return &a, true
 	}
+	aside := d.aside
 	d.stepIn(linePollMax)
 	if behind != 0 {
 		w.cfg.Metrics.orderWait(-1)
@@ -463,7 +465,8 @@ again:
 	case err == nil:
 		return nil, true
 	case errors.Is(err, errLineWait) && w.canHandBack(d):
-		w.log.Warn("command handed back after waiting a whole ack wait for its wallet's line", w.logAttrs(d, key, "wallet", wallet, "head_seq", behind)...)
+		w.log.Warn("command handed back after waiting for its wallet's line", w.logAttrs(d, key, "wallet", wallet, "head_seq", behind,
+			"waited", waited.Round(time.Millisecond).String(), "aside", aside)...)
 		w.nak(d, time.Second, retryOrder)
 	case errors.Is(err, errLineWait):
 		return nil, true // JetStream would not deliver it again: go ahead
