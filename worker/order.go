@@ -119,8 +119,9 @@ const (
 // has not started, so it is handed back at once.
 var errDraining = errors.New("draining")
 
-// errLineWait is returned when a delivery waited maxWait for its turn.
-var errLineWait = errors.New("waited a whole ack wait for an earlier command of the wallet")
+// errLineWait is returned when a delivery waited for its turn as long as it
+// may (handBackDue).
+var errLineWait = errors.New("waited for an earlier command of the wallet as long as it may")
 
 func newLine(order Order, js jetstream.JetStream, maxWait, asideWait time.Duration) *line {
 	return &line{
