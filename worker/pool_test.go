@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// waitIdle waits until n goroutines of r wait for work.
+// waitIdle waits until n goroutines of the pool r wait for work.
 func waitIdle(t *testing.T, r *pool, n int64) {
 	t.Helper()
 	require.Eventually(t, func() bool { return r.idleCount() == n }, 10*time.Second, time.Millisecond)
@@ -31,7 +31,7 @@ func TestPoolKeepsItsGoroutines(t *testing.T) {
 }
 
 // TestPoolNeverWaitsForABusyGoroutine checks that a call runs while every
-// goroutine of the runner is busy: the waiting commands of a wallet keep
+// goroutine of the pool is busy: the waiting commands of a wallet keep
 // theirs while the head they wait for runs.
 func TestPoolNeverWaitsForABusyGoroutine(t *testing.T) {
 	t.Parallel()
@@ -103,12 +103,12 @@ func TestPoolRaisesAPanicOnTheCaller(t *testing.T) {
 
 	ran := false
 	r.run(func() { ran = true })
-	require.True(t, ran, "the runner goes on after a panic")
+	require.True(t, ran, "the pool goes on after a panic")
 }
 
 func panicsInHandling() { panic("handling broke") }
 
-// TestPoolGoDoesNotWait checks that Go returns while f runs, and that its
+// TestPoolGoDoesNotWait checks that goRun returns while f runs, and that its
 // goroutine is kept for the next call.
 func TestPoolGoDoesNotWait(t *testing.T) {
 	t.Parallel()

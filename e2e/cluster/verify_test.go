@@ -53,10 +53,6 @@ func waitStreamInfo(t *testing.T, js jetstream.JetStream, stream string) *jetstr
 // minute, while the stream's info counted them.)
 func readStream(t *testing.T, js jetstream.JetStream, stream string) []received {
 	t.Helper()
-	si := waitStreamInfo(t, js, stream)
-	if si.State.Msgs == 0 {
-		return nil
-	}
 	var s jetstream.Stream
 	eventually(t, waitFor, "the stream "+stream, func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -67,6 +63,10 @@ func readStream(t *testing.T, js jetstream.JetStream, stream string) []received 
 		}
 		return true, ""
 	})
+	si := s.CachedInfo() // as the leader reported it just now
+	if si.State.Msgs == 0 {
+		return nil
+	}
 	var out []received
 	for seq := si.State.FirstSeq; seq <= si.State.LastSeq; seq++ {
 		var m *jetstream.RawStreamMsg
