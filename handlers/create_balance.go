@@ -39,7 +39,8 @@ type CreateBalance struct {
 	Ledger        Ledger
 	LedgerName    string
 	AccountPrefix string
-	// Claim, when set, is consulted before every ledger write.
+	// Claim, when set, is consulted before every ledger write, unless the
+	// command holds its wallet's line (WalletExclusive).
 	Claim Claimer
 	// ClaimDeferral is the delay asked for when the claim is held by another
 	// command (DefaultClaimDeferral when zero); the worker adds jitter.
@@ -99,7 +100,10 @@ func (h *CreateBalance) Handle(ctx context.Context, key string, cmd messages.Cre
 		}
 	}
 
-	if h.Claim != nil {
+	// The claim keeps two commands with different keys from both writing
+	// the balance. A command that holds its wallet's line has no such rival:
+	// every command that names this balance is a command of its wallet.
+	if h.Claim != nil && !WalletExclusive(ctx) {
 		if err := h.Claim.Claim(ctx, h.LedgerName, address, key); err != nil {
 			if errors.Is(err, ErrClaimed) {
 				d := h.ClaimDeferral

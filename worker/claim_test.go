@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -286,4 +287,114 @@ func TestClaimWonAfterAnExpiredClaimReadsAgain(t *testing.T) {
 	require.NotEmpty(t, acc.Metadata[handlers.MarkerKey("key-a")])
 	require.Empty(t, acc.Metadata[handlers.MarkerKey("key-b")])
 	require.Equal(t, "1", acc.Metadata[handlers.MetadataBalancePriority])
+}
+
+// countingClaimer grants every claim and counts the asks.
+type countingClaimer struct{ asks atomic.Int64 }
+
+func (c *countingClaimer) Claim(context.Context, string, string, string) error {
+	c.asks.Add(1)
+	return nil
+}
+
+// raceThroughWorkers publishes three keys for each of n new balances to
+// three workers in the given order, their handlers asking a claimer that
+// grants everything, with every account read held back so that commands
+// that run at once all read "absent". It returns the claims asked for and
+// the metadata writes of each balance, the ALREADY_EXISTS answers, and the
+// writes the ledger failed (two writes of one account at once: one loses).
+func raceThroughWorkers(t *testing.T, order Order, n int) (asks int64, writes map[string]int, exists int, lost int64) {
+	claimer := &countingClaimer{}
+	var failed atomic.Int64
+	var handler handlers.CreateBalanceHandler
+	configure := func(c *Config) { c.Order = order; c.Concurrency = 8 }
+	b := setup(t, withConfig(configure),
+		withLedgerMiddleware(func(inner http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet {
+					time.Sleep(30 * time.Millisecond)
+					inner.ServeHTTP(w, r)
+					return
+				}
+				rec := httptest.NewRecorder()
+				inner.ServeHTTP(rec, r)
+				if rec.Code >= 500 {
+					failed.Add(1)
+				}
+				maps.Copy(w.Header(), rec.Header())
+				w.WriteHeader(rec.Code)
+				_, _ = w.Write(rec.Body.Bytes())
+			})
+		}),
+		withHandler(func(h handlers.CreateBalanceHandler) handlers.CreateBalanceHandler {
+			cb := *h.(*handlers.CreateBalance)
+			cb.Claim = claimer
+			handler = &cb
+			return handler
+		}))
+	for range 2 {
+		cfg := testConfig()
+		configure(&cfg)
+		w, err := New(b.js, handlers.NewKinds(handlers.CreateBalanceKind(handler)), cfg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})))
+		require.NoError(t, err)
+		ctx, stop := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		t.Cleanup(func() { stop(); <-done })
+	}
+	for i := range n {
+		for k := range 3 {
+			wallet := fmt.Sprintf("w%d", i)
+			b.publish(t, cmd(wallet, fmt.Sprintf("%s-k%d", wallet, k), fmt.Sprintf(`{"walletID":%q,"name":"race","priority":%d}`, wallet, k)))
+		}
+	}
+	b.settled(t)
+	for _, ev := range b.events.all() {
+		if strings.HasPrefix(ev.Subject, "wallets.events.balance-create-rejected.") {
+			require.Equal(t, string(messages.CodeAlreadyExists), ev.json(t)["code"], "%s", ev.Data)
+			exists++
+		}
+	}
+	logs, err := b.ledger.AllLogs(context.Background(), testLedger)
+	require.NoError(t, err)
+	writes = map[string]int{}
+	for _, l := range logs {
+		if md, err := l.SetMetadata(); err == nil {
+			writes[md.TargetID]++
+		}
+	}
+	return claimer.asks.Load(), writes, exists, failed.Load()
+}
+
+// TestTheLineStandsInForTheClaim: in the default order, the three keys of a
+// balance are commands of one wallet, applied one after the other by
+// whichever worker: no claim is asked for, and each balance is still
+// written once, by its first key, the others answered ALREADY_EXISTS.
+func TestTheLineStandsInForTheClaim(t *testing.T) {
+	t.Parallel()
+	const n = 20
+	asks, writes, exists, lost := raceThroughWorkers(t, OrderWallet, n)
+	require.Zero(t, asks, "a command holding its wallet's line asked for a claim")
+	require.Zero(t, lost, "two writes of one balance ran at once")
+	require.Len(t, writes, n)
+	for account, w := range writes {
+		require.Equal(t, 1, w, "%s written more than once", account)
+	}
+	require.Equal(t, 2*n, exists)
+}
+
+// TestWithoutTheLineCreatesClaim: with --order none the same commands run
+// at once and each that reads "absent" asks for its claim (granted here, so
+// the race shows: what TestTheLineStandsInForTheClaim would see if the
+// line did not hold).
+func TestWithoutTheLineCreatesClaim(t *testing.T) {
+	t.Parallel()
+	const n = 10
+	asks, writes, _, lost := raceThroughWorkers(t, OrderNone, n)
+	require.GreaterOrEqual(t, asks, int64(n), "fresh creates without the line must claim")
+	total := 0
+	for _, w := range writes {
+		total += w
+	}
+	t.Logf("--order none, every claim granted: %d claims, %d writes for %d balances, %d writes lost a race", asks, total, n, lost)
 }
