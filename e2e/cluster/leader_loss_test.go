@@ -368,9 +368,7 @@ const consumerAsset = streamCommands + ">" + consumerName
 // gatherLeaders moves the leadership of the other streams, of the claims
 // bucket and of the consumer to target, the server leading WALLETS_COMMANDS,
 // so that losing it loses every leader the workers use at once: commands and
-// their acks, the line's head gets, outcome events and dead letters all wait
-// for elections (and claims, which these workers, in wallet order, take only
-// for a command applied without its line).
+// their acks, outcome events, dead letters and claims all wait for elections.
 // Left alone, nats-server spreads the leaders, and the loss would spare the
 // consumer (and with it the lost-ack path) in most runs.
 func gatherLeaders(t *testing.T, cn *conn, target string) {
