@@ -32,7 +32,7 @@ func TestStressKillOneWorker(t *testing.T) {
 
 	// Balances with one key, a tenth of them with a second, conflicting
 	// key (another priority, no expiry) published in the same burst: which
-	// key wins is the wallet's line's call, the test finds it in the events.
+	// key wins is the claim's call, the test finds it in the events.
 	conflicts := int(float64(n) * conflict)
 	primaries := n - conflicts
 	wallets := max(1, (primaries+4)/5)

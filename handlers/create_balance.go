@@ -39,8 +39,7 @@ type CreateBalance struct {
 	Ledger        Ledger
 	LedgerName    string
 	AccountPrefix string
-	// Claim, when set, is consulted before every ledger write, unless the
-	// command holds its wallet's line (WalletExclusive).
+	// Claim, when set, is consulted before every ledger write.
 	Claim Claimer
 	// ClaimDeferral is the delay asked for when the claim is held by another
 	// command (DefaultClaimDeferral when zero); the worker adds jitter.
@@ -100,10 +99,7 @@ func (h *CreateBalance) Handle(ctx context.Context, key string, cmd messages.Cre
 		}
 	}
 
-	// The claim keeps two commands with different keys from both writing
-	// the balance. A command that holds its wallet's line has no such rival:
-	// every command that names this balance is a command of its wallet.
-	if h.Claim != nil && !WalletExclusive(ctx) {
+	if h.Claim != nil {
 		if err := h.Claim.Claim(ctx, h.LedgerName, address, key); err != nil {
 			if errors.Is(err, ErrClaimed) {
 				d := h.ClaimDeferral

@@ -910,22 +910,6 @@ func TestHandle_Claimer(t *testing.T) {
 		requireCreated(t, b.handle(t, "k1", savings()), "k1", savings(), false)
 		require.Equal(t, 1, claimer.callCount())
 	})
-
-	t.Run("not consulted by a command that holds its wallet's line", func(t *testing.T) {
-		t.Parallel()
-		b := setup(t)
-		claimer := &fakeClaimer{err: fmt.Errorf("held by k0: %w", handlers.ErrClaimed)}
-		b.handler.Claim = claimer
-
-		out, err := b.handler.Handle(handlers.WithWalletExclusive(context.Background()), "k1", savings())
-		require.NoError(t, err)
-		requireCreated(t, out, "k1", savings(), false)
-		require.Zero(t, claimer.callCount(), "no other command of the wallet runs: nothing to claim against")
-
-		_, err = b.handler.Handle(context.Background(), "k2", messages.CreateBalance{WalletID: "w1", Name: "other"})
-		require.ErrorIs(t, err, handlers.ErrClaimed, "without the line, the claim is asked")
-		require.Equal(t, 1, claimer.callCount())
-	})
 }
 
 func TestOutcomeAndRetryError(t *testing.T) {

@@ -121,11 +121,6 @@ var errDraining = errors.New("draining")
 
 // errLineWait is returned when a delivery waited for its turn as long as it
 // may (handBackDue).
-// errPastLine is what a command gets whose wallet's line has moved past it:
-// it is no longer in the stream (settled elsewhere: a duplicate delivery).
-// It goes ahead, without holding the line.
-var errPastLine = errors.New("no longer in its wallet's line")
-
 var errLineWait = errors.New("waited for an earlier command of the wallet as long as it may")
 
 func newLine(order Order, js jetstream.JetStream, maxWait, asideWait time.Duration) *line {
@@ -307,13 +302,8 @@ func (l *line) left(wallet string) {
 //
 // When a head takes wt along, await returns errRiding, whatever it was
 // doing: wt's answer comes from the head.
-// orders reports whether the commands of wallet wait for their turn.
-func (l *line) orders(wallet string) bool {
-	return l.order != OrderNone && wallet != messages.UnknownWallet
-}
-
 func (l *line) await(ctx context.Context, wt *lineWaiter, wallet string, waiting func(head uint64)) (time.Duration, error) {
-	if !l.orders(wallet) {
+	if l.order == OrderNone || wallet == messages.UnknownWallet {
 		return 0, nil
 	}
 	start := time.Now()
@@ -353,13 +343,10 @@ func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start ti
 		}
 		head, err := l.head(ctx, wallet)
 		switch {
-		case err == nil && head == d.seq:
+		case err == nil && (head == d.seq || head == 0 || head > d.seq):
+			// The head, or the line is gone (d itself settled elsewhere,
+			// a duplicate delivery): nothing earlier is left to wait for.
 			return nil
-		case err == nil && (head == 0 || head > d.seq):
-			// The line has moved past d (d itself settled elsewhere, a
-			// duplicate delivery): nothing earlier is left to wait for,
-			// but d does not hold the line.
-			return errPastLine
 		case err == nil:
 			waiting(head)
 			failures, failingSince = 0, time.Time{}

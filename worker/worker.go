@@ -243,8 +243,8 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 	// wallet settled. A settle here wakes the wallet's waiters.
 	wallet := messages.WalletFromSubject(d.subject)
 	defer w.line.left(wallet)
-	rode, held := w.awaitTurn(ctx, d, key, wallet, cmd)
-	if held == turnNone {
+	rode, ok := w.awaitTurn(ctx, d, key, wallet, cmd)
+	if !ok {
 		return
 	}
 	if rode != nil {
@@ -269,11 +269,6 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 		opened = time.Now()
 		hctx, cancel = context.WithDeadline(ctx, opened.Add(w.cfg.HandlerTimeout))
 		d.lease.holdUntil(opened.Add(w.cfg.HandlerTimeout + w.cfg.SettleTimeout))
-	}
-	if held == turnHeld {
-		// No other command of its wallet runs anywhere until this one is
-		// settled: its handler may count on it.
-		ctx = handlers.WithWalletExclusive(ctx)
 	}
 	window()
 
@@ -407,13 +402,12 @@ func (w *Worker) decide(ctx context.Context, d *delivery, key, wallet string, cm
 }
 
 // awaitTurn waits until d is the head of its wallet's line, its lease held
-// meanwhile, and says whether d holds the line (turnHeld) or goes without
-// it (turnFree). It returns turnNone when d was handed back instead: drained, or
+// meanwhile. It returns false when d was handed back instead: drained, or
 // after waiting a whole AckWait in its slot (given up so that the head, if
 // it is to be redelivered, can be pulled), or past line.handBackDue's other
 // bounds. When a head took d along in its
 // chain, it returns the answer the chain gave d.
-func (w *Worker) awaitTurn(ctx context.Context, d *delivery, key, wallet string, cmd handlers.Command) (*handlers.ChainAnswer, lineTurn) {
+func (w *Worker) awaitTurn(ctx context.Context, d *delivery, key, wallet string, cmd handlers.Command) (*handlers.ChainAnswer, bool) {
 	d.lease.holdUntil(time.Time{})
 	var behind uint64
 	inSlot := func() {}
@@ -456,7 +450,7 @@ again:
 		if behind != 0 {
 			w.cfg.Metrics.orderWait(-1)
 		}
-		return &a, turnHeld
+		return &a, true
 	}
 	aside := d.aside
 	d.stepIn(linePollMax)
@@ -468,39 +462,21 @@ again:
 		}
 	}
 	switch {
-	case err == nil && w.line.orders(wallet):
-		return nil, turnHeld
-	case err == nil, errors.Is(err, errPastLine):
-		return nil, turnFree
+	case err == nil:
+		return nil, true
 	case errors.Is(err, errLineWait) && w.canHandBack(d):
 		w.log.Warn("command handed back after waiting for its wallet's line", w.logAttrs(d, key, "wallet", wallet, "head_seq", behind,
 			"waited", waited.Round(time.Millisecond).String(), "aside", aside)...)
 		w.nak(d, time.Second, retryOrder)
 	case errors.Is(err, errLineWait):
-		return nil, turnFree // JetStream would not deliver it again: go ahead
+		return nil, true // JetStream would not deliver it again: go ahead
 	case w.canHandBack(d):
 		w.handBack(d)
 	default:
 		w.handle(context.WithoutCancel(w.work), d)
 	}
-	return nil, turnNone
+	return nil, false
 }
-
-// lineTurn is what awaitTurn found.
-type lineTurn int
-
-const (
-	// turnNone: the delivery was handed back or settled; nothing to do.
-	turnNone lineTurn = iota
-	// turnHeld: it is its wallet's head, so no other command of the wallet
-	// is applied anywhere until it is settled.
-	turnHeld
-	// turnFree: it is applied without holding its wallet's line: --order
-	// none, a subject without a wallet, a delivery the line has moved past
-	// (settled elsewhere), or one that went ahead of a head JetStream would
-	// not deliver again.
-	turnFree
-)
 
 // failed settles a delivery whose handling failed transiently, or that waited
 // for another command's claim until its deadline.
