@@ -287,3 +287,77 @@ func TestClaimWonAfterAnExpiredClaimReadsAgain(t *testing.T) {
 	require.Empty(t, acc.Metadata[handlers.MarkerKey("key-b")])
 	require.Equal(t, "1", acc.Metadata[handlers.MetadataBalancePriority])
 }
+
+// boundClaimer is a Claimer bound once the worker is running (the claims
+// bucket is provisioned by setup).
+type boundClaimer struct{ c atomic.Pointer[Claims] }
+
+func (b *boundClaimer) Claim(ctx context.Context, ledger, account, key string) error {
+	return b.c.Load().Claim(ctx, ledger, account, key)
+}
+
+// TestDashTwinWalletsClaimTheirSharedBalance: wallets "a-b1" and "ab1" are two
+// lines (their subjects differ) but one balance (an address has no dashes),
+// so in the default order, each command the head of its own line, the claim is
+// all that keeps both from writing it. Every read is held back and the second
+// key's write too, so that both read "absent" and the second would overwrite
+// the first. Without the claim each balance is written twice.
+func TestDashTwinWalletsClaimTheirSharedBalance(t *testing.T) {
+	t.Parallel()
+	const n = 10
+	claimer := &boundClaimer{}
+	b := setup(t, withConfig(func(c *Config) { c.Concurrency = 8 }),
+		withLedgerMiddleware(func(inner http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch {
+				case r.Method == http.MethodGet:
+					time.Sleep(50 * time.Millisecond)
+				case strings.Contains(r.Header.Get("Idempotency-Key"), "twin-"):
+					time.Sleep(200 * time.Millisecond)
+				}
+				inner.ServeHTTP(w, r)
+			})
+		}),
+		withHandler(func(h handlers.CreateBalanceHandler) handlers.CreateBalanceHandler {
+			cb := *h.(*handlers.CreateBalance)
+			cb.Claim = claimer
+			cb.ClaimDeferral = 20 * time.Millisecond
+			return &cb
+		}))
+	require.Equal(t, OrderWallet, b.cfg.WithDefaults().Order)
+	claims, err := NewClaims(context.Background(), b.js, b.cfg)
+	require.NoError(t, err)
+	claimer.c.Store(claims)
+
+	for i := range n {
+		dashed, plain := fmt.Sprintf("a-b%d", i), fmt.Sprintf("ab%d", i)
+		b.publish(t, cmd(dashed, fmt.Sprintf("first-%d", i), body(dashed, "shared")))
+		b.publish(t, cmd(plain, fmt.Sprintf("twin-%d", i), body(plain, "shared")))
+	}
+	b.settled(t)
+
+	created, exists := 0, 0
+	for _, ev := range b.events.all() {
+		switch {
+		case strings.HasPrefix(ev.Subject, "wallets.events.balance-created."):
+			created++
+		case strings.HasPrefix(ev.Subject, "wallets.events.balance-create-rejected."):
+			require.Equal(t, string(messages.CodeAlreadyExists), ev.json(t)["code"], "%s", ev.Data)
+			exists++
+		}
+	}
+	logs, err := b.ledger.AllLogs(context.Background(), testLedger)
+	require.NoError(t, err)
+	writes := map[string]int{}
+	for _, l := range logs {
+		if md, err := l.SetMetadata(); err == nil {
+			writes[md.TargetID]++
+		}
+	}
+	require.Len(t, writes, n, "one account per pair of twins")
+	for account, w := range writes {
+		require.Equal(t, 1, w, "%s written by both twins", account)
+	}
+	require.Equal(t, n, created)
+	require.Equal(t, n, exists)
+}
