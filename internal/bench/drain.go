@@ -162,11 +162,10 @@ func (b *drainBench) drain(ctx context.Context, name string, workers int, cfg wo
 	if err := events.await(ctx, n); err != nil {
 		return d, fmt.Errorf("%s: %w (%s)", name, err, b.leftOver(ctx))
 	}
-	d.seconds = time.Since(start).Seconds()
 	for _, w := range ws {
 		d.orderWaits += w.Stats().OrderWaits.Load()
 	}
-	err = events.each(ctx, n, func(m *jetstream.RawStreamMsg) {
+	last, err := events.each(ctx, n, func(m *jetstream.RawStreamMsg) {
 		var e struct {
 			Code messages.Code `json:"code"`
 		}
@@ -176,6 +175,7 @@ func (b *drainBench) drain(ctx context.Context, name string, workers int, cfg wo
 	if err != nil {
 		return d, fmt.Errorf("%s: %w", name, err)
 	}
+	d.seconds = last.Sub(start).Seconds()
 	return d, nil
 }
 

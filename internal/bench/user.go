@@ -258,7 +258,7 @@ func counterValue(m *dto.Metric) int {
 // per command, rather than read through a consumer (an ordered consumer was
 // seen to skip messages on a starved machine); they are read back by
 // sequence once all are stored, their store times giving the outcomes per
-// second.
+// second and the end of the run (the last one's).
 func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig, res *UserResult) error {
 	events, err := watchEvents(ctx, js)
 	if err != nil {
@@ -279,9 +279,7 @@ func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig
 	if err := events.await(ctx, cfg.Commands); err != nil {
 		return err
 	}
-	res.Run.Seconds = time.Since(start).Seconds()
-	res.Run.PerSec = float64(cfg.Commands) / res.Run.Seconds
-	return events.each(ctx, cfg.Commands, func(m *jetstream.RawStreamMsg) {
+	last, err := events.each(ctx, cfg.Commands, func(m *jetstream.RawStreamMsg) {
 		switch {
 		case strings.Contains(m.Subject, "-rejected."):
 			res.Run.Rejected++
@@ -296,6 +294,12 @@ func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig
 		}
 		res.Run.PerSecond[sec]++
 	})
+	if err != nil {
+		return err
+	}
+	res.Run.Seconds = last.Sub(start).Seconds()
+	res.Run.PerSec = float64(cfg.Commands) / res.Run.Seconds
+	return nil
 }
 
 // rawJetStream is the least a worker that reports outcomes does, on the
