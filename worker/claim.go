@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -23,10 +24,17 @@ import (
 // a claimant that died blocks nobody for long. Per-key TTLs need nats-server
 // 2.11 or later.
 //
+// Each attempt of the claimant starts the claim's TTL again (a redelivery
+// finds its own claim and renews it), so that the claim outlives every
+// attempt, not only the first, by ClaimTTL less HandlerTimeout: a write the
+// ledger applies after its attempt was given up on then still meets the
+// claim, not another command's write (Config.ClaimReadMaxAge).
+//
 // Claims covers the commands of this worker pool only: a balance created at
 // the same moment through the wallets HTTP API does not claim, and the race
 // with it stays as the wallets service has it.
 type Claims struct {
+	js     jetstream.JetStream
 	kv     jetstream.KeyValue
 	ttl    time.Duration
 	tracer trace.Tracer
@@ -54,7 +62,7 @@ func NewClaims(ctx context.Context, js jetstream.JetStream, c Config) (*Claims, 
 	if err != nil {
 		return nil, fmt.Errorf("bind claims bucket %s: %w", messages.BucketClaims, err)
 	}
-	return &Claims{kv: kv, ttl: c.ClaimTTL, tracer: tracerFrom(c.TracerProvider)}, nil
+	return &Claims{js: js, kv: kv, ttl: c.ClaimTTL, tracer: tracerFrom(c.TracerProvider)}, nil
 }
 
 // Claim implements handlers.Claimer.
@@ -67,7 +75,7 @@ func (c *Claims) Claim(ctx context.Context, ledger, account, key string) (err er
 	}
 	sum := sha256.Sum256([]byte(key))
 	mine := hex.EncodeToString(sum[:])
-	for range 3 { // a claim that expires between Create and Get is tried again
+	for range 3 { // a claim that expires or changes between two steps is tried again
 		_, err := c.kv.Create(ctx, k, []byte(mine), jetstream.KeyTTL(c.ttl))
 		if err == nil {
 			return nil
@@ -82,12 +90,34 @@ func (c *Claims) Claim(ctx context.Context, ledger, account, key string) (err er
 		if err != nil {
 			return fmt.Errorf("read claim %s: %w", k, err)
 		}
-		if string(e.Value()) == mine {
-			return nil // a redelivery of the claimant
+		if string(e.Value()) != mine {
+			return fmt.Errorf("%w (%s)", handlers.ErrClaimed, k)
 		}
-		return fmt.Errorf("%w (%s)", handlers.ErrClaimed, k)
+		// A redelivery of the claimant: its TTL starts again.
+		err = c.renew(ctx, k, mine, e.Revision())
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			continue // it expired, or was claimed, since the read
+		}
+		return err
 	}
-	return fmt.Errorf("claim %s: it kept expiring while being read", k)
+	return fmt.Errorf("claim %s: it kept expiring or changing while being read", k)
+}
+
+// renew writes the claim k again with a fresh TTL, if its revision is still
+// rev. (KeyValue.Update cannot set a TTL, so the claim's subject is
+// published to as Update would, with the TTL added.)
+func (c *Claims) renew(ctx context.Context, k, mine string, rev uint64) error {
+	m := &nats.Msg{Subject: "$KV." + messages.BucketClaims + "." + k, Data: []byte(mine)}
+	_, err := c.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(c.ttl))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return fmt.Errorf("renew claim %s: %w: %w", k, err, jetstream.ErrKeyRevisionMismatch)
+	}
+	if err != nil {
+		return fmt.Errorf("renew claim %s: %w", k, err)
+	}
+	return nil
 }
 
 // claimKey maps a ledger and an account to a KV key: the ledger name (a valid

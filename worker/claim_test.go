@@ -85,6 +85,45 @@ func TestClaimFirstWriterWins(t *testing.T) {
 	require.ErrorIs(t, c.Claim(ctx, "claims", "wallets:w1:z", "key-a"), handlers.ErrClaimed)
 }
 
+// TestClaimantRedeliveryRenewsItsClaim: a claim must outlive every attempt
+// of its claimant, not only the first. A redelivery that finds its own claim
+// starts its TTL again; another key meets it until then, and gets the
+// balance once the renewed claim expires.
+func TestClaimantRedeliveryRenewsItsClaim(t *testing.T) {
+	t.Parallel()
+	b := claimSetup(t, 0)
+	ctx := context.Background()
+	const ttl = 3 * time.Second
+	cfg := b.cfg
+	cfg.ClaimTTL = ttl
+	c, err := NewClaims(ctx, b.js, cfg)
+	require.NoError(t, err)
+
+	// A loaded machine can stall the test past the renewed claim's end;
+	// such a round says nothing, and is done again on another balance.
+	for round := range 3 {
+		account := fmt.Sprintf("wallets:w1:renew%d", round)
+		require.NoError(t, c.Claim(ctx, "claims", account, "key-a"))
+		first := time.Now()
+		time.Sleep(ttl * 4 / 5)
+		require.NoError(t, c.Claim(ctx, "claims", account, "key-a"), "a redelivery of the claimant")
+		renewed := time.Now()
+		// Past the first claim's TTL, within the renewed one's.
+		time.Sleep(time.Until(first.Add(ttl * 13 / 10)))
+		err := c.Claim(ctx, "claims", account, "key-b")
+		if time.Since(renewed) >= ttl {
+			t.Logf("round %d: checked %s after the renewal, past its TTL; again", round, time.Since(renewed))
+			continue
+		}
+		require.ErrorIs(t, err, handlers.ErrClaimed, "the renewed claim holds %s after the first claim", time.Since(first))
+		require.Eventually(t, func() bool {
+			return c.Claim(ctx, "claims", account, "key-b") == nil
+		}, 30*time.Second, 100*time.Millisecond, "the renewed claim still expires")
+		return
+	}
+	t.Fatal("every round was stalled past the renewed claim's TTL")
+}
+
 // raceBalances has three commands with different keys and fields race for
 // each of n fresh balances, like three workers would, and settles deferred
 // commands the way the worker does: try again after the delay. A write that
