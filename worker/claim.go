@@ -75,6 +75,7 @@ func (c *Claims) Claim(ctx context.Context, ledger, account, key string) (err er
 	}
 	sum := sha256.Sum256([]byte(key))
 	mine := hex.EncodeToString(sum[:])
+	raced := false
 	for range 3 { // a claim that expires or changes between two steps is tried again
 		_, err := c.kv.Create(ctx, k, []byte(mine), jetstream.KeyTTL(c.ttl))
 		if err == nil {
@@ -93,10 +94,16 @@ func (c *Claims) Claim(ctx context.Context, ledger, account, key string) (err er
 		if string(e.Value()) != mine {
 			return fmt.Errorf("%w (%s)", handlers.ErrClaimed, k)
 		}
+		if raced {
+			// Still ours, at a newer revision than our renewal expected:
+			// another delivery of this command renewed it meanwhile.
+			return nil
+		}
 		// A redelivery of the claimant: its TTL starts again.
 		err = c.renew(ctx, k, mine, e.Revision())
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			continue // it expired, or was claimed, since the read
+			raced = true // renewed by another delivery, or expired or claimed since the read
+			continue
 		}
 		return err
 	}
