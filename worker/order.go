@@ -69,6 +69,10 @@ type line struct {
 
 	mu sync.Mutex
 	s  jetstream.Stream
+	// sAt is when s was taken: its cached configuration (replicas, direct
+	// gets) decides how the stream is asked, and is taken again after
+	// lineStreamRefresh, or at once after a get that failed.
+	sAt time.Time
 	// waiting are the commands waiting here, by wallet and sequence: only
 	// the first of a wallet asks the stream, the others wait for it.
 	waiting map[string]map[uint64]*lineWaiter
@@ -160,22 +164,29 @@ func (l *line) head(ctx context.Context, wallet string) (uint64, error) {
 	return l.first(ctx, wallet, 1)
 }
 
+// lineStreamRefresh is how long a stream handle serves before it is taken
+// again: a stream scaled to three replicas, or whose direct gets were turned
+// off, under running workers is then asked as it now must be (or refused, as
+// at start, see directReadable) within that time.
+const lineStreamRefresh = time.Minute
+
 // first returns the stream sequence of the first command of wallet still
 // in WALLETS_COMMANDS from sequence from on, 0 if there is none.
 func (l *line) first(ctx context.Context, wallet string, from uint64) (uint64, error) {
-	l.mu.Lock()
-	s := l.s
-	l.mu.Unlock()
-	if s == nil {
-		var err error
-		if s, err = l.stream(ctx); err != nil {
+	filter := jetstream.WithGetMsgSubject(messages.SubjectCommandsPrefix + "*." + wallet)
+	s, fresh, err := l.handle(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	m, err := s.GetMsg(ctx, from, filter)
+	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && !fresh && ctx.Err() == nil {
+		// The handle may be older than a change to the stream (direct
+		// gets turned off answer no more): take it again, and ask once more.
+		if s, _, err = l.handle(ctx, s); err != nil {
 			return 0, err
 		}
-		l.mu.Lock()
-		l.s = s
-		l.mu.Unlock()
+		m, err = s.GetMsg(ctx, from, filter)
 	}
-	m, err := s.GetMsg(ctx, from, jetstream.WithGetMsgSubject(messages.SubjectCommandsPrefix+"*."+wallet))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil
 	}
@@ -183,6 +194,28 @@ func (l *line) first(ctx context.Context, wallet string, from uint64) (uint64, e
 		return 0, err
 	}
 	return m.Sequence, nil
+}
+
+// handle returns the stream handle, taking it again when there is none, when
+// it is older than lineStreamRefresh, or when it is stale (the handle a
+// failed get used); fresh says it was taken by this call.
+func (l *line) handle(ctx context.Context, stale jetstream.Stream) (s jetstream.Stream, fresh bool, err error) {
+	l.mu.Lock()
+	s = l.s
+	if s != nil && (s == stale || time.Since(l.sAt) > lineStreamRefresh) {
+		s = nil
+	}
+	l.mu.Unlock()
+	if s != nil {
+		return s, false, nil
+	}
+	if s, err = l.stream(ctx); err != nil {
+		return nil, false, err
+	}
+	l.mu.Lock()
+	l.s, l.sAt = s, time.Now()
+	l.mu.Unlock()
+	return s, true, nil
 }
 
 // behind reports whether a command of wallet earlier than seq waits here.

@@ -305,6 +305,36 @@ func TestOrderReadsDirectlyOnOneReplica(t *testing.T) {
 	require.NoError(t, <-done, "the worker started: its start probe read the head directly")
 }
 
+// TestOrderTakesTheStreamAgainAfterItChanged: a worker's stream handle
+// remembers whether the stream allowed direct gets. Once direct gets are
+// turned off under it (as provision does when the stream is scaled to three
+// replicas), a get by the old handle finds no responder; the order check then
+// takes the handle again and asks by the JetStream API's message get.
+func TestOrderTakesTheStreamAgainAfterItChanged(t *testing.T) {
+	t.Parallel()
+	admin, js, _ := deniedWorker(t, "nothing.denied")
+	l := newLine(OrderWallet, js, time.Second, time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ack, err := admin.PublishMsg(ctx, kindMsg("seq", "wc", "wc-1", `{"walletID":"wc","n":1}`))
+	require.NoError(t, err)
+	head, err := l.head(ctx, "wc")
+	require.NoError(t, err)
+	require.Equal(t, ack.Sequence, head)
+
+	s, err := admin.Stream(ctx, messages.StreamCommands)
+	require.NoError(t, err)
+	sc := s.CachedInfo().Config
+	require.True(t, sc.AllowDirect, "provisioned on one replica")
+	sc.AllowDirect = false
+	_, err = admin.UpdateStream(ctx, sc)
+	require.NoError(t, err)
+
+	head, err = l.head(ctx, "wc")
+	require.NoError(t, err, "the head asked again with a handle taken after the change")
+	require.Equal(t, ack.Sequence, head)
+}
+
 // deniedWorker provisions the streams as an admin user on a new server, and
 // makes a worker (of pingKind) whose NATS user may publish anything but the
 // subjects denied.
