@@ -73,6 +73,11 @@ type line struct {
 	// gets) decides how the stream is asked, and is taken again after
 	// lineStreamRefresh, or at once after a get that failed.
 	sAt time.Time
+	// sErr is why the handle could not be taken at sErrAt: asked again only
+	// after lineStreamRetry, so that checks against a stream that is refused
+	// (or cannot be read) do not each cost a stream info request.
+	sErr   error
+	sErrAt time.Time
 	// waiting are the commands waiting here, by wallet and sequence: only
 	// the first of a wallet asks the stream, the others wait for it.
 	waiting map[string]map[uint64]*lineWaiter
@@ -170,6 +175,10 @@ func (l *line) head(ctx context.Context, wallet string) (uint64, error) {
 // at start, see directReadable) within that time.
 const lineStreamRefresh = time.Minute
 
+// lineStreamRetry is how long a failure to take the stream handle answers
+// the checks before the stream is asked again.
+const lineStreamRetry = time.Second
+
 // first returns the stream sequence of the first command of wallet still
 // in WALLETS_COMMANDS from sequence from on, 0 if there is none.
 func (l *line) first(ctx context.Context, wallet string, from uint64) (uint64, error) {
@@ -205,16 +214,27 @@ func (l *line) handle(ctx context.Context, stale jetstream.Stream) (s jetstream.
 	if s != nil && (s == stale || time.Since(l.sAt) > lineStreamRefresh) {
 		s = nil
 	}
+	sErr := l.sErr
+	if s == nil && sErr != nil && time.Since(l.sErrAt) < lineStreamRetry {
+		l.mu.Unlock()
+		return nil, false, sErr
+	}
 	l.mu.Unlock()
 	if s != nil {
 		return s, false, nil
 	}
-	if s, err = l.stream(ctx); err != nil {
+	s, err = l.stream(ctx)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		if ctx.Err() == nil {
+			// The old handle is not used again: the stream changed, or
+			// is refused (directReadable).
+			l.s, l.sErr, l.sErrAt = nil, err, time.Now()
+		}
 		return nil, false, err
 	}
-	l.mu.Lock()
-	l.s, l.sAt = s, time.Now()
-	l.mu.Unlock()
+	l.s, l.sAt, l.sErr = s, time.Now(), nil
 	return s, true, nil
 }
 

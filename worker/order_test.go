@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -333,6 +334,32 @@ func TestOrderTakesTheStreamAgainAfterItChanged(t *testing.T) {
 	head, err = l.head(ctx, "wc")
 	require.NoError(t, err, "the head asked again with a handle taken after the change")
 	require.Equal(t, ack.Sequence, head)
+}
+
+// TestOrderAsksForARefusedStreamOnceASecond: when the commands stream cannot
+// be taken (refused by directReadable, or unreadable), the order checks that
+// follow get that answer for a second without each asking the stream again.
+func TestOrderAsksForARefusedStreamOnceASecond(t *testing.T) {
+	t.Parallel()
+	l := newLine(OrderWallet, nil, time.Second, time.Minute)
+	refused := errors.New("refused")
+	var calls atomic.Int32
+	l.stream = func(context.Context) (jetstream.Stream, error) {
+		calls.Add(1)
+		return nil, refused
+	}
+	start := time.Now()
+	for range 100 {
+		_, err := l.head(context.Background(), "w")
+		require.ErrorIs(t, err, refused)
+	}
+	if time.Since(start) < lineStreamRetry {
+		require.Equal(t, int32(1), calls.Load(), "the stream was asked once")
+	}
+	require.Eventually(t, func() bool {
+		_, _ = l.head(context.Background(), "w")
+		return calls.Load() == 2
+	}, 10*time.Second, 50*time.Millisecond, "and asked again after lineStreamRetry")
 }
 
 // deniedWorker provisions the streams as an admin user on a new server, and
