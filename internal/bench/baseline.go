@@ -2,6 +2,8 @@ package bench
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -17,23 +19,33 @@ import (
 	"github.com/wallets-worker/wallets-worker/worker"
 )
 
-// The baseline's streams and consumer: copies of the worker's, settings
-// included, under other names.
-const (
-	baselineCommands       = "BENCH_BASELINE_COMMANDS"
-	baselineEvents         = "BENCH_BASELINE_EVENTS"
-	baselineConsumer       = "bench-baseline"
-	baselineCommandsPrefix = "bench.baseline.commands."
-	baselineEventsPrefix   = "bench.baseline.events."
+// baseline names the streams, consumer and subjects of a baseline: copies of
+// the worker's, settings included, under other names. With claims set it
+// also claims, as the worker does, in a bucket of that name.
+type baseline struct {
+	name, commands, events, consumer string
+	commandsPrefix, eventsPrefix     string
+	claims                           string
+}
+
+var (
+	// plainBaseline is the least a worker that reports outcomes must do.
+	plainBaseline = baseline{name: "baseline", commands: "BENCH_BASELINE_COMMANDS", events: "BENCH_BASELINE_EVENTS",
+		consumer: "bench-baseline", commandsPrefix: "bench.baseline.commands.", eventsPrefix: "bench.baseline.events."}
+	// claimBaseline also makes one claim per message: a create-if-absent in
+	// a copy of the claims bucket, with the claim's TTL.
+	claimBaseline = baseline{name: "baselineWithClaim", commands: "BENCH_CLAIMBASE_COMMANDS", events: "BENCH_CLAIMBASE_EVENTS",
+		consumer: "bench-claimbase", commandsPrefix: "bench.claimbase.commands.", eventsPrefix: "bench.claimbase.events.",
+		claims: "BENCH_CLAIMBASE_CLAIMS"}
 )
 
-func provisionBaseline(ctx context.Context, js jetstream.JetStream, c worker.Config) error {
+func provisionBaseline(ctx context.Context, js jetstream.JetStream, c worker.Config, b baseline) error {
 	for _, sc := range c.StreamConfigs() {
 		switch sc.Name {
 		case messages.StreamCommands:
-			sc.Name, sc.Subjects = baselineCommands, []string{baselineCommandsPrefix + ">"}
+			sc.Name, sc.Subjects = b.commands, []string{b.commandsPrefix + ">"}
 		case messages.StreamEvents:
-			sc.Name, sc.Subjects = baselineEvents, []string{baselineEventsPrefix + ">"}
+			sc.Name, sc.Subjects = b.events, []string{b.eventsPrefix + ">"}
 		default:
 			continue
 		}
@@ -43,30 +55,46 @@ func provisionBaseline(ctx context.Context, js jetstream.JetStream, c worker.Con
 		}
 	}
 	cc := c.ConsumerConfig()
-	cc.Durable, cc.FilterSubject, cc.Description = baselineConsumer, baselineCommandsPrefix+">", "wallets-worker bench baseline"
-	if _, err := js.CreateOrUpdateConsumer(ctx, baselineCommands, cc); err != nil {
-		return fmt.Errorf("provision %s: %w", baselineConsumer, err)
+	cc.Durable, cc.FilterSubject, cc.Description = b.consumer, b.commandsPrefix+">", "wallets-worker bench baseline"
+	if _, err := js.CreateOrUpdateConsumer(ctx, b.commands, cc); err != nil {
+		return fmt.Errorf("provision %s: %w", b.consumer, err)
+	}
+	if b.claims != "" {
+		kc := c.KeyValueConfig()
+		kc.Bucket, kc.Description = b.claims, "wallets-worker bench baseline"
+		if _, err := js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
+			return fmt.Errorf("provision %s: %w", b.claims, err)
+		}
 	}
 	return nil
 }
 
-// baselineSide is the least a worker that reports outcomes must do: pull with
-// the same consumer style and concurrency, publish one event per message
+// baselineSide is the least a worker that reports outcomes must do (with
+// b.claims, and claims first-writer-wins as ours does): pull with the same
+// consumer style and concurrency, publish one event per message
 // (synchronously, PubAck checked, deduplicated by Nats-Msg-Id) and DoubleAck.
-func (r *runner) baselineSide(ctx context.Context, nc *nats.Conn) side {
+func (r *runner) baselineSide(ctx context.Context, nc *nats.Conn, b baseline) side {
 	return side{
-		name:        "baseline",
-		subject:     func(walletID string) string { return baselineCommandsPrefix + walletID },
-		eventStream: baselineEvents,
+		name:        b.name,
+		subject:     func(walletID string) string { return b.commandsPrefix + walletID },
+		eventStream: b.events,
 		start: func() (func() error, <-chan struct{}, error) {
 			js, err := jetstream.New(nc)
 			if err != nil {
 				return nil, nil, err
 			}
-			cons, err := js.Consumer(ctx, baselineCommands, baselineConsumer)
+			cons, err := js.Consumer(ctx, b.commands, b.consumer)
 			if err != nil {
 				return nil, nil, err
 			}
+			var claims jetstream.KeyValue
+			if b.claims != "" {
+				if claims, err = js.KeyValue(ctx, b.claims); err != nil {
+					return nil, nil, err
+				}
+			}
+			h := baselineHandler{js: js, claims: claims, claimTTL: r.wcfg.WithDefaults().ClaimTTL,
+				eventsPrefix: b.eventsPrefix, timeout: r.wcfg.WithDefaults().SettleTimeout}
 			iter, err := cons.Messages(jetstream.PullMaxMessages(r.cfg.inFlight()))
 			if err != nil {
 				return nil, nil, err
@@ -80,7 +108,6 @@ func (r *runner) baselineSide(ctx context.Context, nc *nats.Conn) side {
 				failures.Add(1)
 				firstErr.CompareAndSwap(nil, &err)
 			}
-			settle := r.wcfg.WithDefaults().SettleTimeout
 			for range r.cfg.inFlight() {
 				wg.Go(func() {
 					for {
@@ -93,7 +120,7 @@ func (r *runner) baselineSide(ctx context.Context, nc *nats.Conn) side {
 							time.Sleep(50 * time.Millisecond) // a pull failed; do not spin
 							continue
 						}
-						if err := baselineHandle(ctx, js, m, settle); err != nil {
+						if err := h.handle(ctx, m); err != nil {
 							fail(err)
 						}
 					}
@@ -111,21 +138,40 @@ func (r *runner) baselineSide(ctx context.Context, nc *nats.Conn) side {
 	}
 }
 
-func baselineHandle(ctx context.Context, js jetstream.JetStream, m jetstream.Msg, timeout time.Duration) error {
+// baselineHandler settles one message of a baseline.
+type baselineHandler struct {
+	js           jetstream.JetStream
+	claims       jetstream.KeyValue // nil: no claim
+	claimTTL     time.Duration
+	eventsPrefix string
+	timeout      time.Duration
+}
+
+func (h baselineHandler) handle(ctx context.Context, m jetstream.Msg) error {
 	md, err := m.Metadata()
 	if err != nil {
 		return err
 	}
 	key := m.Headers().Get(messages.HeaderMsgID)
 	seq := md.Sequence.Stream
-	ev := nats.NewMsg(baselineEventsPrefix + m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:])
+	ctx, cancel := context.WithTimeout(ctx, h.timeout)
+	defer cancel()
+	if h.claims != nil {
+		// One claim per command, keyed by its key (the worker keys its
+		// claims by balance; the store is the same).
+		sum := sha256.Sum256([]byte(key))
+		_, err := h.claims.Create(ctx, hex.EncodeToString(sum[:]), []byte(key), jetstream.KeyTTL(h.claimTTL))
+		if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			_ = m.NakWithDelay(time.Second)
+			return err
+		}
+	}
+	ev := nats.NewMsg(h.eventsPrefix + m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:])
 	ev.Data = m.Data()
 	ev.Header.Set(messages.HeaderCommandKey, key)
 	ev.Header.Set(messages.HeaderCommandSeq, strconv.FormatUint(seq, 10))
 	ev.Header.Set(messages.HeaderMsgID, messages.EventMsgID(key, seq))
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if _, err := js.PublishMsg(ctx, ev); err != nil {
+	if _, err := h.js.PublishMsg(ctx, ev); err != nil {
 		_ = m.NakWithDelay(time.Second)
 		return err
 	}

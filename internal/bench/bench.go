@@ -293,6 +293,15 @@ type Result struct {
 	Baseline *Phase `json:"baseline,omitempty"`
 	// WorkerToBaseline is the worker's commands/s over the baseline's.
 	WorkerToBaseline float64 `json:"workerToBaseline,omitempty"`
+	// BaselineWithClaim is the baseline that also claims each message (a
+	// create-if-absent in a key-value bucket like the claims bucket), as a
+	// worker with our first-writer-wins guarantee must; WorkerToBaselineWithClaim
+	// the worker's commands/s over its.
+	BaselineWithClaim         *Phase  `json:"baselineWithClaim,omitempty"`
+	WorkerToBaselineWithClaim float64 `json:"workerToBaselineWithClaim,omitempty"`
+	// BaselineClaims is what its claims bucket holds after it: one claim
+	// per stored command.
+	BaselineClaims uint64 `json:"baselineClaims,omitempty"`
 
 	// AtURL is what the worker did to a ledger at a URL, and that ledger's
 	// same-run baselines.
@@ -404,8 +413,10 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	if err := worker.Provision(ctx, admin, r.wcfg); err != nil {
 		return res, err
 	}
-	if err := provisionBaseline(ctx, admin, r.wcfg); err != nil {
-		return res, err
+	for _, b := range []baseline{plainBaseline, claimBaseline} {
+		if err := provisionBaseline(ctx, admin, r.wcfg, b); err != nil {
+			return res, err
+		}
 	}
 
 	ledger, meter, arm, stopLedger, err := r.ledger(ctx, dir)
@@ -573,13 +584,25 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		if err != nil {
 			return res, err
 		}
-		b, err := r.phase(ctx, r.baselineSide(ctx, baseConn), w.stored)
+		b, err := r.phase(ctx, r.baselineSide(ctx, baseConn, plainBaseline), w.stored)
 		if err != nil {
 			return res, err
 		}
 		res.Baseline = &b
 		if b.CommandsPerSecond > 0 {
 			res.WorkerToBaseline = res.Worker.CommandsPerSecond / b.CommandsPerSecond
+		}
+		logf("baseline phase with a claim per message: %d messages, concurrency %d", len(w.stored), cfg.inFlight())
+		bc, err := r.phase(ctx, r.baselineSide(ctx, baseConn, claimBaseline), w.stored)
+		if err != nil {
+			return res, err
+		}
+		res.BaselineWithClaim = &bc
+		if res.BaselineClaims, err = r.streamMsgs(ctx, "KV_"+claimBaseline.claims); err != nil {
+			return res, err
+		}
+		if bc.CommandsPerSecond > 0 {
+			res.WorkerToBaselineWithClaim = res.Worker.CommandsPerSecond / bc.CommandsPerSecond
 		}
 	}
 	if cfg.Ledger == LedgerURL {

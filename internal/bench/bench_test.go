@@ -99,6 +99,11 @@ func TestCountsAreHonest(t *testing.T) {
 			require.Zero(t, b.Duplicates)
 			require.Equal(t, stored, b.Stored)
 			require.Equal(t, stored, b.Outcomes)
+			bc := res.BaselineWithClaim
+			require.NotNil(t, bc)
+			require.Equal(t, stored, bc.Stored)
+			require.Equal(t, stored, bc.Outcomes)
+			require.Equal(t, uint64(stored), res.BaselineClaims, "one claim per stored command")
 
 			for name, v := range map[string]float64{
 				"worker.seconds": w.Seconds, "worker.commandsPerSecond": w.CommandsPerSecond,
@@ -108,6 +113,7 @@ func TestCountsAreHonest(t *testing.T) {
 				"baseline.commandsPerSecond": b.CommandsPerSecond, "baseline.latency.p50": b.Latency.P50,
 				"baseline.latency.max": b.Latency.Max, "baseline.peakHeap": float64(b.PeakHeapBytes),
 				"baseline.peakRSS": float64(b.PeakRSSBytes), "workerToBaseline": res.WorkerToBaseline,
+				"baselineWithClaim.commandsPerSecond": bc.CommandsPerSecond, "workerToBaselineWithClaim": res.WorkerToBaselineWithClaim,
 				"ledgerRequests.perCommand": lr.PerCommand, "memory.idleHeap": float64(res.Memory.IdleHeapBytes),
 				"memory.idleRSS": float64(res.Memory.IdleRSSBytes), "memory.processHWM": float64(res.Memory.ProcessHWMBytes),
 			} {
@@ -120,7 +126,8 @@ func TestCountsAreHonest(t *testing.T) {
 			// The JSON has the names the report documents.
 			var raw map[string]any
 			require.NoError(t, json.Unmarshal(out.Bytes(), &raw))
-			for _, k := range []string{"worker", "baseline", "workerToBaseline", "ledgerRequests", "outcomes", "memory"} {
+			for _, k := range []string{"worker", "baseline", "workerToBaseline", "baselineWithClaim", "workerToBaselineWithClaim",
+				"baselineClaims", "ledgerRequests", "outcomes", "memory"} {
 				require.Contains(t, raw, k)
 			}
 		})
@@ -346,11 +353,14 @@ func TestUserWorkload(t *testing.T) {
 	require.Equal(t, 500, sum, "outcomes per second add up: %v", res.Run.PerSecond)
 	require.Positive(t, res.RawJetStream)
 	require.InDelta(t, res.Run.PerSec/res.RawJetStream, res.ToRaw, 1e-9)
+	require.Positive(t, res.RawJetStreamWithClaim)
+	require.InDelta(t, res.Run.PerSec/res.RawJetStreamWithClaim, res.ToRawWithClaim, 1e-9)
 	require.Empty(t, res.Baselines, "no ledger baselines without --ledger-url")
 
 	var out, log bytes.Buffer
 	require.NoError(t, Command(context.Background(), []string{"--workload", "user", "--binary", bin, "--commands", "200"}, &out, &log), log.String())
 	require.Contains(t, out.String(), "run ÷ raw JetStream")
+	require.Contains(t, out.String(), "run ÷ raw JetStream with a claim per message")
 }
 
 // The user workload reads the run's ledger requests without an answer and

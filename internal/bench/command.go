@@ -231,6 +231,9 @@ func printTable(out io.Writer, r Result) error {
 	if b != nil {
 		fmt.Fprintf(out, "\nworker ÷ baseline (commands/s): %.2f\n", r.WorkerToBaseline)
 	}
+	if bc := r.BaselineWithClaim; bc != nil {
+		fmt.Fprintf(out, "worker ÷ baseline with a claim per message (%.0f commands/s): %.2f\n", bc.CommandsPerSecond, r.WorkerToBaselineWithClaim)
+	}
 	lr := r.LedgerRequests
 	fmt.Fprintf(out, "ledger requests: %.2f per command (%d GetAccount, %d AddMetadata", lr.PerCommand, lr.GetAccount, lr.AddMetadata)
 	if r.Ledger != LedgerNull {

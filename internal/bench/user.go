@@ -3,6 +3,8 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,6 +28,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/wallets-worker/wallets-worker/messages"
+	"github.com/wallets-worker/wallets-worker/worker"
 )
 
 // WorkloadUser measures what a user meets: `run` as a process of its own.
@@ -75,11 +78,15 @@ type UserResult struct {
 	// RawJetStream is the loop's messages per second on the same server:
 	// publish, consume, publish an event, ack.
 	RawJetStream float64 `json:"rawJetStreamPerSecond"`
+	// RawJetStreamWithClaim is the same loop claiming each message first,
+	// as the worker claims each new balance (run right after the loop).
+	RawJetStreamWithClaim float64 `json:"rawJetStreamWithClaimPerSecond"`
 	// Baselines are the ledger baselines (with LedgerURL), Best the best
 	// of their rates.
 	Baselines []LedgerBaseline `json:"ledgerBaselines,omitempty"`
 	// Ratios of the run's rate.
 	ToRaw           float64 `json:"runToRawJetStream"`
+	ToRawWithClaim  float64 `json:"runToRawJetStreamWithClaim"`
 	ToBestWrite     float64 `json:"runToBestWrite,omitempty"`
 	ToReadThenWrite float64 `json:"runToReadThenWrite,omitempty"`
 }
@@ -191,13 +198,20 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 		res.Run.PeakRSSMiB = float64(st.hwm) / (1 << 20)
 	}
 
-	raw, err := rawJetStream(ctx, js, cfg.Commands)
+	raw, err := rawJetStream(ctx, js, cfg.Commands, false)
 	if err != nil {
 		return res, fmt.Errorf("raw JetStream loop: %w", err)
 	}
 	res.RawJetStream = raw
 	logf("raw JetStream loop: %.0f/s\n", raw)
 	res.ToRaw = res.Run.PerSec / raw
+	rawClaim, err := rawJetStream(ctx, js, cfg.Commands, true)
+	if err != nil {
+		return res, fmt.Errorf("raw JetStream loop with a claim per message: %w", err)
+	}
+	res.RawJetStreamWithClaim = rawClaim
+	logf("raw JetStream loop with a claim per message: %.0f/s\n", rawClaim)
+	res.ToRawWithClaim = res.Run.PerSec / rawClaim
 	var best float64
 	for _, b := range res.Baselines {
 		best = max(best, b.CreatesPerSecond)
@@ -306,10 +320,23 @@ func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig
 // same server: n messages stored on a work-queue stream, consumed by a pull
 // consumer with as many in flight as run's default concurrency, each
 // answered by an event published to a second stream (PubAck awaited) and
-// then acked. It returns messages per second from the first publish to the
-// last ack, and removes its streams.
-func rawJetStream(ctx context.Context, js jetstream.JetStream, n int) (float64, error) {
-	const cmds, evs = "BENCH_USER_RAW_COMMANDS", "BENCH_USER_RAW_EVENTS"
+// then acked. With claim, each is first claimed as the worker claims a new
+// balance: a create-if-absent, with the claim's TTL, in a bucket configured
+// like the claims bucket. It returns messages per second from the first
+// publish to the last ack, and removes its streams and bucket.
+func rawJetStream(ctx context.Context, js jetstream.JetStream, n int, claim bool) (float64, error) {
+	const cmds, evs, claims = "BENCH_USER_RAW_COMMANDS", "BENCH_USER_RAW_EVENTS", "BENCH_USER_RAW_CLAIMS"
+	var kv jetstream.KeyValue
+	claimTTL := worker.Config{}.WithDefaults().ClaimTTL
+	if claim {
+		kc := worker.Config{}.KeyValueConfig()
+		kc.Bucket, kc.Description = claims, "wallets-worker bench user raw loop"
+		var err error
+		if kv, err = js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
+			return 0, err
+		}
+		defer func() { _ = js.DeleteKeyValue(context.WithoutCancel(ctx), claims) }()
+	}
 	for _, sc := range []jetstream.StreamConfig{
 		{Name: cmds, Subjects: []string{"bench.user.raw.commands.>"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage},
 		{Name: evs, Subjects: []string{"bench.user.raw.events.>"}, Storage: jetstream.FileStorage},
@@ -332,8 +359,16 @@ func rawJetStream(ctx context.Context, js jetstream.JetStream, n int) (float64, 
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem }()
+			key := m.Headers().Get(messages.HeaderMsgID)
+			if kv != nil {
+				sum := sha256.Sum256([]byte(key))
+				if _, err := kv.Create(ctx, hex.EncodeToString(sum[:]), []byte(key), jetstream.KeyTTL(claimTTL)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+					_ = m.Nak()
+					return
+				}
+			}
 			ev := &nats.Msg{Subject: "bench.user.raw.events." + m.Subject()[len("bench.user.raw.commands."):], Header: nats.Header{}, Data: m.Data()}
-			ev.Header.Set(messages.HeaderMsgID, m.Headers().Get(messages.HeaderMsgID))
+			ev.Header.Set(messages.HeaderMsgID, key)
 			if _, err := js.PublishMsg(ctx, ev); err != nil {
 				_ = m.Nak()
 				return
@@ -363,7 +398,17 @@ func rawJetStream(ctx context.Context, js jetstream.JetStream, n int) (float64, 
 	case <-time.After(5 * time.Minute):
 		return 0, fmt.Errorf("%d of %d acked after 5 minutes", acked.Load(), n)
 	}
-	return float64(n) / time.Since(start).Seconds(), nil
+	rate := float64(n) / time.Since(start).Seconds()
+	if kv != nil {
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if st.Values() != uint64(n) {
+			return 0, fmt.Errorf("%d claims for %d messages", st.Values(), n)
+		}
+	}
+	return rate, nil
 }
 
 // waitReady polls url until it answers 200, the process exits, or a minute
@@ -467,10 +512,12 @@ func userCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, s
 	fmt.Fprintf(stdout, "  outcomes per second: %v\n", res.Run.PerSecond)
 	fmt.Fprintf(stdout, "  ledger requests without an answer: %d; retries: %d\n", res.Run.LedgerNoAnswer, res.Run.Retries)
 	fmt.Fprintf(stdout, "raw JetStream loop:  %8.0f msg/s      (same server)\n", res.RawJetStream)
+	fmt.Fprintf(stdout, "  with a claim each: %8.0f msg/s\n", res.RawJetStreamWithClaim)
 	for _, b := range res.Baselines {
 		fmt.Fprintf(stdout, "ledger %-13s %8.0f creates/s  (%d in flight × %d, %d created, %d timeouts)\n", b.Name+":", b.CreatesPerSecond, b.InFlight, b.PerRequest, b.Created, b.Timeouts)
 	}
 	fmt.Fprintf(stdout, "\nrun ÷ raw JetStream: %.2f\n", res.ToRaw)
+	fmt.Fprintf(stdout, "run ÷ raw JetStream with a claim per message: %.2f\n", res.ToRawWithClaim)
 	if res.ToBestWrite > 0 {
 		fmt.Fprintf(stdout, "run ÷ best write:    %.2f\nrun ÷ GET then write: %.2f\n", res.ToBestWrite, res.ToReadThenWrite)
 	}
