@@ -94,7 +94,8 @@ func (r *runner) baselineSide(ctx context.Context, nc *nats.Conn, b baseline) si
 				}
 			}
 			h := baselineHandler{js: js, claims: claims, claimTTL: r.wcfg.WithDefaults().ClaimTTL,
-				eventsPrefix: b.eventsPrefix, timeout: r.wcfg.WithDefaults().SettleTimeout}
+				eventsPrefix: b.eventsPrefix, timeout: r.wcfg.WithDefaults().SettleTimeout,
+				claimFor: r.workload.claims}
 			iter, err := cons.Messages(jetstream.PullMaxMessages(r.cfg.inFlight()))
 			if err != nil {
 				return nil, nil, err
@@ -140,9 +141,12 @@ func (r *runner) baselineSide(ctx context.Context, nc *nats.Conn, b baseline) si
 
 // baselineHandler settles one message of a baseline.
 type baselineHandler struct {
-	js           jetstream.JetStream
-	claims       jetstream.KeyValue // nil: no claim
-	claimTTL     time.Duration
+	js       jetstream.JetStream
+	claims   jetstream.KeyValue // nil: no claim
+	claimTTL time.Duration
+	// claimFor says whether the command of a key claims: the worker claims
+	// a balance it finds absent, not a replay's or a conflict's.
+	claimFor     func(key string) bool
 	eventsPrefix string
 	timeout      time.Duration
 }
@@ -156,9 +160,9 @@ func (h baselineHandler) handle(ctx context.Context, m jetstream.Msg) error {
 	seq := md.Sequence.Stream
 	ctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
-	if h.claims != nil {
-		// One claim per command, keyed by its key (the worker keys its
-		// claims by balance; the store is the same).
+	if h.claims != nil && h.claimFor(key) {
+		// One claim per fresh command, keyed by its key (the worker keys
+		// its claims by balance; the store is the same).
 		sum := sha256.Sum256([]byte(key))
 		_, err := h.claims.Create(ctx, hex.EncodeToString(sum[:]), []byte(key), jetstream.KeyTTL(h.claimTTL))
 		if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {

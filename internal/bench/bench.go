@@ -300,7 +300,7 @@ type Result struct {
 	BaselineWithClaim         *Phase  `json:"baselineWithClaim,omitempty"`
 	WorkerToBaselineWithClaim float64 `json:"workerToBaselineWithClaim,omitempty"`
 	// BaselineClaims is what its claims bucket holds after it: one claim
-	// per stored command.
+	// per fresh command stored, as the worker claims (checked).
 	BaselineClaims uint64 `json:"baselineClaims,omitempty"`
 
 	// AtURL is what the worker did to a ledger at a URL, and that ledger's
@@ -600,6 +600,9 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		res.BaselineWithClaim = &bc
 		if res.BaselineClaims, err = r.streamMsgs(ctx, "KV_"+claimBaseline.claims); err != nil {
 			return res, err
+		}
+		if want := w.freshStored(); res.BaselineClaims != uint64(want) {
+			return res, fmt.Errorf("baseline with a claim: %d claims for %d fresh commands", res.BaselineClaims, want)
 		}
 		if bc.CommandsPerSecond > 0 {
 			res.WorkerToBaselineWithClaim = res.Worker.CommandsPerSecond / bc.CommandsPerSecond

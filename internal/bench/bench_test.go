@@ -103,7 +103,7 @@ func TestCountsAreHonest(t *testing.T) {
 			require.NotNil(t, bc)
 			require.Equal(t, stored, bc.Stored)
 			require.Equal(t, stored, bc.Outcomes)
-			require.Equal(t, uint64(stored), res.BaselineClaims, "one claim per stored command")
+			require.Equal(t, uint64(n-dups-conflicts-replays), res.BaselineClaims, "one claim per fresh command")
 
 			for name, v := range map[string]float64{
 				"worker.seconds": w.Seconds, "worker.commandsPerSecond": w.CommandsPerSecond,

@@ -113,3 +113,22 @@ func newWorkload(n int, dup, conf, rep float64, seed uint64) (*workload, error) 
 	}
 	return w, nil
 }
+
+// claims reports whether the command of key is one the worker claims a
+// balance for: a fresh one (a replay finds its balance, a conflict finds the
+// fresh one's).
+func (w *workload) claims(key string) bool {
+	i, ok := w.byKey[key]
+	return ok && w.items[i].kind == fresh
+}
+
+// freshStored counts the fresh commands among the stored ones.
+func (w *workload) freshStored() int {
+	n := 0
+	for _, i := range w.stored {
+		if w.items[i].kind == fresh {
+			n++
+		}
+	}
+	return n
+}
