@@ -198,20 +198,21 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 		res.Run.PeakRSSMiB = float64(st.hwm) / (1 << 20)
 	}
 
-	raw, err := rawJetStream(ctx, js, cfg.Commands, false)
-	if err != nil {
-		return res, fmt.Errorf("raw JetStream loop: %w", err)
+	for _, l := range []struct {
+		name        string
+		claim       bool
+		rate, ratio *float64
+	}{
+		{"raw JetStream loop", false, &res.RawJetStream, &res.ToRaw},
+		{"raw JetStream loop with a claim per message", true, &res.RawJetStreamWithClaim, &res.ToRawWithClaim},
+	} {
+		raw, err := rawJetStream(ctx, js, cfg.Commands, l.claim)
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", l.name, err)
+		}
+		*l.rate, *l.ratio = raw, res.Run.PerSec/raw
+		logf("%s: %.0f/s\n", l.name, raw)
 	}
-	res.RawJetStream = raw
-	logf("raw JetStream loop: %.0f/s\n", raw)
-	res.ToRaw = res.Run.PerSec / raw
-	rawClaim, err := rawJetStream(ctx, js, cfg.Commands, true)
-	if err != nil {
-		return res, fmt.Errorf("raw JetStream loop with a claim per message: %w", err)
-	}
-	res.RawJetStreamWithClaim = rawClaim
-	logf("raw JetStream loop with a claim per message: %.0f/s\n", rawClaim)
-	res.ToRawWithClaim = res.Run.PerSec / rawClaim
 	var best float64
 	for _, b := range res.Baselines {
 		best = max(best, b.CreatesPerSecond)
