@@ -56,16 +56,23 @@ func claimSetupWith(t *testing.T, cfg Config, wrap func(http.Handler) http.Handl
 	return &claimBundle{js: js, cfg: cfg, ledger: client}
 }
 
+// claimsFor binds cfg's claims in b's bucket.
+func (b *claimBundle) claimsFor(t *testing.T, cfg Config) *Claims {
+	t.Helper()
+	c, err := NewClaims(context.Background(), b.js, cfg)
+	require.NoError(t, err)
+	return c
+}
+
 func TestClaimFirstWriterWins(t *testing.T) {
 	t.Parallel()
 	b := claimSetup(t, 0)
 	ctx := context.Background()
-	c, err := NewClaims(ctx, b.js, b.cfg)
-	require.NoError(t, err)
+	c := b.claimsFor(t, b.cfg)
 
 	require.NoError(t, c.Claim(ctx, "claims", "wallets:w1:x", "key-a"))
 	require.NoError(t, c.Claim(ctx, "claims", "wallets:w1:x", "key-a"), "the claimant may claim again (redelivery)")
-	err = c.Claim(ctx, "claims", "wallets:w1:x", "key-b")
+	err := c.Claim(ctx, "claims", "wallets:w1:x", "key-b")
 	require.ErrorIs(t, err, handlers.ErrClaimed)
 	require.NoError(t, c.Claim(ctx, "claims", "wallets:w1:y", "key-b"), "claims are per balance")
 	require.NoError(t, c.Claim(ctx, "other-ledger", "wallets:w1:x", "key-b"), "and per ledger")
@@ -76,8 +83,7 @@ func TestClaimFirstWriterWins(t *testing.T) {
 	// lives for a second.
 	short := b.cfg
 	short.ClaimTTL = time.Second
-	sc, err := NewClaims(ctx, b.js, short)
-	require.NoError(t, err)
+	sc := b.claimsFor(t, short)
 	require.NoError(t, sc.Claim(ctx, "claims", "wallets:w1:z", "key-a"))
 	require.Eventually(t, func() bool {
 		return sc.Claim(ctx, "claims", "wallets:w1:z", "key-b") == nil
@@ -96,8 +102,7 @@ func TestClaimantRedeliveryRenewsItsClaim(t *testing.T) {
 	const ttl = 3 * time.Second
 	cfg := b.cfg
 	cfg.ClaimTTL = ttl
-	c, err := NewClaims(ctx, b.js, cfg)
-	require.NoError(t, err)
+	c := b.claimsFor(t, cfg)
 
 	// A loaded machine can stall the test past the renewed claim's end;
 	// such a round says nothing, and is done again on another balance.
@@ -137,8 +142,7 @@ func TestClaimantDeliveriesRenewAtOnce(t *testing.T) {
 	t.Parallel()
 	b := claimSetup(t, 0)
 	ctx := context.Background()
-	c, err := NewClaims(ctx, b.js, b.cfg)
-	require.NoError(t, err)
+	c := b.claimsFor(t, b.cfg)
 	for i := range 5 {
 		account := fmt.Sprintf("wallets:w1:atonce%d", i)
 		require.NoError(t, c.Claim(ctx, "claims", account, "key-a"))
@@ -230,8 +234,7 @@ func TestClaimClosesTheCreateRace(t *testing.T) {
 	t.Parallel()
 	const n = 100
 	b := claimSetup(t, 100*time.Millisecond)
-	claims, err := NewClaims(context.Background(), b.js, b.cfg)
-	require.NoError(t, err)
+	claims := b.claimsFor(t, b.cfg)
 
 	created, exists, lostRaces, writes := raceBalances(t, b, claims, n)
 	require.Equal(t, n, created, "one created per balance")
@@ -306,8 +309,7 @@ func TestClaimWonAfterAnExpiredClaimReadsAgain(t *testing.T) {
 		})
 	})
 	ctx := context.Background()
-	claims, err := NewClaims(ctx, b.js, cfg)
-	require.NoError(t, err)
+	claims := b.claimsFor(t, cfg)
 	h := &handlers.CreateBalance{Ledger: b.ledger, LedgerName: "claims", Claim: claims, ClaimReadMaxAge: cfg.ClaimReadMaxAge()}
 	cmd := func(priority int64) messages.CreateBalance {
 		return messages.CreateBalance{WalletID: "w1", Name: "stale", Priority: priority}

@@ -60,13 +60,36 @@ func provisionBaseline(ctx context.Context, js jetstream.JetStream, c worker.Con
 		return fmt.Errorf("provision %s: %w", b.consumer, err)
 	}
 	if b.claims != "" {
-		kc := c.KeyValueConfig()
-		kc.Bucket, kc.Description = b.claims, "wallets-worker bench baseline"
-		if _, err := js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
-			return fmt.Errorf("provision %s: %w", b.claims, err)
+		if _, err := provisionBaselineClaims(ctx, js, c, b.claims); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// provisionBaselineClaims creates a bucket configured like the claims bucket
+// under the name bucket.
+func provisionBaselineClaims(ctx context.Context, js jetstream.JetStream, c worker.Config, bucket string) (jetstream.KeyValue, error) {
+	kc := c.KeyValueConfig()
+	kc.Bucket, kc.Description = bucket, "wallets-worker bench baseline"
+	kv, err := js.CreateOrUpdateKeyValue(ctx, kc)
+	if err != nil {
+		return nil, fmt.Errorf("provision %s: %w", bucket, err)
+	}
+	return kv, nil
+}
+
+// baselineClaim claims for the command of key as the worker claims a new
+// balance: a create-if-absent with a TTL, keyed by a SHA-256 (the worker's
+// key is its balance's; the store is the same). A claim already there, a
+// redelivery's own, is no error.
+func baselineClaim(ctx context.Context, kv jetstream.KeyValue, key string, ttl time.Duration) error {
+	sum := sha256.Sum256([]byte(key))
+	_, err := kv.Create(ctx, hex.EncodeToString(sum[:]), []byte(key), jetstream.KeyTTL(ttl))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return nil
+	}
+	return err
 }
 
 // baselineSide is the least a worker that reports outcomes must do (with
@@ -161,11 +184,7 @@ func (h baselineHandler) handle(ctx context.Context, m jetstream.Msg) error {
 	ctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
 	if h.claims != nil && h.claimFor(key) {
-		// One claim per fresh command, keyed by its key (the worker keys
-		// its claims by balance; the store is the same).
-		sum := sha256.Sum256([]byte(key))
-		_, err := h.claims.Create(ctx, hex.EncodeToString(sum[:]), []byte(key), jetstream.KeyTTL(h.claimTTL))
-		if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		if err := baselineClaim(ctx, h.claims, key, h.claimTTL); err != nil {
 			_ = m.NakWithDelay(time.Second)
 			return err
 		}

@@ -3,8 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -330,10 +328,8 @@ func rawJetStream(ctx context.Context, js jetstream.JetStream, n int, claim bool
 	var kv jetstream.KeyValue
 	claimTTL := worker.Config{}.WithDefaults().ClaimTTL
 	if claim {
-		kc := worker.Config{}.KeyValueConfig()
-		kc.Bucket, kc.Description = claims, "wallets-worker bench user raw loop"
 		var err error
-		if kv, err = js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
+		if kv, err = provisionBaselineClaims(ctx, js, worker.Config{}, claims); err != nil {
 			return 0, err
 		}
 		defer func() { _ = js.DeleteKeyValue(context.WithoutCancel(ctx), claims) }()
@@ -363,8 +359,7 @@ func rawJetStream(ctx context.Context, js jetstream.JetStream, n int, claim bool
 			defer func() { <-sem }()
 			key := m.Headers().Get(messages.HeaderMsgID)
 			if kv != nil {
-				sum := sha256.Sum256([]byte(key))
-				if _, err := kv.Create(ctx, hex.EncodeToString(sum[:]), []byte(key), jetstream.KeyTTL(claimTTL)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+				if err := baselineClaim(ctx, kv, key, claimTTL); err != nil {
 					_ = m.Nak()
 					return
 				}
