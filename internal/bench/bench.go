@@ -293,10 +293,10 @@ type Result struct {
 	Baseline *Phase `json:"baseline,omitempty"`
 	// WorkerToBaseline is the worker's commands/s over the baseline's.
 	WorkerToBaseline float64 `json:"workerToBaseline,omitempty"`
-	// BaselineWithClaim is the baseline that also claims each message (a
-	// create-if-absent in a key-value bucket like the claims bucket), as a
-	// worker with our first-writer-wins guarantee must; WorkerToBaselineWithClaim
-	// the worker's commands/s over its.
+	// BaselineWithClaim is the baseline that also claims for each fresh
+	// command (a create-if-absent in a key-value bucket like the claims
+	// bucket), as a worker with our first-writer-wins guarantee must;
+	// WorkerToBaselineWithClaim the worker's commands/s over its.
 	BaselineWithClaim         *Phase  `json:"baselineWithClaim,omitempty"`
 	WorkerToBaselineWithClaim float64 `json:"workerToBaselineWithClaim,omitempty"`
 	// BaselineClaims is what its claims bucket holds after it: one claim
@@ -592,7 +592,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		if b.CommandsPerSecond > 0 {
 			res.WorkerToBaseline = res.Worker.CommandsPerSecond / b.CommandsPerSecond
 		}
-		logf("baseline phase with a claim per message: %d messages, concurrency %d", len(w.stored), cfg.inFlight())
+		logf("baseline phase with a claim per fresh command: %d messages, concurrency %d", len(w.stored), cfg.inFlight())
 		bc, err := r.phase(ctx, r.baselineSide(ctx, baseConn, claimBaseline), w.stored)
 		if err != nil {
 			return res, err
