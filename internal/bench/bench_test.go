@@ -361,6 +361,55 @@ func TestUserWorkload(t *testing.T) {
 	require.NoError(t, Command(context.Background(), []string{"--workload", "user", "--binary", bin, "--commands", "200"}, &out, &log), log.String())
 	require.Contains(t, out.String(), "run ÷ raw JetStream")
 	require.Contains(t, out.String(), "run ÷ raw JetStream with a claim per message")
+
+	// --runs: every run, each with its own run process, and their spread.
+	out.Reset()
+	require.NoError(t, Command(context.Background(), []string{"--workload", "user", "--binary", bin, "--commands", "100", "--runs", "2", "--json"}, &out, &log), log.String())
+	var runs UserRuns
+	require.NoError(t, json.Unmarshal(out.Bytes(), &runs), out.String())
+	require.Len(t, runs.Runs, 2)
+	for _, r := range runs.Runs {
+		require.Equal(t, 100, r.Run.Created, "every balance of every run created: %+v", r.Run)
+		require.Positive(t, r.ToRaw)
+	}
+	require.Equal(t, summarize(runs.Runs), runs.Summary)
+	require.Equal(t, 2, runs.Summary.Runs)
+	require.Equal(t, min(runs.Runs[0].ToRaw, runs.Runs[1].ToRaw), runs.Summary.ToRaw.Min)
+	require.Equal(t, max(runs.Runs[0].ToRaw, runs.Runs[1].ToRaw), runs.Summary.ToRaw.Max)
+	require.ErrorIs(t, Command(context.Background(), []string{"--workload", "user", "--runs", "0"}, &out, &log), ErrUsage)
+}
+
+// The summary of several user runs: the least, the median and the most of
+// each figure, and the sums of what a healthy run has none of.
+func TestSummarizeUserRuns(t *testing.T) {
+	run := func(perSec, toRaw, toBest float64, first, replayed int, timeouts int64) UserResult {
+		var r UserResult
+		r.Run.PerSec, r.ToRaw, r.ToRawWithClaim, r.ToBestWrite, r.ToReadThenWrite = perSec, toRaw, toRaw+0.1, toBest, 2*toBest
+		r.Run.PerSecond, r.Run.Replayed, r.Run.PeakRSSMiB = []int{first, 300}, replayed, perSec/10
+		r.Baselines = []LedgerBaseline{{Name: "bulk", Timeouts: timeouts}}
+		return r
+	}
+	s := summarize([]UserResult{run(300, 0.3, 0.8, 100, 0, 0), run(400, 0.2, 0.95, 250, 1, 2), run(350, 0.4, 0.9, 200, 0, 1), run(380, 0.25, 0.85, 150, 2, 0)})
+	require.Equal(t, 4, s.Runs)
+	require.Equal(t, Spread{Min: 300, Median: 365, Max: 400}, s.PerSecond)
+	require.InDelta(t, 0.2, s.ToRaw.Min, 1e-9)
+	require.InDelta(t, 0.275, s.ToRaw.Median, 1e-9)
+	require.InDelta(t, 0.4, s.ToRaw.Max, 1e-9)
+	require.InDelta(t, 0.5, s.ToRawWithClaim.Max, 1e-9)
+	require.InDelta(t, 0.8, s.ToBestWrite.Min, 1e-9)
+	require.InDelta(t, 0.875, s.ToBestWrite.Median, 1e-9)
+	require.InDelta(t, 1.9, s.ToReadThenWrite.Max, 1e-9)
+	require.Equal(t, Spread{Min: 100, Median: 175, Max: 250}, s.FirstSecond)
+	require.Equal(t, Spread{Min: 30, Median: 36.5, Max: 40}, s.PeakRSSMiB)
+	require.Equal(t, 3, s.Replayed)
+	require.Equal(t, int64(3), s.BaselineTimeouts)
+	// Odd: the middle one. Without baselines: no ledger ratios.
+	one := run(500, 0.3, 0, 10, 0, 0)
+	one.Baselines = nil
+	s = summarize([]UserResult{run(300, 0.3, 0.8, 100, 0, 0), one, run(200, 0.1, 0.7, 50, 0, 0)})
+	require.Equal(t, Spread{Min: 200, Median: 300, Max: 500}, s.PerSecond)
+	require.Equal(t, Spread{Min: 0.7, Median: 0.75, Max: 0.8}, s.ToBestWrite)
+	require.Equal(t, Spread{}, summarize(nil).PerSecond)
 }
 
 // The user workload reads the run's ledger requests without an answer and

@@ -473,6 +473,7 @@ func (s *syncBuffer) String() string {
 func userCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	cfg := UserConfig{Log: stderr}
 	var asJSON bool
+	var runs int
 	var workload, runArgs string
 	fs.StringVar(&workload, "workload", WorkloadUser, "user: run as a process of its own, fed by this one")
 	fs.StringVar(&cfg.LedgerURL, "ledger-url", "", "the ledger run writes to (--ledger-url of run); empty: run's embedded ledger")
@@ -481,6 +482,7 @@ func userCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, s
 	fs.StringVar(&runArgs, "run-args", "", "more flags for run, space-separated")
 	fs.StringVar(&cfg.Binary, "binary", "", "the wallets-worker binary to run (default: this one)")
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of the report")
+	fs.IntVar(&runs, "runs", 1, "measure this many times in a row, each with its own run process (and its own baselines), and print every run and the spread of each figure; with --json, one object with every run and the summary")
 	if err := parseWorkloadFlags(fs, args); err != nil {
 		return err
 	}
@@ -490,10 +492,23 @@ func userCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, s
 			cfg.Commands = DefaultURLCommands
 		}
 	}
-	if cfg.Commands < 1 || cfg.InFlight < 1 {
-		return fmt.Errorf("%w: --commands and --in-flight must be positive", ErrUsage)
+	if cfg.Commands < 1 || cfg.InFlight < 1 || runs < 1 {
+		return fmt.Errorf("%w: --commands, --in-flight and --runs must be positive", ErrUsage)
 	}
 	cfg.RunArgs = strings.Fields(runArgs)
+	if runs > 1 {
+		all, err := RunUserRuns(ctx, cfg, runs, stderr)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return printJSON(stdout, all)
+		}
+		fmt.Fprintf(stdout, "wallets-worker bench --workload user: %d runs in a row, each with run as its own process (ledger %s), %d create-balance commands\n\n",
+			runs, all.Runs[0].Ledger, cfg.Commands)
+		printUserRuns(stdout, all)
+		return nil
+	}
 	res, err := RunUser(ctx, cfg)
 	if err != nil {
 		return err
