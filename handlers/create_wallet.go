@@ -144,7 +144,13 @@ func (h *CreateWallet) Handle(ctx context.Context, key string, cmd messages.Crea
 		// A write that failed may be an earlier attempt's or a racing
 		// delivery's success under another creation time: look again.
 		a, found, rerr := h.Ledger.GetAccount(ctx, h.LedgerName, address)
-		if rerr == nil && found {
+		switch {
+		case rerr != nil:
+			// Whether the wallet exists is unknown: the read decides, so
+			// that a refused write (another attempt's creation time) is not
+			// taken for good while the wallet may be there.
+			return h.failure(key, cmd, "read the wallet's account after its write failed ("+err.Error()+")", rerr)
+		case found:
 			return decide(a.Metadata)
 		}
 		return h.failure(key, cmd, "write the wallet's account", err)

@@ -99,6 +99,62 @@ func TestCreateWalletOutcomes(t *testing.T) {
 	require.Equal(t, messages.CodeConflict, r.Code())
 }
 
+// refusingLedger refuses every metadata write for good. With landed, the
+// write lands first, as a racing attempt's would have; with readErr, every
+// account read after the first (the one before the write) fails with it.
+type refusingLedger struct {
+	handlers.Ledger
+	landed  bool
+	readErr error
+	reads   int
+}
+
+func (r *refusingLedger) AddAccountMetadata(ctx context.Context, ledger, address string, md map[string]string, key string) (ledgeradapter.WriteResult, error) {
+	if r.landed {
+		if _, err := r.Ledger.AddAccountMetadata(ctx, ledger, address, md, key); err != nil {
+			return ledgeradapter.WriteResult{}, err
+		}
+	}
+	return ledgeradapter.WriteResult{}, &ledgeradapter.Error{Op: "AddAccountMetadata", StatusCode: 400, ErrorCode: "VALIDATION"}
+}
+
+func (r *refusingLedger) GetAccount(ctx context.Context, ledger, address string) (ledgeradapter.Account, bool, error) {
+	if r.reads++; r.readErr != nil && r.reads > 1 {
+		return ledgeradapter.Account{}, false, r.readErr
+	}
+	return r.Ledger.GetAccount(ctx, ledger, address)
+}
+
+// A write refused for good is checked against the account: a wallet that
+// another attempt made meanwhile replays, and when the account cannot be
+// read the command is retried, not rejected (the refusal may be a racing
+// attempt's creation time under the same key, its wallet made).
+func TestCreateWalletRefusedWriteIsCheckedAgainstTheAccount(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	ctx := context.Background()
+	require.NoError(t, l.Client.EnsureLedger(ctx, "wallets-002"))
+	handle := func(ledger handlers.Ledger, key string) (handlers.Result, error) {
+		return (&handlers.CreateWallet{Ledger: ledger, LedgerName: "wallets-002"}).Handle(ctx, key,
+			messages.CreateWallet{WalletID: messages.WalletIDOf(key), Name: "alice"})
+	}
+
+	r, err := handle(&refusingLedger{Ledger: l.Client, landed: true}, "k1")
+	require.NoError(t, err)
+	_, _, body := r.Event()
+	require.True(t, body.(messages.WalletCreated).Replayed, "the wallet the racing attempt made")
+
+	r, err = handle(&refusingLedger{Ledger: l.Client, readErr: &ledgeradapter.Error{Op: "GetAccount", StatusCode: 503}}, "k2")
+	require.Nil(t, r, "no outcome while the account cannot be read")
+	_, retry := handlers.AsRetry(err)
+	require.True(t, retry, "retried: %v", err)
+
+	// No wallet there: the refusal stands.
+	r, err = handle(&refusingLedger{Ledger: l.Client}, "k3")
+	require.NoError(t, err)
+	require.Equal(t, messages.CodeLedgerRejected, r.Code())
+}
+
 // observedUpdate is the metadata the wallets service wrote for
 // PATCH /wallets/40057e88-aa91-5a6c-b63d-3555adf9d5c7 with key k-p1 and
 // {"metadata": {"tier": "platinum", "new": "n"}} on the wallet of
