@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -14,6 +15,23 @@ import (
 type TxLedger interface {
 	GetAccount(ctx context.Context, ledger, address string) (ledgeradapter.Account, bool, error)
 	CreateTransaction(ctx context.Context, ledger string, req ledgeradapter.TransactionRequest, idempotencyKey string) (ledgeradapter.TransactionResult, error)
+}
+
+// createTransaction is l.CreateTransaction, sent a second time, identical,
+// when the ledger answers that the request's reference is taken (409
+// CONFLICT). The ledger looks the Idempotency-Key up before it inserts the
+// transaction, and its reference check comes at the insert: an attempt of
+// the same command that was still running at the lookup (one given up on
+// after a timeout) and committed since meets this one at the reference,
+// not at the key. Sent again, the same key and body are that attempt's
+// idempotency hit (replayed); a reference another command took conflicts
+// again, and stays the refusal.
+func createTransaction(ctx context.Context, l TxLedger, ledger string, req ledgeradapter.TransactionRequest, key string) (ledgeradapter.TransactionResult, error) {
+	res, err := l.CreateTransaction(ctx, ledger, req, key)
+	if err != nil && req.Reference != "" && errors.Is(err, ledgeradapter.ErrReferenceConflict) {
+		return l.CreateTransaction(ctx, ledger, req, key)
+	}
+	return res, err
 }
 
 // Ledger metadata of the money commands (docs/wallets-writes.md).
@@ -173,7 +191,7 @@ func (h *CreditWallet) Handle(ctx context.Context, key string, cmd messages.Cred
 				fmt.Sprintf("balance %q of wallet %q does not exist", cmd.Balance, cmd.WalletID)), nil
 		}
 	}
-	res, err := h.Ledger.CreateTransaction(ctx, h.LedgerName, h.Request(cmd), key)
+	res, err := createTransaction(ctx, h.Ledger, h.LedgerName, h.Request(cmd), key)
 	if err != nil {
 		return h.failure(key, cmd, "create transaction", err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/internal/testutil"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -122,4 +123,55 @@ func TestCreditOutcomes(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, found)
 	require.Equal(t, "100", a.Volumes["USD/2"].Balance.String(), "credited once")
+}
+
+// racedLedger answers the first transaction it lands with the reference
+// conflict that an attempt of the same command, still running at the
+// ledger's key lookup and committed since, meets at the insert.
+type racedLedger struct {
+	handlers.TxLedger
+	raced bool
+}
+
+func (r *racedLedger) CreateTransaction(ctx context.Context, ledger string, req ledgeradapter.TransactionRequest, key string) (ledgeradapter.TransactionResult, error) {
+	res, err := r.TxLedger.CreateTransaction(ctx, ledger, req, key)
+	if err == nil && !r.raced {
+		r.raced = true
+		return ledgeradapter.TransactionResult{}, &ledgeradapter.Error{Op: "CreateTransaction", StatusCode: 409, ErrorCode: "CONFLICT", Err: ledgeradapter.ErrReferenceConflict}
+	}
+	return res, err
+}
+
+// A credit or debit whose reference its own earlier attempt took replays;
+// one whose reference another command took is refused.
+func TestMoneyCommandMeetsItsOwnReference(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	ctx := context.Background()
+	require.NoError(t, l.Client.EnsureLedger(ctx, "wallets-002"))
+	usd := func(n int64) messages.Monetary { return messages.Monetary{Asset: "USD/2", Amount: big.NewInt(n)} }
+
+	credit := messages.CreditWallet{WalletID: "w1", Amount: usd(100), Reference: "ref-c1"}
+	r, err := (&handlers.CreditWallet{Ledger: &racedLedger{TxLedger: l.Client}, LedgerName: "wallets-002"}).Handle(ctx, "k1", credit)
+	require.NoError(t, err)
+	require.Empty(t, r.Code(), "%+v", r)
+	_, _, body := r.Event()
+	require.True(t, body.(messages.WalletCredited).Replayed, "its own attempt's transaction")
+
+	debit := messages.DebitWallet{WalletID: "w1", Amount: usd(10), Reference: "ref-d1"}
+	r, err = (&handlers.DebitWallet{Ledger: &racedLedger{TxLedger: l.Client}, LedgerName: "wallets-002"}).Handle(ctx, "k2", debit)
+	require.NoError(t, err)
+	require.Empty(t, r.Code(), "%+v", r)
+	_, _, body = r.Event()
+	require.True(t, body.(messages.WalletDebited).Replayed)
+
+	other := credit
+	other.Amount = usd(1)
+	r, err = (&handlers.CreditWallet{Ledger: l.Client, LedgerName: "wallets-002"}).Handle(ctx, "k3", other)
+	require.NoError(t, err)
+	require.Equal(t, messages.CodeLedgerRejected, r.Code(), "another command's reference")
+
+	a, _, err := l.Client.GetAccount(ctx, "wallets-002", "wallets:w1:main")
+	require.NoError(t, err)
+	require.Equal(t, "90", a.Volumes["USD/2"].Balance.String(), "each applied once")
 }

@@ -236,7 +236,7 @@ func (h *DebitWallet) Handle(ctx context.Context, key string, cmd messages.Debit
 		return h.failure(key, cmd, "read balance", err)
 	}
 	req, hold := h.Request(key, cmd, sources)
-	res, err := h.Ledger.CreateTransaction(ctx, h.LedgerName, req, key)
+	res, err := createTransaction(ctx, h.Ledger, h.LedgerName, req, key)
 	if err != nil {
 		return h.failure(key, cmd, "create transaction", err)
 	}
