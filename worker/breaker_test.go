@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wallets-worker/wallets-worker/handlers"
 	"github.com/wallets-worker/wallets-worker/internal/testutil"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
@@ -220,4 +222,38 @@ func TestPoisonedCommandDoesNotStopTheOthers(t *testing.T) {
 	// nothing held, the next passing probe closes it.
 	require.Eventually(t, func() bool { return b.worker.Ledger().Available }, waitFor, tick,
 		"the breaker closes once the poisoned command is gone")
+}
+
+// A trial that panics (its kind failing on an answer of a ledger still
+// recovering, say) reopens the breaker, whose prober lets another trial
+// through: the commands held behind it are not held for good.
+func TestTrialThatPanicsDoesNotHoldTheOthers(t *testing.T) {
+	t.Parallel()
+	ledger := &switchableLedger{}
+	var panicked atomic.Bool
+	b := setup(t,
+		withBreaker(Breaker{Threshold: 1, ProbeInterval: 20 * time.Millisecond, ProbeMaxInterval: 100 * time.Millisecond}),
+		withLedgerMiddleware(ledger.middleware),
+		withHandler(func(h handlers.CreateBalanceHandler) handlers.CreateBalanceHandler {
+			return handlerFunc(func(ctx context.Context, key string, cmd messages.CreateBalance) (handlers.Outcome, error) {
+				if !ledger.down.Load() && panicked.CompareAndSwap(false, true) {
+					panic("the first trial after the outage")
+				}
+				return h.Handle(ctx, key, cmd)
+			})
+		}))
+	ledger.down.Store(true)
+	const n = 3
+	for i := range n {
+		b.publish(t, cmd(fmt.Sprintf("w%d", i), fmt.Sprintf("k%d", i), body(fmt.Sprintf("w%d", i), "savings")))
+	}
+	require.Eventually(t, func() bool { return b.worker.Ledger().Held == n }, waitFor, tick, "every command held")
+	ledger.down.Store(false)
+	require.Eventually(t, func() bool { return len(b.events.all()) == n }, waitFor, tick,
+		"every command settled after the trial panicked: %+v", b.worker.Ledger())
+	require.True(t, panicked.Load())
+	require.EqualValues(t, 1, b.worker.Stats().Panics.Load())
+	for _, ev := range b.events.all() {
+		require.True(t, strings.HasPrefix(ev.Subject, createdPrefix), ev.Subject)
+	}
 }

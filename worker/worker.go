@@ -272,6 +272,16 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 	}
 	window()
 
+	// A trial the breaker let through is recorded whatever becomes of it:
+	// one that panics records nothing on its own, and the breaker would stay
+	// half-open with no prober, holding every other command for good.
+	unrecorded := false
+	defer func() {
+		if unrecorded {
+			w.breaker.record(d, true, resultOther, nil)
+		}
+	}()
+
 	waited, wasHeld := false, false
 	var lastErr error
 	for {
@@ -292,7 +302,9 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 			window()
 			wasHeld = false
 		}
+		unrecorded = trial
 		outcome, err := w.decide(hctx, d, key, wallet, cmd)
+		unrecorded = false
 		hold := w.breaker.record(d, trial, classify(hctx, err), err)
 		if err == nil {
 			w.settle(ctx, d, outcome)
