@@ -620,20 +620,30 @@ func (b *Batcher) dispatch() {
 		// cancellation: it is cancelled once no caller waits for it, and
 		// the client bounds it with the timeout for its size.
 		bt.ctx, bt.cancel = context.WithCancel(context.WithoutCancel(keep[0].ctx))
+		// live counts every call taken before any is marked sent: a caller
+		// that leaves as soon as its call is sent must not find the count
+		// at zero, and cancel the request, while calls after its own are
+		// still being added. The calls whose callers left before are taken
+		// off the count.
+		bt.live.Add(int32(len(keep)))
 		for _, c := range keep {
-			// batch and live are set before the call is marked sent: a
-			// caller that then finds it sent uses both.
-			bt.live.Add(1)
+			// batch is set before the call is marked sent: a caller that
+			// then finds it sent uses it.
 			c.batch = bt
 			if c.state.CompareAndSwap(callPending, callSent) {
 				bt.calls = append(bt.calls, c)
+				if testHookSent != nil {
+					testHookSent(c)
+				}
 			} else {
 				bt.live.Add(-1)
 				b.land(c, false)
 			}
 		}
-		if len(bt.calls) == 0 {
+		if len(bt.calls) == 0 || bt.live.Load() <= 0 {
 			bt.cancel()
+		}
+		if len(bt.calls) == 0 {
 			continue // every caller gave up: nothing to send
 		}
 		b.inFlight++
@@ -643,6 +653,10 @@ func (b *Batcher) dispatch() {
 		go b.send(q, bt)
 	}
 }
+
+// testHookSent, when set (by tests), is called with each call dispatch marks
+// sent, mu held.
+var testHookSent func(c *call)
 
 // refuse answers c with err (wrapped in an *Error of its operation)
 // without sending it, unless its caller has left already. Called with mu
