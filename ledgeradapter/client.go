@@ -131,31 +131,40 @@ func (c *Client) EnsureLedger(ctx context.Context, name string) error {
 		return notSent(op, err)
 	}
 	path := "/v2/" + url.PathEscape(name)
-	resp, e := c.do(ctx, request{op: op, method: http.MethodGet, path: path})
-	if e != nil {
-		return e
+	// get says whether the ledger is there; a 404 NOT_FOUND is its absence,
+	// kept as the error to report if it stays absent.
+	get := func() (bool, *Error) {
+		resp, e := c.do(ctx, request{op: op, method: http.MethodGet, path: path})
+		if e != nil {
+			return false, e
+		}
+		switch {
+		case resp.status == http.StatusOK:
+			var body struct {
+				Data *struct {
+					Name string `json:"name"`
+				} `json:"data"`
+			}
+			if err := json.Unmarshal(resp.body, &body); err != nil || body.Data == nil || body.Data.Name != name {
+				return false, resp.unexpected(fmt.Errorf("%w: not a ledger named %q", ErrUnexpectedResponse, name))
+			}
+			return true, nil
+		}
+		return false, resp.fail()
 	}
+	found, absent := get()
 	switch {
-	case resp.status == http.StatusOK:
-		var body struct {
-			Data *struct {
-				Name string `json:"name"`
-			} `json:"data"`
-		}
-		if err := json.Unmarshal(resp.body, &body); err != nil || body.Data == nil || body.Data.Name != name {
-			return resp.unexpected(fmt.Errorf("%w: not a ledger named %q", ErrUnexpectedResponse, name))
-		}
+	case found:
 		return nil
-	case resp.status == http.StatusNotFound && resp.errorCode() == CodeNotFound:
-	default:
-		return resp.fail()
+	case absent.StatusCode != http.StatusNotFound || absent.ErrorCode != CodeNotFound:
+		return absent
 	}
 
 	body, err := json.Marshal(map[string]string{"bucket": name})
 	if err != nil {
 		return notSent(op, err)
 	}
-	resp, e = c.do(ctx, request{op: op, method: http.MethodPost, path: path, body: body})
+	resp, e := c.do(ctx, request{op: op, method: http.MethodPost, path: path, body: body})
 	if e != nil {
 		return e
 	}
@@ -163,7 +172,18 @@ func (c *Client) EnsureLedger(ctx context.Context, name string) error {
 	case resp.status == http.StatusNoContent:
 		return nil
 	case resp.status == http.StatusBadRequest && resp.errorCode() == CodeLedgerAlreadyExists:
-		return nil
+		// Another process created it meanwhile, or the name is a deleted
+		// ledger's: the ledger keeps the names of deleted ledgers, whose
+		// reads answer NOT_FOUND (and every write LEDGER_NOT_FOUND). Only
+		// the first is a ledger to write to.
+		found, e := get()
+		switch {
+		case found:
+			return nil
+		case e.StatusCode == http.StatusNotFound && e.ErrorCode == CodeNotFound:
+			e.Err = fmt.Errorf("ledger %q cannot be created (its name is taken) nor read: a deleted ledger's name?", name)
+		}
+		return e
 	}
 	return resp.fail()
 }

@@ -402,6 +402,37 @@ func TestEnsureLedgerAnswers(t *testing.T) {
 		require.ErrorIs(t, err, ledgeradapter.ErrValidation)
 		require.JSONEq(t, `{"bucket":"wallets-002"}`, body)
 	})
+
+	// LEDGER_ALREADY_EXISTS is another process's creation only if the
+	// ledger can then be read: a deleted ledger keeps its name, reads
+	// NOT_FOUND, and would fail every write.
+	exists := func(readable func() bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case r.Method == http.MethodPost:
+				answer(400, `{"errorCode":"LEDGER_ALREADY_EXISTS","errorMessage":"ledger already exists"}`)(w, r)
+			case readable():
+				answer(200, `{"data":{"name":"l","bucket":"l"}}`)(w, r)
+			default:
+				answer(404, `{"errorCode":"NOT_FOUND","errorMessage":"ledger not found"}`)(w, r)
+			}
+		}
+	}
+	t.Run("created meanwhile by another process", func(t *testing.T) {
+		t.Parallel()
+		var gets atomic.Int32
+		s := setupStub(t, ledgeradapter.Config{}, exists(func() bool { return gets.Add(1) > 1 }))
+		require.NoError(t, s.client.EnsureLedger(context.Background(), "l"))
+		require.EqualValues(t, 3, s.requests.Load(), "GET, POST, GET")
+	})
+	t.Run("a deleted ledger's name", func(t *testing.T) {
+		t.Parallel()
+		s := setupStub(t, ledgeradapter.Config{}, exists(func() bool { return false }))
+		err := s.client.EnsureLedger(context.Background(), "l")
+		require.ErrorIs(t, err, ledgeradapter.ErrNotFound)
+		require.False(t, ledgeradapter.IsRetryable(err), "it will not come back: run stops at start")
+		require.ErrorContains(t, err, "deleted ledger")
+	})
 }
 
 func TestConfig(t *testing.T) {
