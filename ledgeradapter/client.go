@@ -22,6 +22,10 @@ const (
 	maxResponseBytes = 1 << 20
 	// maxLogsResponseBytes bounds a page of up to MaxLogsPageSize logs.
 	maxLogsResponseBytes = 32 << 20
+	// maxBulkResponseBytes bounds a bulk's answer: it echoes each
+	// transaction with its metadata and volumes, up to MaxBulkSize of them
+	// (a chain of credits of 40 KiB of metadata each answers megabytes).
+	maxBulkResponseBytes = 32 << 20
 	// drainBytes is how much of an unread body is drained so that the
 	// connection can be reused; beyond it the connection is dropped.
 	drainBytes = 64 << 10
@@ -507,6 +511,12 @@ func notSent(op string, err error) *Error {
 }
 
 func validateIdempotencyKey(key string) error {
+	if !utf8.ValidString(key) {
+		// In a bulk the key travels in JSON, which replaces the invalid
+		// bytes; as a header it travels raw: one command's attempts would
+		// be two keys to the ledger, and a write could apply twice.
+		return fmt.Errorf("%w: not valid UTF-8", ErrInvalidIdempotencyKey)
+	}
 	if utf8.RuneCountInString(key) > maxIdempotencyKeyLen {
 		return fmt.Errorf("%w: longer than %d characters", ErrInvalidIdempotencyKey, maxIdempotencyKeyLen)
 	}

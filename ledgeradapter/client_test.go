@@ -246,7 +246,7 @@ func TestNothingIsSentForInvalidInput(t *testing.T) {
 		_, err = s.client.ListLogs(ctx, name, 0, "")
 		require.ErrorIs(t, err, ledgeradapter.ErrInvalidLedgerName)
 	}
-	for _, ik := range []string{strings.Repeat("k", 256), "a\nb", " k", "k\x00"} {
+	for _, ik := range []string{strings.Repeat("k", 256), "a\nb", " k", "k\x00", "k\xff"} {
 		_, err := s.client.AddAccountMetadata(ctx, "l", "a", nil, ik)
 		require.ErrorIs(t, err, ledgeradapter.ErrInvalidIdempotencyKey, "%q", ik)
 		require.False(t, ledgeradapter.IsRetryable(err))

@@ -372,6 +372,34 @@ func TestChainTransactionsStopsAtTheFirstFailure(t *testing.T) {
 	require.Equal(t, "0", balance(t, c, "chain", w, "USD/2").String())
 }
 
+// TestBulkAnswersCarryLargeTransactions: a bulk's answer echoes every
+// transaction with its metadata, so a chain of commands of tens of KiB of
+// metadata each answers megabytes, and is read whole.
+func TestBulkAnswersCarryLargeTransactions(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	c, ctx := l.Client, context.Background()
+	require.NoError(t, c.EnsureLedger(ctx, "large"))
+	big := strings.Repeat("x", 40<<10)
+	var elems []ledgeradapter.BulkTransaction
+	for i := range 32 {
+		req := credit("wallets:w1:main", "1")
+		req.Metadata = map[string]string{"big": big}
+		elems = append(elems, ledgeradapter.BulkTransaction{Request: req, IdempotencyKey: fmt.Sprintf("c%d", i)})
+	}
+	for name, send := range map[string]func(context.Context, string, []ledgeradapter.BulkTransaction) ([]ledgeradapter.BulkTransactionResult, error){
+		"chain": c.ChainTransactions, "bulk": c.BulkTransactions,
+	} {
+		res, err := send(ctx, "large", elems)
+		require.NoError(t, err, name)
+		require.Len(t, res, len(elems))
+		for _, r := range res {
+			require.NoError(t, r.Err, name)
+			require.Equal(t, big, r.Transaction.Metadata["big"], name)
+		}
+	}
+}
+
 // TestDryRunTellsWhetherAKeyApplied: a dry run with a key answers the
 // transaction that key applied (a hit), and applies nothing otherwise.
 func TestDryRunTellsWhetherAKeyApplied(t *testing.T) {
