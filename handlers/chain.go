@@ -181,10 +181,12 @@ func (c *Chain) Handle(ctx context.Context, cmds []Command, keys []string) []Cha
 		}
 		res, err := c.Ledger.ChainTransactions(ctx, ledger, elems)
 		switch {
-		case err != nil && !sent(err):
-			// Refused before it was sent (one element's key, say), so
-			// nothing applied: the first is decided alone, which tells
-			// its own fault from another's, and the rest go on after it.
+		case err != nil && (!sent(err) || !ledgeradapter.IsRetryable(err)):
+			// Refused before it was sent (one element's key, say), or by
+			// the ledger whole, before it ran any element (a 4xx without
+			// per-element results), so nothing applied: the first is
+			// decided alone, which tells its own fault from another's, and
+			// the rest go on after it.
 			if alone(i) {
 				return out
 			}

@@ -21,8 +21,9 @@ import (
 type requestLog struct {
 	mu   sync.Mutex
 	seen []string
-	// fail500 answers this many _bulk requests 500 before passing them.
-	fail500 int
+	// fail500 answers this many _bulk requests 500 before passing them;
+	// fail400 this many 400 VALIDATION, the bulk refused whole.
+	fail500, fail400 int
 }
 
 func (l *requestLog) wrap(next http.Handler) http.Handler {
@@ -34,7 +35,17 @@ func (l *requestLog) wrap(next http.Handler) http.Handler {
 		if fail {
 			l.fail500--
 		}
+		refuse := p == "_bulk" && !fail && l.fail400 > 0
+		if refuse {
+			l.fail400--
+		}
 		l.mu.Unlock()
+		if refuse {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = w.Write([]byte(`{"errorCode":"VALIDATION","errorMessage":"injected"}`))
+			return
+		}
 		if fail {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusInternalServerError)
@@ -200,6 +211,28 @@ func TestChainThatFailsWholeRetriesItsFirst(t *testing.T) {
 		require.NoError(t, a.Err, "answer %d", i)
 		require.False(t, a.Result.Replayed(), "nothing of the failed bulk applied")
 	}
+}
+
+// TestChainRefusedWholeDecidesItsFirstAlone: a bulk the ledger refuses
+// whole (a 400 without per-element results) applied nothing, and says
+// nothing of which command it is about: the first is decided alone, not
+// charged with the refusal, and the others go on after it.
+func TestChainRefusedWholeDecidesItsFirstAlone(t *testing.T) {
+	t.Parallel()
+	f := newChainFixture(t)
+	f.log.fail400 = 1
+	cmds := []handlers.Command{
+		f.command(t, messages.KindCreditWallet, creditOf(10)),
+		f.command(t, messages.KindDebitWallet, creditOf(10)),
+		f.command(t, messages.KindCreditWallet, creditOf(3)),
+	}
+	answers := f.chain.Handle(f.ctx, cmds, []string{"a", "b", "c"})
+	for i, a := range answers {
+		require.NoError(t, a.Err, "answer %d", i)
+		require.False(t, a.NotRun, "answer %d", i)
+		require.Empty(t, a.Result.Code(), "answer %d: %s", i, a.Result.Reason())
+	}
+	require.Equal(t, 2, f.log.count("POST _bulk"), "the refused bulk, then the two after the first")
 }
 
 // TestOnlyMoneyCommandsWithoutReadsRideChains: a credit to a named balance
