@@ -92,6 +92,9 @@ func DecodeCreateWallet(subject string, body []byte) (CreateWallet, error) {
 	err = decodeFields(body, func(name string, raw json.RawMessage) error {
 		switch name {
 		case FieldName:
+			if string(raw) == "null" {
+				return nil // absent, as the wallets service decodes it
+			}
 			if raw[0] != '"' || json.Unmarshal(raw, &c.Name) != nil {
 				return invalid(name, "must be a string")
 			}

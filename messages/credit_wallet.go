@@ -122,6 +122,9 @@ func (c *CreditWallet) setField(name string, raw json.RawMessage) error {
 	isNull := string(raw) == "null"
 	switch name {
 	case FieldWalletID, "balance", "reference":
+		if isNull && name != FieldWalletID {
+			return nil // absent, as the wallets service decodes it
+		}
 		var s string
 		if raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
 			return invalid(name, "must be a string")

@@ -112,3 +112,29 @@ func TestDecodeUpdateWallet(t *testing.T) {
 		require.True(t, messages.IsValidationError(err), "%s: %v", name, err)
 	}
 }
+
+// An optional string sent as null is absent, as the wallets service's JSON
+// decoding reads it; a required one sent as null is still refused.
+func TestOptionalStringsMayBeNull(t *testing.T) {
+	t.Parallel()
+	credit, err := messages.DecodeCreditWallet(messages.CreditWalletSubject("w1"),
+		[]byte(`{"walletID":"w1","amount":{"asset":"USD","amount":1},"balance":null,"reference":null}`))
+	require.NoError(t, err)
+	require.Empty(t, credit.Balance)
+	require.Empty(t, credit.Reference)
+
+	debit, err := messages.DecodeDebitWallet(messages.DebitWalletSubject("w1"),
+		[]byte(`{"walletID":"w1","amount":{"asset":"USD","amount":1},"description":null,"reference":null}`))
+	require.NoError(t, err)
+	require.Empty(t, debit.Description)
+	require.Empty(t, debit.Reference)
+
+	wallet, err := messages.DecodeCreateWallet(messages.CreateWalletSubject("k1"), []byte(`{"name":null}`))
+	require.NoError(t, err)
+	require.Empty(t, wallet.Name)
+
+	_, err = messages.DecodeCreditWallet(messages.CreditWalletSubject("w1"), []byte(`{"walletID":null,"amount":{"asset":"USD","amount":1}}`))
+	require.True(t, messages.IsValidationError(err), "walletID is required: %v", err)
+	_, err = messages.DecodeDebitWallet(messages.DebitWalletSubject("w1"), []byte(`{"walletID":null,"amount":{"asset":"USD","amount":1}}`))
+	require.True(t, messages.IsValidationError(err), "walletID is required: %v", err)
+}

@@ -81,6 +81,9 @@ func DecodeDebitWallet(subject string, body []byte) (DebitWallet, error) {
 		isNull := string(raw) == "null"
 		switch name {
 		case FieldWalletID, "description", "reference":
+			if isNull && name != FieldWalletID {
+				return nil // absent, as the wallets service decodes it
+			}
 			var s string
 			if raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
 				return invalid(name, "must be a string")
