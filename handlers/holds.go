@@ -115,11 +115,10 @@ func (c holdCommand) apply(ctx context.Context, key string, req ledgeradapter.Tr
 // Idempotency-Key (for the reason given on CreditWallet), and one
 // difference: where the service answers HOLD_CLOSED or INSUFFICIENT_FUND to
 // a replay of a confirm that emptied or drew on the hold, a replay of the
-// same command replays (see replayOr). A confirm of "all that is left" that
-// closed the hold cannot be told that way (what was left is gone): its
-// replay is HOLD_CLOSED, as in the wallets service.
+// same command replays (see replayOr, and replayAll for a confirm of "all
+// that is left").
 type ConfirmHold struct {
-	Ledger        TxLedger
+	Ledger        HoldLedger
 	LedgerName    string
 	AccountPrefix string
 }
@@ -189,7 +188,7 @@ func (h *ConfirmHold) Handle(ctx context.Context, key string, cmd messages.Confi
 	all := cmd.Amount == nil || cmd.Amount.Sign() == 0
 	switch {
 	case all && hd.remaining.Sign() <= 0:
-		return c.reject(key, cmd.WalletID, messages.CodeHoldClosed, fmt.Sprintf("hold %s is closed", cmd.HoldID))
+		return h.replayAll(ctx, key, hd, cmd, ev)
 	case all:
 		ev.Amount = new(big.Int).Set(hd.remaining)
 		return c.apply(ctx, key, h.Request(hd, ev.Amount, cmd.Final), ev)
@@ -204,6 +203,56 @@ func (h *ConfirmHold) Handle(ctx context.Context, key string, cmd messages.Confi
 			fmt.Sprintf("hold %s has %s %s left, less than %s", cmd.HoldID, hd.remaining, hd.asset, cmd.Amount))
 	}
 	return c.apply(ctx, key, req, ev)
+}
+
+// holdTransactionsPage is the page size replayAll lists a hold's
+// transactions with: the ledger's largest.
+const holdTransactionsPage = 100
+
+// replayAll answers a confirm of all that is left on a hold with nothing
+// left: HOLD_CLOSED, as the wallets service answers, unless this very
+// command emptied the hold (a redelivery after its write landed, its event
+// not yet stored). Its body named the amount left at the time, now gone
+// from the hold, so each amount a confirm moved from the hold to its
+// destination is tried under the key in a dry run: the one this command
+// wrote is the ledger's idempotency hit. A hold is confirmed a few times at
+// most, so a few dry runs, and only on this path.
+func (h *ConfirmHold) replayAll(ctx context.Context, key string, hd *hold, cmd messages.ConfirmHold, ev messages.HoldSettled) (Result, error) {
+	c := h.common()
+	dest := SubjectAccount(h.AccountPrefix, hd.destination)
+	tried := map[string]bool{}
+	filter := map[string]any{"$match": map[string]any{"source": hd.address}}
+	for cursor := ""; ; {
+		page, err := h.Ledger.ListTransactions(ctx, h.LedgerName, filter, holdTransactionsPage, cursor)
+		if err != nil {
+			return txFailure(c.rejEvent, key, cmd.WalletID, "list the hold's transactions", err)
+		}
+		for _, tx := range page.Data {
+			for _, p := range tx.Postings {
+				if p.Source != hd.address || p.Destination != dest || p.Asset != hd.asset || p.Amount == nil || tried[p.Amount.String()] {
+					continue
+				}
+				tried[p.Amount.String()] = true
+				req := h.Request(hd, p.Amount, cmd.Final)
+				req.DryRun = true
+				res, err := h.Ledger.CreateTransaction(ctx, h.LedgerName, req, key)
+				switch {
+				case err == nil && res.IdempotencyHit:
+					ev.Amount, ev.TransactionID, ev.Replayed = p.Amount, res.Transaction.ID, true
+					return succeeded(c.settledEvent, ev.WalletID, true, ev), nil
+				case err == nil, errors.Is(err, ledgeradapter.ErrIdempotencyConflict),
+					errors.Is(err, ledgeradapter.ErrInsufficientFunds), errors.Is(err, ledgeradapter.ErrNoPostings):
+					// Not this amount under this key.
+				default:
+					return txFailure(c.rejEvent, key, cmd.WalletID, "look the key up", err)
+				}
+			}
+		}
+		if page.Next == "" {
+			return c.reject(key, cmd.WalletID, messages.CodeHoldClosed, fmt.Sprintf("hold %s is closed", cmd.HoldID))
+		}
+		cursor = page.Next
+	}
 }
 
 // VoidHold decides void-hold commands as the wallets service decides

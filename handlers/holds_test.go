@@ -114,3 +114,47 @@ func TestHoldOutcomes(t *testing.T) {
 	require.Equal(t, messages.CodeHoldNotFound, code(void.Handle(ctx, "v3", messages.VoidHold{WalletID: "w1", HoldID: messages.HoldIDOf("nope")})))
 	require.Equal(t, "450", balance("wallets:w1:main"), "no replay wrote twice")
 }
+
+// A confirm of all that is left replays when it is this very command that
+// emptied the hold (its redelivery after its write landed), though what was
+// left is gone; another key's confirm of all is HOLD_CLOSED.
+func TestConfirmAllReplays(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	ctx := context.Background()
+	const ledger = "wallets-002"
+	require.NoError(t, l.Client.EnsureLedger(ctx, ledger))
+	usd := func(n int64) messages.Monetary { return messages.Monetary{Asset: "USD/2", Amount: big.NewInt(n)} }
+	_, err := (&CreditWallet{Ledger: l.Client, LedgerName: ledger}).Handle(ctx, "c1", messages.CreditWallet{WalletID: "w1", Amount: usd(500)})
+	require.NoError(t, err)
+	r, err := (&DebitWallet{Ledger: l.Client, LedgerName: ledger}).Handle(ctx, "h1", messages.DebitWallet{WalletID: "w1", Amount: usd(100), Pending: true})
+	require.NoError(t, err)
+	require.Empty(t, r.Code())
+	h1 := messages.HoldIDOf("h1")
+	confirm := &ConfirmHold{Ledger: l.Client, LedgerName: ledger}
+	settled := func(r Result, err error) messages.HoldSettled {
+		t.Helper()
+		require.NoError(t, err)
+		require.Empty(t, r.Code(), r.Reason())
+		_, _, body := r.Event()
+		return body.(messages.HoldSettled)
+	}
+
+	part := settled(confirm.Handle(ctx, "p1", messages.ConfirmHold{WalletID: "w1", HoldID: h1, Amount: big.NewInt(30)}))
+	all := settled(confirm.Handle(ctx, "all", messages.ConfirmHold{WalletID: "w1", HoldID: h1}))
+	require.False(t, all.Replayed)
+	require.Equal(t, "70", all.Amount.String())
+
+	again := settled(confirm.Handle(ctx, "all", messages.ConfirmHold{WalletID: "w1", HoldID: h1}))
+	require.True(t, again.Replayed, "this very command emptied the hold")
+	require.Equal(t, all.TransactionID, again.TransactionID)
+	require.Equal(t, "70", again.Amount.String(), "what it confirmed then")
+	require.NotEqual(t, part.TransactionID, again.TransactionID)
+
+	r, err = confirm.Handle(ctx, "other", messages.ConfirmHold{WalletID: "w1", HoldID: h1})
+	require.NoError(t, err)
+	require.Equal(t, messages.CodeHoldClosed, r.Code())
+	a, _, err := l.Client.GetAccount(ctx, ledger, "world")
+	require.NoError(t, err)
+	require.Equal(t, "100", a.Volumes["USD/2"].Input.String(), "confirmed once: 30 and 70 to the world")
+}
