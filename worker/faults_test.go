@@ -315,3 +315,38 @@ func TestSlowDeliveryKeepsLease(t *testing.T) {
 	require.Equal(t, int64(1), settles.Load(), "settled once")
 	require.Equal(t, uint64(1), b.deliveries(t), "never redelivered")
 }
+
+// On the retry budget's last delivery the balance is written, then the
+// outcome event's publish fails once: it is published again in process,
+// rather than left to a redelivery past the budget, which would settle
+// RETRIES_EXHAUSTED (and a dead letter) for a balance the ledger holds.
+func TestLastDeliveryPublishesItsOutcomeAgain(t *testing.T) {
+	t.Parallel()
+	const maxDeliver = 3
+	var reads, duplicates atomic.Int64
+	var failedOnce atomic.Bool
+	b := setup(t,
+		withConfig(func(c *Config) { c.MaxDeliver = maxDeliver }),
+		withLedgerMiddleware(func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if isAccountRead(r) && reads.Add(1) < maxDeliver {
+					ledgerError(w, http.StatusServiceUnavailable, "INTERNAL", "injected")
+					return
+				}
+				next.ServeHTTP(w, r)
+			})
+		}),
+		withHooks(func(b *bundle) hooks {
+			return hooks{publish: recordPublishes(b, &duplicates, func(m *nats.Msg) bool {
+				return strings.HasPrefix(m.Subject, createdPrefix) && failedOnce.CompareAndSwap(false, true)
+			})}
+		}))
+	b.publish(t, cmd("w1", "k", body("w1", "savings")))
+	b.settled(t)
+	require.True(t, failedOnce.Load(), "the first publish failed")
+	require.EqualValues(t, maxDeliver, b.deliveries(t), "settled on the last delivery")
+	require.Equal(t, 1, b.setMetadataLogs(t))
+	ev := single(t, b.events.all())
+	require.True(t, strings.HasPrefix(ev.Subject, createdPrefix), ev.Subject)
+	require.Empty(t, b.dlq.all())
+}

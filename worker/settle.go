@@ -42,7 +42,7 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 	if code.DeadLetters() {
 		dl := w.deadLetter(d, walletID, code, o.Reason())
 		tracing.Inject(sctx, dl.Header) // replaces the command's traceparent with the worker span's
-		if err := w.publish(sctx, dl); err != nil {
+		if err := w.publishOutcome(sctx, d, dl, w.publish); err != nil {
 			w.log.Warn("dead letter publish failed; will retry", w.logAttrs(d, key, "error", err)...)
 			w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
 			return
@@ -57,7 +57,7 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 	if d.eventTurn != nil || d.eventDone != nil {
 		publish = func(ctx context.Context, m *nats.Msg) error { return w.publishInTurn(ctx, d, m) }
 	}
-	if err := publish(sctx, ev); err != nil {
+	if err := w.publishOutcome(sctx, d, ev, publish); err != nil {
 		w.log.Warn("outcome event publish failed; will retry", w.logAttrs(d, key, "error", err)...)
 		w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
 		return
@@ -95,6 +95,44 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 		w.log.Debug("command settled", w.logAttrs(d, key, "outcome", o.Label())...)
 	}
 }
+
+// publishOutcome publishes m, a settle's dead letter or outcome event. On
+// the retry budget's last delivery (or past it) a failed publish is tried
+// again in process until ctx ends, the lease held: its redelivery would be
+// past the budget, and would settle RETRIES_EXHAUSTED without asking the
+// ledger, contradicting what this delivery decided (a write it made, say).
+// On earlier deliveries it is left to the redelivery, which replays.
+func (w *Worker) publishOutcome(ctx context.Context, d *delivery, m *nats.Msg, publish func(context.Context, *nats.Msg) error) error {
+	wait := settleRetryMin
+	for {
+		err := publish(ctx, m)
+		if err == nil || d.delivered < uint64(w.cfg.MaxDeliver) {
+			return err
+		}
+		w.log.Warn("publish failed on the last delivery; trying again", w.logAttrs(d, firstHeader(d, messages.HeaderMsgID), "error", err)...)
+		if errors.Is(err, errTurnLost) {
+			// The command before it in its chain has no event yet, and
+			// will settle later: this one's goes out of turn rather than
+			// be replaced by RETRIES_EXHAUSTED.
+			publish = w.publish
+			continue
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, settleRetryMax)
+	}
+}
+
+// The waits between the publishes of publishOutcome.
+const (
+	settleRetryMin = 50 * time.Millisecond
+	settleRetryMax = time.Second
+)
 
 // settled counts a settled delivery in the stats and the metrics.
 func (w *Worker) settled(d *delivery, o handlers.Result) {
