@@ -100,6 +100,19 @@ func (f *chainFixture) command(t *testing.T, kind, body string) handlers.Command
 	return cmd
 }
 
+// creditDebitCredit decides a chain of three, a credit of 10, a debit of 10
+// and a credit of 3 under keys a, b and c, and returns them and their
+// answers.
+func (f *chainFixture) creditDebitCredit(t *testing.T) ([]handlers.Command, []handlers.ChainAnswer) {
+	t.Helper()
+	cmds := []handlers.Command{
+		f.command(t, messages.KindCreditWallet, creditOf(10)),
+		f.command(t, messages.KindDebitWallet, creditOf(10)),
+		f.command(t, messages.KindCreditWallet, creditOf(3)),
+	}
+	return cmds, f.chain.Handle(f.ctx, cmds, []string{"a", "b", "c"})
+}
+
 func creditOf(n int) string {
 	return fmt.Sprintf(`{"walletID":"w1","amount":{"asset":"USD/2","amount":%d}}`, n)
 }
@@ -195,12 +208,7 @@ func TestChainThatFailsWholeRetriesItsFirst(t *testing.T) {
 	t.Parallel()
 	f := newChainFixture(t)
 	f.log.fail500 = 1
-	cmds := []handlers.Command{
-		f.command(t, messages.KindCreditWallet, creditOf(10)),
-		f.command(t, messages.KindDebitWallet, creditOf(10)),
-		f.command(t, messages.KindCreditWallet, creditOf(3)),
-	}
-	answers := f.chain.Handle(f.ctx, cmds, []string{"a", "b", "c"})
+	cmds, answers := f.creditDebitCredit(t)
 	_, retry := handlers.AsRetry(answers[0].Err)
 	require.True(t, retry, "the first is retried: %v", answers[0].Err)
 	require.True(t, answers[1].NotRun)
@@ -221,12 +229,7 @@ func TestChainRefusedWholeDecidesItsFirstAlone(t *testing.T) {
 	t.Parallel()
 	f := newChainFixture(t)
 	f.log.fail400 = 1
-	cmds := []handlers.Command{
-		f.command(t, messages.KindCreditWallet, creditOf(10)),
-		f.command(t, messages.KindDebitWallet, creditOf(10)),
-		f.command(t, messages.KindCreditWallet, creditOf(3)),
-	}
-	answers := f.chain.Handle(f.ctx, cmds, []string{"a", "b", "c"})
+	_, answers := f.creditDebitCredit(t)
 	for i, a := range answers {
 		require.NoError(t, a.Err, "answer %d", i)
 		require.False(t, a.NotRun, "answer %d", i)

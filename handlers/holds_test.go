@@ -57,21 +57,29 @@ func TestHoldRequestsAreTheWalletsServices(t *testing.T) {
 	requireSameTx(t, observedVoid, void)
 }
 
-func TestHoldOutcomes(t *testing.T) {
-	t.Parallel()
+// holdsOf starts a ledger where wallet w1 was credited 500 USD/2, then
+// debited 100 into a hold under each of keys.
+func holdsOf(t *testing.T, keys ...string) (*testutil.Ledger, context.Context) {
+	t.Helper()
 	l := testutil.StartLedger(t, testutil.LedgerOptions{})
 	ctx := context.Background()
-	const ledger = "wallets-002"
-	require.NoError(t, l.Client.EnsureLedger(ctx, ledger))
+	require.NoError(t, l.Client.EnsureLedger(ctx, "wallets-002"))
 	usd := func(n int64) messages.Monetary { return messages.Monetary{Asset: "USD/2", Amount: big.NewInt(n)} }
-	_, err := (&CreditWallet{Ledger: l.Client, LedgerName: ledger}).Handle(ctx, "c1", messages.CreditWallet{WalletID: "w1", Amount: usd(500)})
+	_, err := (&CreditWallet{Ledger: l.Client, LedgerName: "wallets-002"}).Handle(ctx, "c1", messages.CreditWallet{WalletID: "w1", Amount: usd(500)})
 	require.NoError(t, err)
-	debit := &DebitWallet{Ledger: l.Client, LedgerName: ledger}
-	for _, k := range []string{"h1", "h2"} {
+	debit := &DebitWallet{Ledger: l.Client, LedgerName: "wallets-002"}
+	for _, k := range keys {
 		r, err := debit.Handle(ctx, k, messages.DebitWallet{WalletID: "w1", Amount: usd(100), Pending: true})
 		require.NoError(t, err)
 		require.Empty(t, r.Code())
 	}
+	return l, ctx
+}
+
+func TestHoldOutcomes(t *testing.T) {
+	t.Parallel()
+	const ledger = "wallets-002"
+	l, ctx := holdsOf(t, "h1", "h2")
 	h1, h2 := messages.HoldIDOf("h1"), messages.HoldIDOf("h2")
 	balance := func(address string) string {
 		a, _, err := l.Client.GetAccount(ctx, ledger, address)
@@ -120,16 +128,8 @@ func TestHoldOutcomes(t *testing.T) {
 // left is gone; another key's confirm of all is HOLD_CLOSED.
 func TestConfirmAllReplays(t *testing.T) {
 	t.Parallel()
-	l := testutil.StartLedger(t, testutil.LedgerOptions{})
-	ctx := context.Background()
 	const ledger = "wallets-002"
-	require.NoError(t, l.Client.EnsureLedger(ctx, ledger))
-	usd := func(n int64) messages.Monetary { return messages.Monetary{Asset: "USD/2", Amount: big.NewInt(n)} }
-	_, err := (&CreditWallet{Ledger: l.Client, LedgerName: ledger}).Handle(ctx, "c1", messages.CreditWallet{WalletID: "w1", Amount: usd(500)})
-	require.NoError(t, err)
-	r, err := (&DebitWallet{Ledger: l.Client, LedgerName: ledger}).Handle(ctx, "h1", messages.DebitWallet{WalletID: "w1", Amount: usd(100), Pending: true})
-	require.NoError(t, err)
-	require.Empty(t, r.Code())
+	l, ctx := holdsOf(t, "h1")
 	h1 := messages.HoldIDOf("h1")
 	confirm := &ConfirmHold{Ledger: l.Client, LedgerName: ledger}
 	settled := func(r Result, err error) messages.HoldSettled {
@@ -151,7 +151,7 @@ func TestConfirmAllReplays(t *testing.T) {
 	require.Equal(t, "70", again.Amount.String(), "what it confirmed then")
 	require.NotEqual(t, part.TransactionID, again.TransactionID)
 
-	r, err = confirm.Handle(ctx, "other", messages.ConfirmHold{WalletID: "w1", HoldID: h1})
+	r, err := confirm.Handle(ctx, "other", messages.ConfirmHold{WalletID: "w1", HoldID: h1})
 	require.NoError(t, err)
 	require.Equal(t, messages.CodeHoldClosed, r.Code())
 	a, _, err := l.Client.GetAccount(ctx, ledger, "world")
