@@ -205,54 +205,59 @@ func (h *ConfirmHold) Handle(ctx context.Context, key string, cmd messages.Confi
 	return c.apply(ctx, key, req, ev)
 }
 
-// holdTransactionsPage is the page size replayAll lists a hold's
-// transactions with: the ledger's largest.
-const holdTransactionsPage = 100
-
 // replayAll answers a confirm of all that is left on a hold with nothing
 // left: HOLD_CLOSED, as the wallets service answers, unless this very
 // command emptied the hold (a redelivery after its write landed, its event
-// not yet stored). Its body named the amount left at the time, now gone
-// from the hold, so each amount a confirm moved from the hold to its
-// destination is tried under the key in a dry run: the one this command
-// wrote is the ledger's idempotency hit. A hold is confirmed a few times at
-// most, so a few dry runs, and only on this path.
+// not yet stored). What it confirmed is gone from the hold, but the
+// transaction that emptied the hold is the newest out of it (nothing leaves
+// a hold after that), and if it moved everything to the hold's destination
+// it is what a confirm of all would have written: that request, tried under
+// the key in a dry run, is the ledger's hit when this command wrote it. Any
+// other transaction (a void, a confirm that voided the rest, or none) is
+// not a confirm of all: HOLD_CLOSED. One list of one transaction, and at
+// most one dry run.
 func (h *ConfirmHold) replayAll(ctx context.Context, key string, hd *hold, cmd messages.ConfirmHold, ev messages.HoldSettled) (Result, error) {
 	c := h.common()
-	dest := SubjectAccount(h.AccountPrefix, hd.destination)
-	tried := map[string]bool{}
-	filter := map[string]any{"$match": map[string]any{"source": hd.address}}
-	for cursor := ""; ; {
-		page, err := h.Ledger.ListTransactions(ctx, h.LedgerName, filter, holdTransactionsPage, cursor)
-		if err != nil {
-			return txFailure(c.rejEvent, key, cmd.WalletID, "list the hold's transactions", err)
-		}
-		for _, tx := range page.Data {
-			for _, p := range tx.Postings {
-				if p.Source != hd.address || p.Destination != dest || p.Asset != hd.asset || p.Amount == nil || tried[p.Amount.String()] {
-					continue
-				}
-				tried[p.Amount.String()] = true
-				req := h.Request(hd, p.Amount, cmd.Final)
-				req.DryRun = true
-				res, err := h.Ledger.CreateTransaction(ctx, h.LedgerName, req, key)
-				switch {
-				case err == nil && res.IdempotencyHit:
-					ev.Amount, ev.TransactionID, ev.Replayed = p.Amount, res.Transaction.ID, true
-					return succeeded(c.settledEvent, ev.WalletID, true, ev), nil
-				case err == nil, errors.Is(err, ledgeradapter.ErrIdempotencyConflict),
-					errors.Is(err, ledgeradapter.ErrInsufficientFunds), errors.Is(err, ledgeradapter.ErrNoPostings):
-					// Not this amount under this key.
-				default:
-					return txFailure(c.rejEvent, key, cmd.WalletID, "look the key up", err)
-				}
-			}
-		}
-		if page.Next == "" {
-			return c.reject(key, cmd.WalletID, messages.CodeHoldClosed, fmt.Sprintf("hold %s is closed", cmd.HoldID))
-		}
-		cursor = page.Next
+	closed := func() (Result, error) {
+		return c.reject(key, cmd.WalletID, messages.CodeHoldClosed, fmt.Sprintf("hold %s is closed", cmd.HoldID))
 	}
+	page, err := h.Ledger.ListTransactions(ctx, h.LedgerName, map[string]any{"$match": map[string]any{"source": hd.address}}, 1, "")
+	if err != nil {
+		return txFailure(c.rejEvent, key, cmd.WalletID, "list the hold's transactions", err)
+	}
+	if len(page.Data) == 0 {
+		return closed()
+	}
+	last := page.Data[0]
+	if v, ok := last.PostCommitVolumes[hd.address][hd.asset]; !ok || v.Balance == nil || v.Balance.Sign() != 0 {
+		return closed()
+	}
+	dest := SubjectAccount(h.AccountPrefix, hd.destination)
+	var amount *big.Int
+	for _, p := range last.Postings {
+		switch {
+		case p.Source != hd.address || p.Asset != hd.asset || p.Amount == nil:
+		case p.Destination == dest && amount == nil:
+			amount = p.Amount
+		case p.Amount.Sign() != 0:
+			return closed() // some of it went elsewhere: not a confirm of all
+		}
+	}
+	if amount == nil || amount.Sign() <= 0 {
+		return closed()
+	}
+	req := h.Request(hd, amount, cmd.Final)
+	req.DryRun = true
+	res, err := h.Ledger.CreateTransaction(ctx, h.LedgerName, req, key)
+	switch {
+	case err == nil && res.IdempotencyHit:
+		ev.Amount, ev.TransactionID, ev.Replayed = amount, res.Transaction.ID, true
+		return succeeded(c.settledEvent, ev.WalletID, true, ev), nil
+	case err == nil, errors.Is(err, ledgeradapter.ErrIdempotencyConflict),
+		errors.Is(err, ledgeradapter.ErrInsufficientFunds), errors.Is(err, ledgeradapter.ErrNoPostings):
+		return closed()
+	}
+	return txFailure(c.rejEvent, key, cmd.WalletID, "look the key up", err)
 }
 
 // VoidHold decides void-hold commands as the wallets service decides

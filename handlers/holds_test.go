@@ -125,12 +125,13 @@ func TestHoldOutcomes(t *testing.T) {
 
 // A confirm of all that is left replays when it is this very command that
 // emptied the hold (its redelivery after its write landed), though what was
-// left is gone; another key's confirm of all is HOLD_CLOSED.
+// left is gone; another command's confirm of all is HOLD_CLOSED, its key's
+// own earlier confirm of a part included.
 func TestConfirmAllReplays(t *testing.T) {
 	t.Parallel()
 	const ledger = "wallets-002"
-	l, ctx := holdsOf(t, "h1")
-	h1 := messages.HoldIDOf("h1")
+	l, ctx := holdsOf(t, "h1", "h2")
+	h1, h2 := messages.HoldIDOf("h1"), messages.HoldIDOf("h2")
 	confirm := &ConfirmHold{Ledger: l.Client, LedgerName: ledger}
 	settled := func(r Result, err error) messages.HoldSettled {
 		t.Helper()
@@ -151,10 +152,22 @@ func TestConfirmAllReplays(t *testing.T) {
 	require.Equal(t, "70", again.Amount.String(), "what it confirmed then")
 	require.NotEqual(t, part.TransactionID, again.TransactionID)
 
-	r, err := confirm.Handle(ctx, "other", messages.ConfirmHold{WalletID: "w1", HoldID: h1})
-	require.NoError(t, err)
-	require.Equal(t, messages.CodeHoldClosed, r.Code())
+	for _, k := range []string{"other", "p1"} {
+		r, err := confirm.Handle(ctx, k, messages.ConfirmHold{WalletID: "w1", HoldID: h1})
+		require.NoError(t, err)
+		require.Equal(t, messages.CodeHoldClosed, r.Code(), "%s did not empty the hold", k)
+	}
+
+	// A confirm of a part that voided the rest emptied the hold, but not
+	// as a confirm of all would have: under its key, a confirm of all is
+	// another command.
+	settled(confirm.Handle(ctx, "f1", messages.ConfirmHold{WalletID: "w1", HoldID: h2, Amount: big.NewInt(30), Final: true}))
+	for _, final := range []bool{true, false} {
+		r, err := confirm.Handle(ctx, "f1", messages.ConfirmHold{WalletID: "w1", HoldID: h2, Final: final})
+		require.NoError(t, err)
+		require.Equal(t, messages.CodeHoldClosed, r.Code())
+	}
 	a, _, err := l.Client.GetAccount(ctx, ledger, "world")
 	require.NoError(t, err)
-	require.Equal(t, "100", a.Volumes["USD/2"].Input.String(), "confirmed once: 30 and 70 to the world")
+	require.Equal(t, "130", a.Volumes["USD/2"].Input.String(), "confirmed once each: 30 and 70, then 30, to the world")
 }
