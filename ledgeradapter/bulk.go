@@ -347,7 +347,7 @@ func (c *Client) sendBulk(ctx context.Context, op, ledger string, elems []BulkAd
 	}
 	resp, e := c.do(ctx, request{
 		op: op, method: http.MethodPost, path: "/v2/" + url.PathEscape(ledger) + "/_bulk",
-		query: query, body: body, elements: len(idx), limit: maxBulkResponseBytes,
+		query: query, body: body, elements: len(idx), limit: int64(max(1, len(idx))) * maxBulkElementResponseBytes,
 	})
 	if e != nil {
 		return nil, nil, e

@@ -22,10 +22,12 @@ const (
 	maxResponseBytes = 1 << 20
 	// maxLogsResponseBytes bounds a page of up to MaxLogsPageSize logs.
 	maxLogsResponseBytes = 32 << 20
-	// maxBulkResponseBytes bounds a bulk's answer: it echoes each
-	// transaction with its metadata and volumes, up to MaxBulkSize of them
-	// (a chain of credits of 40 KiB of metadata each answers megabytes).
-	maxBulkResponseBytes = 32 << 20
+	// maxBulkElementResponseBytes bounds what each element of a bulk may
+	// add to its answer, as maxResponseBytes bounds a single call's: a
+	// transaction bulk echoes each transaction with its metadata and
+	// volumes (a chain of credits of tens of KiB of metadata each answers
+	// megabytes).
+	maxBulkElementResponseBytes = maxResponseBytes
 	// drainBytes is how much of an unread body is drained so that the
 	// connection can be reused; beyond it the connection is dropped.
 	drainBytes = 64 << 10

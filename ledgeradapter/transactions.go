@@ -558,7 +558,7 @@ func (c *Client) bulkTransactions(ctx context.Context, op, ledger string, elems 
 	start := time.Now()
 	resp, e := c.do(ctx, request{
 		op: op, method: http.MethodPost, path: "/v2/" + url.PathEscape(ledger) + "/_bulk",
-		query: query, body: body, elements: len(elems), limit: maxBulkResponseBytes,
+		query: query, body: body, elements: len(elems), limit: int64(max(1, len(elems))) * maxBulkElementResponseBytes,
 	})
 	c.tx.release(ctx, start, len(elems), resp, e, c.TimeoutFor(len(elems)))
 	c.tx.outcome(e, c.TimeoutFor(len(elems)))

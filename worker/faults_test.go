@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -350,3 +351,43 @@ func TestLastDeliveryPublishesItsOutcomeAgain(t *testing.T) {
 	require.True(t, strings.HasPrefix(ev.Subject, createdPrefix), ev.Subject)
 	require.Empty(t, b.dlq.all())
 }
+
+// On its last delivery, a chain rider whose predecessor's event was not
+// written publishes its own out of turn, and ends its own turn written: the
+// command after it goes on in turn.
+func TestLastDeliveryPublishesOutOfTurn(t *testing.T) {
+	t.Parallel()
+	w := &Worker{cfg: Config{MaxDeliver: 3, SettleTimeout: time.Second}, log: slog.New(slog.DiscardHandler)}
+	var published atomic.Int32
+	w.hooks.publish = func(context.Context, *nats.Msg) (*jetstream.PubAck, error) {
+		published.Add(1)
+		return &jetstream.PubAck{}, nil
+	}
+	before, mine := newEventTurn(), newEventTurn()
+	before.end(false)
+	d := &delivery{msg: headerMsg{key: "k"}, delivered: 3, eventTurn: before, eventDone: mine}
+	inTurn := func(ctx context.Context, m *nats.Msg) error { return w.publishInTurn(ctx, d, m) }
+	require.NoError(t, w.publishOutcome(context.Background(), d, &nats.Msg{Subject: "wallets.events.x.w1"}, inTurn))
+	require.EqualValues(t, 1, published.Load())
+	select {
+	case <-mine.done:
+		require.True(t, mine.written, "its event is written")
+	default:
+		t.Fatal("its own turn is still open: the command after it would wait, then be told its turn was lost")
+	}
+
+	// Before the last delivery the lost turn stands: the command is handed
+	// back, and settles in turn later.
+	d = &delivery{msg: headerMsg{key: "k"}, delivered: 2, eventTurn: before, eventDone: newEventTurn()}
+	inTurn = func(ctx context.Context, m *nats.Msg) error { return w.publishInTurn(ctx, d, m) }
+	require.ErrorIs(t, w.publishOutcome(context.Background(), d, &nats.Msg{Subject: "wallets.events.x.w1"}, inTurn), errTurnLost)
+	require.EqualValues(t, 1, published.Load())
+}
+
+// headerMsg is a delivery's message with only its key.
+type headerMsg struct {
+	jetstream.Msg
+	key string
+}
+
+func (m headerMsg) Headers() nats.Header { return nats.Header{messages.HeaderMsgID: {m.key}} }

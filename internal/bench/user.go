@@ -498,16 +498,19 @@ func userCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, s
 	cfg.RunArgs = strings.Fields(runArgs)
 	if runs > 1 {
 		all, err := RunUserRuns(ctx, cfg, runs, stderr)
-		if err != nil {
-			return err
+		if len(all.Runs) > 0 {
+			// The runs done are printed even when a later one failed.
+			if asJSON {
+				if perr := printJSON(stdout, all); perr != nil {
+					return errors.Join(err, perr)
+				}
+			} else {
+				fmt.Fprintf(stdout, "wallets-worker bench --workload user: %d runs in a row, each with run as its own process (ledger %s), %d create-balance commands\n\n",
+					len(all.Runs), all.Runs[0].Ledger, cfg.Commands)
+				printUserRuns(stdout, all)
+			}
 		}
-		if asJSON {
-			return printJSON(stdout, all)
-		}
-		fmt.Fprintf(stdout, "wallets-worker bench --workload user: %d runs in a row, each with run as its own process (ledger %s), %d create-balance commands\n\n",
-			runs, all.Runs[0].Ledger, cfg.Commands)
-		printUserRuns(stdout, all)
-		return nil
+		return err
 	}
 	res, err := RunUser(ctx, cfg)
 	if err != nil {

@@ -10,7 +10,8 @@ import (
 // UserRuns is the user workload run several times in a row, each run with
 // its own `run` process (and, with a ledger URL, its own baselines right
 // before it), and the spread of each figure across them: the figure that
-// counts is the worst run, not the best.
+// counts is the worst run, not the best (the least of a rate or a ratio,
+// the most of the peak RSS).
 type UserRuns struct {
 	Runs    []UserResult `json:"runs"`
 	Summary UserSummary  `json:"summary"`
