@@ -701,7 +701,7 @@ func (b *Batcher) send(q *queue, bt *batch) {
 	if sent && bt.ctx.Err() == nil {
 		// A request cancelled because nobody waited any more says nothing
 		// about the ledger.
-		overload := isOverload(err)
+		overload := isOverload(err) || (err == nil && !q.key.read && elementsOverloaded(bt.calls))
 		if overload {
 			b.stats.overloads.Add(1)
 		}
@@ -745,6 +745,21 @@ func isOverload(err error) bool {
 		return !errors.Is(e.Err, context.Canceled) && !errors.Is(e.Err, context.DeadlineExceeded)
 	}
 	return overloadStatus(e.StatusCode)
+}
+
+// elementsOverloaded says whether most writes of a bulk that was answered
+// failed as a 5xx would (an element's INTERNAL): a ledger that answers the
+// bulk but fails its elements (its database out of connections, say) does
+// not cope, as much as one that answers 503. One or two failing alone are
+// the elements' own (two of them creating one account at once).
+func elementsOverloaded(calls []*call) bool {
+	failed := 0
+	for _, c := range calls {
+		if isOverload(c.err) {
+			failed++
+		}
+	}
+	return len(calls) > 1 && 2*failed > len(calls)
 }
 
 // overloadStatus says whether an answer's status means the ledger did not

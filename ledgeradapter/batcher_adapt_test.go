@@ -52,6 +52,62 @@ func TestBatcherRequestContextIsTheFirstCallers(t *testing.T) {
 	})
 }
 
+// A bulk answered with most of its elements failing as a 5xx would (an
+// element's INTERNAL: the ledger's database out of connections, say) slows
+// the Batcher down as a 503 would; one element failing alone does not.
+func TestBatcherElementsFailingOverloadItsLimit(t *testing.T) {
+	t.Parallel()
+	for name, failing := range map[string]int{"most": 8, "one": 1} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake()
+				f.hold = make(chan struct{})
+				internal := &ledgeradapter.Error{Op: "Bulk", StatusCode: http.StatusInternalServerError, ErrorCode: "INTERNAL", Element: 1}
+				f.elemErr = func(el ledgeradapter.BulkAddMetadata) error {
+					var i int
+					_, _ = fmt.Sscanf(el.IdempotencyKey, "k%d", &i)
+					if i >= 1 && i <= failing {
+						return internal
+					}
+					return nil
+				}
+				b := newBatcher(t, f, ledgeradapter.BatcherConfig{Limiter: ledgeradapter.LimiterConfig{Initial: 8}})
+				ctx := context.Background()
+				first := goWrite(ctx, b, "a:0", "k0")
+				synctest.Wait()
+				var rest []<-chan error
+				for i := 1; i <= 10; i++ {
+					rest = append(rest, goWrite(ctx, b, fmt.Sprintf("a:%d", i), fmt.Sprintf("k%d", i)))
+				}
+				synctest.Wait()
+				time.Sleep(ledgeradapter.DefaultBatchWindow)
+				synctest.Wait()
+				close(f.hold)
+				require.NoError(t, <-first)
+				failed := 0
+				for _, ch := range rest {
+					if err := <-ch; err != nil {
+						require.True(t, ledgeradapter.IsRetryable(err))
+						failed++
+					}
+				}
+				require.Equal(t, failing, failed)
+				synctest.Wait()
+				require.Equal(t, 10, f.log()[1].n, "one bulk of ten")
+				st := b.Stats()
+				if failing > 5 {
+					require.EqualValues(t, 1, st.Overloads)
+					require.Less(t, st.WriteLimit, 8, "most elements failed: an overloaded ledger gets less")
+				} else {
+					require.Zero(t, st.Overloads)
+					require.Equal(t, 8, st.WriteLimit)
+				}
+			})
+		})
+	}
+}
+
 // A request that fails as a whole fails each of its calls, once: the
 // Batcher never sends it again, and the failure slows it down.
 func TestBatcherNeverRetriesAWholeBulk(t *testing.T) {
