@@ -209,55 +209,75 @@ func (h *ConfirmHold) Handle(ctx context.Context, key string, cmd messages.Confi
 // left: HOLD_CLOSED, as the wallets service answers, unless this very
 // command emptied the hold (a redelivery after its write landed, its event
 // not yet stored). What it confirmed is gone from the hold, but the
-// transaction that emptied the hold is the newest out of it (nothing leaves
-// a hold after that), and if it moved everything to the hold's destination
-// it is what a confirm of all would have written: that request, tried under
-// the key in a dry run, is the ledger's hit when this command wrote it. Any
-// other transaction (a void, a confirm that voided the rest, or none) is
-// not a confirm of all: HOLD_CLOSED. One list of one transaction, and at
-// most one dry run.
+// transaction that emptied the hold is the newest that moved anything out
+// of it (only a void of nothing, postings of zero, can come after it), and
+// if it moved everything to the hold's destination it is what a confirm of
+// all would have written: that request, tried under the key in a dry run,
+// is the ledger's hit when this command wrote it. Any other transaction (a
+// void, a confirm that voided the rest, or none) is not a confirm of all:
+// HOLD_CLOSED. A list or two, and at most one dry run.
 func (h *ConfirmHold) replayAll(ctx context.Context, key string, hd *hold, cmd messages.ConfirmHold, ev messages.HoldSettled) (Result, error) {
 	c := h.common()
 	closed := func() (Result, error) {
 		return c.reject(key, cmd.WalletID, messages.CodeHoldClosed, fmt.Sprintf("hold %s is closed", cmd.HoldID))
 	}
-	page, err := h.Ledger.ListTransactions(ctx, h.LedgerName, map[string]any{"$match": map[string]any{"source": hd.address}}, 1, "")
-	if err != nil {
-		return txFailure(c.rejEvent, key, cmd.WalletID, "list the hold's transactions", err)
-	}
-	if len(page.Data) == 0 {
-		return closed()
-	}
-	last := page.Data[0]
-	if v, ok := last.PostCommitVolumes[hd.address][hd.asset]; !ok || v.Balance == nil || v.Balance.Sign() != 0 {
-		return closed()
-	}
 	dest := SubjectAccount(h.AccountPrefix, hd.destination)
-	var amount *big.Int
-	for _, p := range last.Postings {
+	filter := map[string]any{"$match": map[string]any{"source": hd.address}}
+	for cursor := ""; ; {
+		page, err := h.Ledger.ListTransactions(ctx, h.LedgerName, filter, holdTransactionsPage, cursor)
+		if err != nil {
+			return txFailure(c.rejEvent, key, cmd.WalletID, "list the hold's transactions", err)
+		}
+		for _, tx := range page.Data {
+			toDest, elsewhere := emptiedInto(tx, hd, dest)
+			switch {
+			case toDest == nil && !elsewhere:
+				continue // moved nothing out of the hold
+			case elsewhere || toDest.Sign() <= 0:
+				return closed()
+			}
+			if v, ok := tx.PostCommitVolumes[hd.address][hd.asset]; ok && v.Balance != nil && v.Balance.Sign() != 0 {
+				return closed() // it did not empty the hold
+			}
+			req := h.Request(hd, toDest, cmd.Final)
+			req.DryRun = true
+			res, err := h.Ledger.CreateTransaction(ctx, h.LedgerName, req, key)
+			switch {
+			case err == nil && res.IdempotencyHit:
+				ev.Amount, ev.TransactionID, ev.Replayed = toDest, res.Transaction.ID, true
+				return succeeded(c.settledEvent, ev.WalletID, true, ev), nil
+			case err == nil, errors.Is(err, ledgeradapter.ErrIdempotencyConflict),
+				errors.Is(err, ledgeradapter.ErrInsufficientFunds), errors.Is(err, ledgeradapter.ErrNoPostings):
+				return closed()
+			}
+			return txFailure(c.rejEvent, key, cmd.WalletID, "look the key up", err)
+		}
+		if page.Next == "" {
+			return closed()
+		}
+		cursor = page.Next
+	}
+}
+
+// holdTransactionsPage is the page size replayAll lists a hold's
+// transactions with: a void of nothing may come after the transaction it
+// looks for, rarely more than one.
+const holdTransactionsPage = 5
+
+// emptiedInto is what tx moved out of the hold hd: the amount it sent to
+// dest (nil for none), and whether it sent anything elsewhere. Postings of
+// zero do not count.
+func emptiedInto(tx ledgeradapter.Transaction, hd *hold, dest string) (toDest *big.Int, elsewhere bool) {
+	for _, p := range tx.Postings {
 		switch {
-		case p.Source != hd.address || p.Asset != hd.asset || p.Amount == nil:
-		case p.Destination == dest && amount == nil:
-			amount = p.Amount
-		case p.Amount.Sign() != 0:
-			return closed() // some of it went elsewhere: not a confirm of all
+		case p.Source != hd.address || p.Asset != hd.asset || p.Amount == nil || p.Amount.Sign() == 0:
+		case p.Destination == dest && toDest == nil:
+			toDest = p.Amount
+		default:
+			elsewhere = true
 		}
 	}
-	if amount == nil || amount.Sign() <= 0 {
-		return closed()
-	}
-	req := h.Request(hd, amount, cmd.Final)
-	req.DryRun = true
-	res, err := h.Ledger.CreateTransaction(ctx, h.LedgerName, req, key)
-	switch {
-	case err == nil && res.IdempotencyHit:
-		ev.Amount, ev.TransactionID, ev.Replayed = amount, res.Transaction.ID, true
-		return succeeded(c.settledEvent, ev.WalletID, true, ev), nil
-	case err == nil, errors.Is(err, ledgeradapter.ErrIdempotencyConflict),
-		errors.Is(err, ledgeradapter.ErrInsufficientFunds), errors.Is(err, ledgeradapter.ErrNoPostings):
-		return closed()
-	}
-	return txFailure(c.rejEvent, key, cmd.WalletID, "look the key up", err)
+	return toDest, elsewhere
 }
 
 // VoidHold decides void-hold commands as the wallets service decides

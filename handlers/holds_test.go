@@ -171,3 +171,40 @@ func TestConfirmAllReplays(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "130", a.Volumes["USD/2"].Input.String(), "confirmed once each: 30 and 70, then 30, to the world")
 }
+
+// zeroVoidFirst lists, before the transactions out of a hold, a void of
+// nothing (a posting of zero out of the hold): v2.4.12 commits one when a
+// void read the hold before a confirm emptied it and committed after (the
+// embedded ledger refuses it, NO_POSTINGS).
+type zeroVoidFirst struct {
+	HoldLedger
+	zero ledgeradapter.Transaction
+}
+
+func (l zeroVoidFirst) ListTransactions(ctx context.Context, ledger string, filter map[string]any, pageSize int, cursor string) (ledgeradapter.TransactionsPage, error) {
+	page, err := l.HoldLedger.ListTransactions(ctx, ledger, filter, pageSize, cursor)
+	if err == nil && cursor == "" {
+		page.Data = append([]ledgeradapter.Transaction{l.zero}, page.Data...)
+	}
+	return page, err
+}
+
+// A void of nothing committed after the confirm of all that emptied the
+// hold does not hide it: the confirm's redelivery still replays.
+func TestConfirmAllReplaysBehindAVoidOfNothing(t *testing.T) {
+	t.Parallel()
+	l, ctx := holdsOf(t, "h1")
+	h1 := messages.HoldIDOf("h1")
+	cmd := messages.ConfirmHold{WalletID: "w1", HoldID: h1}
+	r, err := (&ConfirmHold{Ledger: l.Client, LedgerName: "wallets-002"}).Handle(ctx, "all", cmd)
+	require.NoError(t, err)
+	require.Empty(t, r.Code())
+	hold := HoldAddress("", h1)
+	zero := ledgeradapter.Transaction{ID: 99,
+		Postings:          []ledgeradapter.Posting{{Source: hold, Destination: AccountAddress("", "w1", messages.MainBalance), Asset: "USD/2", Amount: new(big.Int)}},
+		PostCommitVolumes: map[string]ledgeradapter.Volumes{hold: {"USD/2": {Input: big.NewInt(100), Output: big.NewInt(100), Balance: new(big.Int)}}}}
+	r, err = (&ConfirmHold{Ledger: zeroVoidFirst{HoldLedger: l.Client, zero: zero}, LedgerName: "wallets-002"}).Handle(ctx, "all", cmd)
+	require.NoError(t, err)
+	require.Empty(t, r.Code(), r.Reason())
+	require.True(t, r.Replayed())
+}

@@ -353,8 +353,10 @@ func TestLastDeliveryPublishesItsOutcomeAgain(t *testing.T) {
 }
 
 // On its last delivery, a chain rider whose predecessor's event was not
-// written publishes its own out of turn, and ends its own turn written: the
-// command after it goes on in turn.
+// written publishes its own out of turn, rather than be handed back past
+// the budget; its own turn stays open (handle ends it unwritten), so the
+// commands after it still wait for the earlier one. Before its last
+// delivery the lost turn stands, and it is handed back.
 func TestLastDeliveryPublishesOutOfTurn(t *testing.T) {
 	t.Parallel()
 	w := &Worker{cfg: Config{MaxDeliver: 3, SettleTimeout: time.Second}, log: slog.New(slog.DiscardHandler)}
@@ -363,25 +365,31 @@ func TestLastDeliveryPublishesOutOfTurn(t *testing.T) {
 		published.Add(1)
 		return &jetstream.PubAck{}, nil
 	}
-	before, mine := newEventTurn(), newEventTurn()
+	before := newEventTurn()
 	before.end(false)
-	d := &delivery{msg: headerMsg{key: "k"}, delivered: 3, eventTurn: before, eventDone: mine}
-	inTurn := func(ctx context.Context, m *nats.Msg) error { return w.publishInTurn(ctx, d, m) }
-	require.NoError(t, w.publishOutcome(context.Background(), d, &nats.Msg{Subject: "wallets.events.x.w1"}, inTurn))
-	require.EqualValues(t, 1, published.Load())
-	select {
-	case <-mine.done:
-		require.True(t, mine.written, "its event is written")
-	default:
-		t.Fatal("its own turn is still open: the command after it would wait, then be told its turn was lost")
+	for _, tc := range []struct {
+		delivered uint64
+		want      error
+		published int32
+	}{{2, errTurnLost, 0}, {3, nil, 1}} {
+		mine := newEventTurn()
+		d := &delivery{msg: headerMsg{key: "k"}, delivered: tc.delivered, eventTurn: before, eventDone: mine}
+		inTurn := func(ctx context.Context, m *nats.Msg) error { return w.publishInTurn(ctx, d, m) }
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second) // a settle's
+		err := w.publishOutcome(ctx, d, &nats.Msg{Subject: "wallets.events.x.w1"}, inTurn)
+		cancel()
+		if tc.want == nil {
+			require.NoError(t, err, "delivery %d", tc.delivered)
+		} else {
+			require.ErrorIs(t, err, tc.want, "delivery %d", tc.delivered)
+		}
+		require.Equal(t, tc.published, published.Load(), "delivery %d", tc.delivered)
+		select {
+		case <-mine.done:
+			t.Fatalf("delivery %d: its turn ended here; handle ends it unwritten, so the next waits", tc.delivered)
+		default:
+		}
 	}
-
-	// Before the last delivery the lost turn stands: the command is handed
-	// back, and settles in turn later.
-	d = &delivery{msg: headerMsg{key: "k"}, delivered: 2, eventTurn: before, eventDone: newEventTurn()}
-	inTurn = func(ctx context.Context, m *nats.Msg) error { return w.publishInTurn(ctx, d, m) }
-	require.ErrorIs(t, w.publishOutcome(context.Background(), d, &nats.Msg{Subject: "wallets.events.x.w1"}, inTurn), errTurnLost)
-	require.EqualValues(t, 1, published.Load())
 }
 
 // headerMsg is a delivery's message with only its key.

@@ -113,16 +113,11 @@ func (w *Worker) publishOutcome(ctx context.Context, d *delivery, m *nats.Msg, p
 		if errors.Is(err, errTurnLost) {
 			// The command before it in its chain has no event yet, and
 			// will settle later: this one's goes out of turn rather than
-			// be replaced by RETRIES_EXHAUSTED, and its own turn ends
-			// written, so that the command after it is not held back.
-			publish = func(ctx context.Context, m *nats.Msg) error {
-				err := w.publish(ctx, m)
-				if err == nil && d.eventDone != nil {
-					d.eventDone.end(true)
-					d.eventDone = nil
-				}
-				return err
-			}
+			// be replaced by RETRIES_EXHAUSTED. Its own turn still ends
+			// unwritten (handle does that), so the commands after it wait
+			// for the earlier one as usual: only this event is out of
+			// order.
+			publish = w.publish
 			continue
 		}
 		t := time.NewTimer(wait)
