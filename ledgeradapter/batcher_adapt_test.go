@@ -52,6 +52,22 @@ func TestBatcherRequestContextIsTheFirstCallers(t *testing.T) {
 	})
 }
 
+// loneThenTen writes k0 alone, its request held by the fake ledger, then
+// k1 to k10, which wait behind it for one bulk, their window passed (in a
+// synctest bubble).
+func loneThenTen(b *ledgeradapter.Batcher) (first <-chan error, rest []<-chan error) {
+	ctx := context.Background()
+	first = goWrite(ctx, b, "a:0", "k0")
+	synctest.Wait()
+	for i := 1; i <= 10; i++ {
+		rest = append(rest, goWrite(ctx, b, fmt.Sprintf("a:%d", i), fmt.Sprintf("k%d", i)))
+	}
+	synctest.Wait()
+	time.Sleep(ledgeradapter.DefaultBatchWindow)
+	synctest.Wait()
+	return first, rest
+}
+
 // A bulk answered with most of its elements failing as a 5xx would (an
 // element's INTERNAL: the ledger's database out of connections, say) slows
 // the Batcher down as a 503 would; one element failing alone does not.
@@ -73,16 +89,7 @@ func TestBatcherElementsFailingOverloadItsLimit(t *testing.T) {
 					return nil
 				}
 				b := newBatcher(t, f, ledgeradapter.BatcherConfig{Limiter: ledgeradapter.LimiterConfig{Initial: 8}})
-				ctx := context.Background()
-				first := goWrite(ctx, b, "a:0", "k0")
-				synctest.Wait()
-				var rest []<-chan error
-				for i := 1; i <= 10; i++ {
-					rest = append(rest, goWrite(ctx, b, fmt.Sprintf("a:%d", i), fmt.Sprintf("k%d", i)))
-				}
-				synctest.Wait()
-				time.Sleep(ledgeradapter.DefaultBatchWindow)
-				synctest.Wait()
+				first, rest := loneThenTen(b)
 				close(f.hold)
 				require.NoError(t, <-first)
 				failed := 0
@@ -123,16 +130,7 @@ func TestBatcherNeverRetriesAWholeBulk(t *testing.T) {
 				f := newFake()
 				f.hold = make(chan struct{})
 				b := newBatcher(t, f, ledgeradapter.BatcherConfig{Limiter: ledgeradapter.LimiterConfig{Initial: 8}})
-				ctx := context.Background()
-				first := goWrite(ctx, b, "a:0", "k0")
-				synctest.Wait()
-				var rest []<-chan error
-				for i := 1; i <= 10; i++ {
-					rest = append(rest, goWrite(ctx, b, fmt.Sprintf("a:%d", i), fmt.Sprintf("k%d", i)))
-				}
-				synctest.Wait()
-				time.Sleep(ledgeradapter.DefaultBatchWindow)
-				synctest.Wait()
+				first, rest := loneThenTen(b)
 				f.mu.Lock()
 				f.errOnce = nil
 				f.err = nil
