@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/handlers"
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -79,4 +84,49 @@ func TestPastTheBudgetSettlesAgainWithoutTheLedger(t *testing.T) {
 		require.Equal(t, []string{"RETRIES_EXHAUSTED"}, dl.Header["Wallets-Dlq-Code"])
 		require.Equal(t, []string{seqString(ack)}, dl.Header["Wallets-Original-Seq"])
 	}
+}
+
+// On the budget's last delivery the balance is written, then the worker
+// cannot store its event (here: every publish fails until the next
+// delivery; a worker that died after the write is the same). The delivery
+// past the budget asks the replays, which write nothing: they find the
+// balance, and the command settles replayed, not RETRIES_EXHAUSTED.
+func TestPastTheBudgetFindsTheLastDeliverysWrite(t *testing.T) {
+	t.Parallel()
+	const maxDeliver = 3
+	var reads, duplicates atomic.Int64
+	var down atomic.Bool
+	down.Store(true)
+	b := setup(t,
+		withConfig(func(c *Config) {
+			c.MaxDeliver = maxDeliver
+			c.SettleTimeout = 300 * time.Millisecond
+		}),
+		withLedgerMiddleware(func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if isAccountRead(r) && reads.Add(1) < maxDeliver {
+					ledgerError(w, http.StatusServiceUnavailable, "INTERNAL", "injected outage")
+					return
+				}
+				next.ServeHTTP(w, r)
+			})
+		}),
+		withReplaysOf(func(c *ledgeradapter.Client) handlers.Kinds {
+			return handlers.Wallets{Balances: &handlers.CreateBalance{Ledger: c, LedgerName: testLedger}, Writes: c, Transactions: c,
+				LedgerName: testLedger}.Replays()
+		}),
+		withHooks(func(b *bundle) hooks {
+			return hooks{publish: recordPublishes(b, &duplicates, func(m *nats.Msg) bool {
+				return strings.HasPrefix(m.Subject, "wallets.events.") && down.Load()
+			})}
+		}))
+	b.publish(t, cmd("w1", "k", body("w1", "savings")))
+	require.Eventually(t, func() bool { return b.deliveries(t) > maxDeliver }, waitFor, tick, "redelivered past the budget")
+	down.Store(false)
+	b.settled(t)
+	require.Equal(t, 1, b.setMetadataLogs(t), "written once, on the last delivery")
+	ev := single(t, b.events.all())
+	require.True(t, strings.HasPrefix(ev.Subject, createdPrefix), ev.Subject)
+	require.Equal(t, true, ev.json(t)["replayed"])
+	require.Empty(t, b.dlq.all())
 }

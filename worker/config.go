@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/wallets-worker/wallets-worker/handlers"
 )
 
 // Config configures a Worker. Zero values take the documented defaults.
@@ -53,6 +55,13 @@ type Config struct {
 	// follows it (default 10s). Settling runs on a context that shutdown does
 	// not cancel.
 	SettleTimeout time.Duration
+	// Replays, when set, are the kinds over read-only ledgers
+	// (handlers.Wallets.Replays) that a command delivered past the retry
+	// budget is decided by: one they find applied (its last delivery wrote,
+	// then its worker died before the event) settles as replayed; any other
+	// settles RETRIES_EXHAUSTED, as without them. Nothing past the budget
+	// writes to the ledger.
+	Replays handlers.Kinds
 	// Order is how the commands of one wallet are ordered: OrderWallet (the
 	// default) applies them in their WALLETS_COMMANDS order across every
 	// worker; OrderNone as soon as a slot is free.

@@ -54,6 +54,7 @@ type setupOptions struct {
 	log           *slog.Logger
 	kinds         []handlers.Kind
 	kindsOf       func(*ledgeradapter.Client) []handlers.Kind
+	replaysOf     func(*ledgeradapter.Client) handlers.Kinds
 }
 
 type option func(*setupOptions)
@@ -78,6 +79,11 @@ func withHandler(wrap func(handlers.CreateBalanceHandler) handlers.CreateBalance
 // withBreaker turns the ledger breaker on, probing the test ledger's health
 // check unless br has a Probe.
 func withBreaker(br Breaker) option { return func(o *setupOptions) { o.breaker = &br } }
+
+// withReplaysOf sets Config.Replays, made with the test's ledger client.
+func withReplaysOf(f func(*ledgeradapter.Client) handlers.Kinds) option {
+	return func(o *setupOptions) { o.replaysOf = f }
+}
 
 // withKinds registers more kinds beside create-balance.
 func withKinds(kinds ...handlers.Kind) option { return func(o *setupOptions) { o.kinds = kinds } }
@@ -124,6 +130,9 @@ func setup(t *testing.T, opts ...option) *bundle {
 		Client: ledgeradapter.Config{Timeout: o.ledgerTimeout, TracerProvider: cfg.TracerProvider}})
 	client := led.Client
 	require.NoError(t, client.EnsureLedger(ctx, testLedger))
+	if o.replaysOf != nil {
+		cfg.Replays = o.replaysOf(client)
+	}
 	if o.breaker != nil {
 		cfg.Breaker = *o.breaker
 		if cfg.Breaker.Probe == nil {

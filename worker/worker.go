@@ -234,6 +234,12 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 		// settle was lost (or its worker died before it): settle the same
 		// way again rather than try once more, so that a stored
 		// RETRIES_EXHAUSTED event is not contradicted by a late write.
+		// Unless that delivery wrote and its worker died before the event:
+		// the replays, which write nothing, find it applied.
+		if r := w.replay(ctx, d, key); r != nil {
+			w.settle(ctx, d, r)
+			return
+		}
 		w.settle(ctx, d, kind.Reject(key, d.subject, cmd, messages.CodeRetriesExhausted,
 			fmt.Sprintf("delivered %d times, past the retry budget of %d", d.delivered, w.cfg.MaxDeliver)))
 		return
@@ -518,6 +524,37 @@ func (w *Worker) failed(ctx context.Context, d *delivery, key string, kind handl
 // consumer stops after MaxDeliver + serverMaxDeliverMargin deliveries.
 func (w *Worker) canHandBack(d *delivery) bool {
 	return d.delivered < uint64(w.cfg.MaxDeliver+serverMaxDeliverMargin)
+}
+
+// replay is the outcome of d, delivered past the retry budget, when
+// cfg.Replays find its command applied: replayed, decided without writing.
+// Nil otherwise, or when they cannot tell (an error, a panic, no kind).
+func (w *Worker) replay(ctx context.Context, d *delivery, key string) (r handlers.Result) {
+	if w.cfg.Replays == nil {
+		return nil
+	}
+	kind, _, ok := w.cfg.Replays.Of(d.subject)
+	if !ok {
+		return nil
+	}
+	cmd, err := kind.Decode(d.subject, d.msg.Data())
+	if err != nil {
+		return nil
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			w.log.Error("replay check panicked; settling as past the budget", w.logAttrs(d, key, "panic", fmt.Sprint(p))...)
+			r = nil
+		}
+	}()
+	d.lease.holdUntil(time.Now().Add(w.cfg.HandlerTimeout + w.cfg.SettleTimeout))
+	hctx, cancel := context.WithTimeout(ctx, w.cfg.HandlerTimeout)
+	defer cancel()
+	res, err := cmd.Handle(hctx, key)
+	if err != nil || res == nil || res.Code() != "" || !res.Replayed() {
+		return nil
+	}
+	return res
 }
 
 // unsettled handles a delivery the router gave up on without settling it (a

@@ -382,9 +382,11 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	// Every kind of command the worker applies, registered once. The money
 	// commands write transactions through the client: its cap on
 	// transactions in flight holds whatever the worker's concurrency.
-	kinds := handlers.Wallets{Balances: h, Writes: ledger, Transactions: client,
-		LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix, ChainLength: f.ledgerChain}.Kinds()
-	wk, err := worker.New(js, kinds, f.w, log)
+	wallets := handlers.Wallets{Balances: h, Writes: ledger, Transactions: client,
+		LedgerName: f.ledgerName, AccountPrefix: f.accountPrefix, ChainLength: f.ledgerChain}
+	wcfg := f.w
+	wcfg.Replays = wallets.Replays()
+	wk, err := worker.New(js, wallets.Kinds(), wcfg, log)
 	if err != nil {
 		return usageError("%v", err)
 	}
