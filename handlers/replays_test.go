@@ -25,6 +25,9 @@ func TestReplaysWriteNothing(t *testing.T) {
 	decide := func(ks handlers.Kinds, kind, body, key string) handlers.Result {
 		t.Helper()
 		subject := "wallets.commands." + kind + ".w1"
+		if kind == messages.KindCreateWallet {
+			subject = messages.CreateWalletSubject(key)
+		}
 		k, _, ok := ks.Of(subject)
 		require.True(t, ok)
 		cmd, err := k.Decode(subject, []byte(body))
@@ -35,25 +38,31 @@ func TestReplaysWriteNothing(t *testing.T) {
 	}
 	const credit = `{"walletID":"w1","amount":{"asset":"USD/2","amount":100}}`
 	const balance = `{"walletID":"w1","name":"savings"}`
+	const debit = `{"walletID":"w1","amount":{"asset":"USD/2","amount":30},"pending":true}`
+	const wallet = `{"name":"alice"}`
+	cases := []struct{ kind, body string }{
+		{messages.KindCreditWallet, credit}, {messages.KindCreateBalance, balance},
+		{messages.KindDebitWallet, debit}, {messages.KindCreateWallet, wallet},
+	}
 	logs := func() int {
 		all, err := l.Client.AllLogs(ctx, "wallets-002")
 		require.NoError(t, err)
 		return len(all)
 	}
 
-	for _, c := range []struct{ kind, body string }{{messages.KindCreditWallet, credit}, {messages.KindCreateBalance, balance}} {
+	for _, c := range cases {
 		r := decide(replays, c.kind, c.body, "k-"+c.kind)
 		require.False(t, r.Replayed(), "%s: not applied before", c.kind)
 	}
 	require.Zero(t, logs(), "the replays wrote nothing")
 
-	for _, c := range []struct{ kind, body string }{{messages.KindCreditWallet, credit}, {messages.KindCreateBalance, balance}} {
+	for _, c := range cases {
 		r := decide(kinds, c.kind, c.body, "k-"+c.kind)
 		require.Empty(t, r.Code(), r.Reason())
 		require.False(t, r.Replayed())
 	}
 	written := logs()
-	for _, c := range []struct{ kind, body string }{{messages.KindCreditWallet, credit}, {messages.KindCreateBalance, balance}} {
+	for _, c := range cases {
 		r := decide(replays, c.kind, c.body, "k-"+c.kind)
 		require.Empty(t, r.Code(), r.Reason())
 		require.True(t, r.Replayed(), "%s: applied before", c.kind)
@@ -61,5 +70,5 @@ func TestReplaysWriteNothing(t *testing.T) {
 	require.Equal(t, written, logs(), "the replays wrote nothing")
 	a, _, err := l.Client.GetAccount(ctx, "wallets-002", "wallets:w1:main")
 	require.NoError(t, err)
-	require.Equal(t, big.NewInt(100), a.Volumes["USD/2"].Balance, "credited once")
+	require.Equal(t, big.NewInt(70), a.Volumes["USD/2"].Balance, "credited once, debited once")
 }

@@ -23,13 +23,15 @@ import (
 // delivers it once more; by then the ledger is healthy. That delivery is past
 // the budget: it must settle RETRIES_EXHAUSTED again without calling the
 // handler, for a write now would contradict the stored outcome (and its event,
-// under the same Nats-Msg-Id, would be dropped as a duplicate).
+// under the same Nats-Msg-Id, would be dropped as a duplicate). The replays,
+// as run sets them, read the ledger once and find nothing applied.
 func TestPastTheBudgetSettlesAgainWithoutTheLedger(t *testing.T) {
 	t.Parallel()
 	const maxDeliver = 3
 	var reads, calls, beforeTerm, duplicates atomic.Int64
 	b := setup(t,
 		withConfig(func(c *Config) { c.MaxDeliver = maxDeliver }),
+		withReplaysOf(replaysOf),
 		withLedgerMiddleware(func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				// Down for the budget's deliveries, healthy afterwards.
@@ -64,7 +66,7 @@ func TestPastTheBudgetSettlesAgainWithoutTheLedger(t *testing.T) {
 	require.Equal(t, uint64(maxDeliver+1), b.deliveries(t), "redelivered once after the lost term")
 	require.Equal(t, int64(2), beforeTerm.Load(), "settled twice")
 	require.Equal(t, int64(maxDeliver), calls.Load(), "the handler is not called past the budget")
-	require.Equal(t, int64(maxDeliver), reads.Load(), "the ledger is not read past the budget")
+	require.Equal(t, int64(maxDeliver+1), reads.Load(), "past the budget, the replays' one read")
 	require.Zero(t, b.setMetadataLogs(t), "no ledger write")
 
 	// The same outcome: one event (the second publish was deduplicated),
@@ -111,10 +113,7 @@ func TestPastTheBudgetFindsTheLastDeliverysWrite(t *testing.T) {
 				next.ServeHTTP(w, r)
 			})
 		}),
-		withReplaysOf(func(c *ledgeradapter.Client) handlers.Kinds {
-			return handlers.Wallets{Balances: &handlers.CreateBalance{Ledger: c, LedgerName: testLedger}, Writes: c, Transactions: c,
-				LedgerName: testLedger}.Replays()
-		}),
+		withReplaysOf(replaysOf),
 		withHooks(func(b *bundle) hooks {
 			return hooks{publish: recordPublishes(b, &duplicates, func(m *nats.Msg) bool {
 				return strings.HasPrefix(m.Subject, "wallets.events.") && down.Load()
@@ -129,4 +128,10 @@ func TestPastTheBudgetFindsTheLastDeliverysWrite(t *testing.T) {
 	require.True(t, strings.HasPrefix(ev.Subject, createdPrefix), ev.Subject)
 	require.Equal(t, true, ev.json(t)["replayed"])
 	require.Empty(t, b.dlq.all())
+}
+
+// replaysOf are the replays run sets, over the test's ledger client.
+func replaysOf(c *ledgeradapter.Client) handlers.Kinds {
+	return handlers.Wallets{Balances: &handlers.CreateBalance{Ledger: c, LedgerName: testLedger}, Writes: c, Transactions: c,
+		LedgerName: testLedger}.Replays()
 }

@@ -552,6 +552,9 @@ func (w *Worker) replay(ctx context.Context, d *delivery, key string) (r handler
 	defer cancel()
 	res, err := cmd.Handle(hctx, key)
 	if err != nil || res == nil || res.Code() != "" || !res.Replayed() {
+		if err != nil {
+			w.log.Debug("replay check past the budget failed; settling as past the budget", w.logAttrs(d, key, "error", err)...)
+		}
 		return nil
 	}
 	return res
