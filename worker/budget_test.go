@@ -104,15 +104,7 @@ func TestPastTheBudgetFindsTheLastDeliverysWrite(t *testing.T) {
 			c.MaxDeliver = maxDeliver
 			c.SettleTimeout = 300 * time.Millisecond
 		}),
-		withLedgerMiddleware(func(next http.Handler) http.Handler {
-			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if isAccountRead(r) && reads.Add(1) < maxDeliver {
-					ledgerError(w, http.StatusServiceUnavailable, "INTERNAL", "injected outage")
-					return
-				}
-				next.ServeHTTP(w, r)
-			})
-		}),
+		readsFailUntilDelivery(&reads, maxDeliver),
 		withReplaysOf(replaysOf),
 		withHooks(func(b *bundle) hooks {
 			return hooks{publish: recordPublishes(b, &duplicates, func(m *nats.Msg) bool {

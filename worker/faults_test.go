@@ -328,15 +328,7 @@ func TestLastDeliveryPublishesItsOutcomeAgain(t *testing.T) {
 	var failedOnce atomic.Bool
 	b := setup(t,
 		withConfig(func(c *Config) { c.MaxDeliver = maxDeliver }),
-		withLedgerMiddleware(func(next http.Handler) http.Handler {
-			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if isAccountRead(r) && reads.Add(1) < maxDeliver {
-					ledgerError(w, http.StatusServiceUnavailable, "INTERNAL", "injected")
-					return
-				}
-				next.ServeHTTP(w, r)
-			})
-		}),
+		readsFailUntilDelivery(&reads, maxDeliver),
 		withHooks(func(b *bundle) hooks {
 			return hooks{publish: recordPublishes(b, &duplicates, func(m *nats.Msg) bool {
 				return strings.HasPrefix(m.Subject, createdPrefix) && failedOnce.CompareAndSwap(false, true)
@@ -399,3 +391,18 @@ type headerMsg struct {
 }
 
 func (m headerMsg) Headers() nats.Header { return nats.Header{messages.HeaderMsgID: {m.key}} }
+
+// readsFailUntilDelivery makes the ledger answer 503 to the account reads of
+// the deliveries before delivery n of a create-balance command (one read
+// each), counted in reads.
+func readsFailUntilDelivery(reads *atomic.Int64, n int64) option {
+	return withLedgerMiddleware(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if isAccountRead(r) && reads.Add(1) < n {
+				ledgerError(w, http.StatusServiceUnavailable, "INTERNAL", "injected")
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+}
