@@ -640,11 +640,12 @@ func (b *Batcher) dispatch() {
 				b.land(c, false)
 			}
 		}
-		if len(bt.calls) == 0 || bt.live.Load() <= 0 {
-			bt.cancel()
-		}
 		if len(bt.calls) == 0 {
+			bt.cancel()
 			continue // every caller gave up: nothing to send
+		}
+		if bt.live.Load() <= 0 {
+			bt.cancel() // every caller left as its call was added: send skips it
 		}
 		b.inFlight++
 		q.inFlight++
@@ -750,7 +751,7 @@ func isOverload(err error) bool {
 // elementsOverloaded says whether most writes of a bulk that was answered
 // failed as a 5xx would (an element's INTERNAL): a ledger that answers the
 // bulk but fails its elements (its database out of connections, say) does
-// not cope, as much as one that answers 503. One or two failing alone are
+// not cope, as much as one that answers 503. A few failing among many are
 // the elements' own (two of them creating one account at once).
 func elementsOverloaded(calls []*call) bool {
 	failed := 0

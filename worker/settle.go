@@ -99,9 +99,10 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 // publishOutcome publishes m, a settle's dead letter or outcome event. On
 // the retry budget's last delivery (or past it) a failed publish is tried
 // again in process until ctx ends, the lease held: its redelivery would be
-// past the budget, and would settle RETRIES_EXHAUSTED without asking the
-// ledger, contradicting what this delivery decided (a write it made, say).
-// On earlier deliveries it is left to the redelivery, which replays.
+// past the budget, where nothing is written and only what Config.Replays
+// find applied replays (an update-wallet is not found, say), so it could
+// settle RETRIES_EXHAUSTED for what this delivery decided. On earlier
+// deliveries it is left to the redelivery, which replays.
 func (w *Worker) publishOutcome(ctx context.Context, d *delivery, m *nats.Msg, publish func(context.Context, *nats.Msg) error) error {
 	wait := settleRetryMin
 	for {

@@ -108,14 +108,18 @@ func RunUserRuns(ctx context.Context, cfg UserConfig, n int, log io.Writer) (Use
 	return out, nil
 }
 
+// firstSecond is the outcomes of r's first second (0 when it had none).
+func firstSecond(r UserResult) int {
+	if len(r.Run.PerSecond) == 0 {
+		return 0
+	}
+	return r.Run.PerSecond[0]
+}
+
 // userLine is one run in a line.
 func userLine(r UserResult) string {
-	first := 0
-	if len(r.Run.PerSecond) > 0 {
-		first = r.Run.PerSecond[0]
-	}
 	s := fmt.Sprintf("%.0f creates/s, ÷ raw %.2f, ÷ raw with a claim %.2f, peak RSS %.0f MiB, first second %d",
-		r.Run.PerSec, r.ToRaw, r.ToRawWithClaim, r.Run.PeakRSSMiB, first)
+		r.Run.PerSec, r.ToRaw, r.ToRawWithClaim, r.Run.PeakRSSMiB, firstSecond(r))
 	if len(r.Baselines) > 0 {
 		s += fmt.Sprintf(", ÷ best write %.2f, ÷ GET then write %.2f", r.ToBestWrite, r.ToReadThenWrite)
 	}
@@ -129,16 +133,12 @@ func printUserRuns(w io.Writer, runs UserRuns) {
 	fmt.Fprintf(w, "%-4s %10s %7s %11s %7s %9s %8s %12s %10s %8s\n", "run", "creates/s", "÷ best", "÷ GET+write",
 		"÷ raw", "÷ raw+KV", "RSS MiB", "first second", "no answer", "replayed")
 	for i, r := range runs.Runs {
-		first := 0
-		if len(r.Run.PerSecond) > 0 {
-			first = r.Run.PerSecond[0]
-		}
 		best, rtw := "-", "-"
 		if len(r.Baselines) > 0 {
 			best, rtw = fmt.Sprintf("%.2f", r.ToBestWrite), fmt.Sprintf("%.2f", r.ToReadThenWrite)
 		}
 		fmt.Fprintf(w, "%-4d %10.0f %7s %11s %7.2f %9.2f %8.0f %12d %10d %8d\n", i+1, r.Run.PerSec, best, rtw,
-			r.ToRaw, r.ToRawWithClaim, r.Run.PeakRSSMiB, first, r.Run.LedgerNoAnswer, r.Run.Replayed)
+			r.ToRaw, r.ToRawWithClaim, r.Run.PeakRSSMiB, firstSecond(r), r.Run.LedgerNoAnswer, r.Run.Replayed)
 	}
 	s := runs.Summary
 	fmt.Fprintf(w, "\nacross %d runs (min / median / max):\n", s.Runs)
