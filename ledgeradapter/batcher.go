@@ -350,6 +350,21 @@ func (b *Batcher) AddAccountMetadata(ctx context.Context, ledger, address string
 	return c.write, c.err
 }
 
+// DryRunAccountMetadata is Client.DryRunAccountMetadata, sent at once and
+// alone: a dry run writes nothing, so it neither shares a bulk (a bulk
+// element has no dry run) nor waits behind the writes' limit. The Batcher's
+// ledger must make dry runs (a *Client does); another gets an error that is
+// not retryable.
+func (b *Batcher) DryRunAccountMetadata(ctx context.Context, ledger, address string, metadata map[string]string, idempotencyKey string) (WriteResult, error) {
+	d, ok := b.next.(interface {
+		DryRunAccountMetadata(ctx context.Context, ledger, address string, metadata map[string]string, idempotencyKey string) (WriteResult, error)
+	})
+	if !ok {
+		return WriteResult{}, notSent("DryRunAccountMetadata", errors.New("ledgeradapter: the Batcher's ledger makes no dry runs"))
+	}
+	return d.DryRunAccountMetadata(ctx, ledger, address, metadata, idempotencyKey)
+}
+
 // call is one GetAccount or AddAccountMetadata waiting for its request.
 type call struct {
 	ctx      context.Context

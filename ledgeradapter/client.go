@@ -232,7 +232,22 @@ func (c *Client) GetAccount(ctx context.Context, ledger, address string) (Accoun
 // input an error matching ErrIdempotencyConflict. A nil map is sent as {}, so
 // that nil and empty hash alike on the ledger.
 func (c *Client) AddAccountMetadata(ctx context.Context, ledger, address string, metadata map[string]string, idempotencyKey string) (WriteResult, error) {
-	const op = "AddAccountMetadata"
+	return c.addAccountMetadata(ctx, "AddAccountMetadata", ledger, address, metadata, idempotencyKey, false)
+}
+
+// DryRunAccountMetadata sends the same request as AddAccountMetadata with
+// dryRun=true: the ledger checks it and writes nothing, and does not take
+// the key. Under a key that already applied the same input, it answers
+// IdempotencyHit (v2.4.12 looks the key up before the dry run); under a key
+// that applied another input, an error matching ErrIdempotencyConflict;
+// otherwise a WriteResult without a hit, whatever the account holds. It is
+// how a caller learns, without writing, whether a write it may have made
+// under a key was made.
+func (c *Client) DryRunAccountMetadata(ctx context.Context, ledger, address string, metadata map[string]string, idempotencyKey string) (WriteResult, error) {
+	return c.addAccountMetadata(ctx, "DryRunAccountMetadata", ledger, address, metadata, idempotencyKey, true)
+}
+
+func (c *Client) addAccountMetadata(ctx context.Context, op, ledger, address string, metadata map[string]string, idempotencyKey string, dryRun bool) (WriteResult, error) {
 	if err := errors.Join(ValidateLedgerName(ledger), ValidateAddress(address), validateIdempotencyKey(idempotencyKey)); err != nil {
 		return WriteResult{}, notSent(op, err)
 	}
@@ -243,10 +258,14 @@ func (c *Client) AddAccountMetadata(ctx context.Context, ledger, address string,
 	if err != nil {
 		return WriteResult{}, notSent(op, err)
 	}
+	var query url.Values
+	if dryRun {
+		query = url.Values{"dryRun": {"true"}}
+	}
 	resp, e := c.do(ctx, request{
 		op: op, method: http.MethodPost,
-		path: "/v2/" + url.PathEscape(ledger) + "/accounts/" + url.PathEscape(address) + "/metadata",
-		body: body, idempotencyKey: idempotencyKey,
+		path:  "/v2/" + url.PathEscape(ledger) + "/accounts/" + url.PathEscape(address) + "/metadata",
+		query: query, body: body, idempotencyKey: idempotencyKey,
 	})
 	if e != nil {
 		return WriteResult{}, e

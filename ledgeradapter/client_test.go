@@ -196,12 +196,12 @@ func TestGetAccountAnswers(t *testing.T) {
 func TestAddAccountMetadataRequest(t *testing.T) {
 	t.Parallel()
 	var got struct {
-		path, ik, ct string
-		body         map[string]string
+		path, query, ik, ct string
+		body                map[string]string
 	}
 	hit := ""
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got.path, got.ik, got.ct = r.URL.EscapedPath(), r.Header.Get("Idempotency-Key"), r.Header.Get("Content-Type")
+		got.path, got.query, got.ik, got.ct = r.URL.EscapedPath(), r.URL.RawQuery, r.Header.Get("Idempotency-Key"), r.Header.Get("Content-Type")
 		_ = json.NewDecoder(r.Body).Decode(&got.body)
 		if hit != "" {
 			w.Header().Set("Idempotency-Hit", hit)
@@ -217,6 +217,7 @@ func TestAddAccountMetadataRequest(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, res.IdempotencyHit)
 	require.Equal(t, "/api/ledger/v2/wallets-002/accounts/wallets:w1:gift/metadata", got.path)
+	require.Empty(t, got.query, "a write is no dry run")
 	require.Equal(t, "k-1", got.ik)
 	require.Equal(t, "application/json", got.ct)
 	require.Equal(t, map[string]string{"a": "1"}, got.body)
@@ -226,6 +227,15 @@ func TestAddAccountMetadataRequest(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, res.IdempotencyHit)
 	require.Empty(t, got.ik, "no header without a key")
+
+	// The dry run is the same request with dryRun=true.
+	res, err = c.DryRunAccountMetadata(context.Background(), "wallets-002", "wallets:w1:gift", map[string]string{"a": "2"}, "k-2")
+	require.NoError(t, err)
+	require.True(t, res.IdempotencyHit)
+	require.Equal(t, "/api/ledger/v2/wallets-002/accounts/wallets:w1:gift/metadata", got.path)
+	require.Equal(t, "dryRun=true", got.query)
+	require.Equal(t, "k-2", got.ik)
+	require.Equal(t, map[string]string{"a": "2"}, got.body)
 }
 
 func TestNothingIsSentForInvalidInput(t *testing.T) {

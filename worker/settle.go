@@ -100,8 +100,8 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 // the retry budget's last delivery (or past it) a failed publish is tried
 // again in process until ctx ends, the lease held: its redelivery would be
 // past the budget, where nothing is written and only what Config.Replays
-// find applied replays (an update-wallet is not found, say), so it could
-// settle RETRIES_EXHAUSTED for what this delivery decided. On earlier
+// find applied replays (a rejection wrote nothing to find, say), so it
+// could settle RETRIES_EXHAUSTED for what this delivery decided. On earlier
 // deliveries it is left to the redelivery, which replays.
 func (w *Worker) publishOutcome(ctx context.Context, d *delivery, m *nats.Msg, publish func(context.Context, *nats.Msg) error) error {
 	wait := settleRetryMin

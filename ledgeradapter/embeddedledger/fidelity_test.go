@@ -28,8 +28,9 @@ import (
 // transactions (testdata/README.md says where they come from and their
 // format).
 const (
-	probeFile   = "testdata/ledger-v2-probes.jsonl"
-	txProbeFile = "testdata/ledger-v2-tx-probes.jsonl"
+	probeFile    = "testdata/ledger-v2-probes.jsonl"
+	txProbeFile  = "testdata/ledger-v2-tx-probes.jsonl"
+	mdDryRunFile = "testdata/ledger-v2-md-dryrun-probes.jsonl"
 )
 
 type probeLine struct {
@@ -286,6 +287,22 @@ func TestFidelityTransactions(t *testing.T) {
 	t.Parallel()
 	probes := readProbes(t, txProbeFile)
 	require.Len(t, probes, 100, "the recorded transcript has 100 probes")
+	for _, inProcess := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tcp", true: "in-process"}[inProcess], func(t *testing.T) {
+			t.Parallel()
+			replay(t, probes, inProcess, true)
+		})
+	}
+}
+
+// TestFidelityMetadataDryRuns replays the dry runs of account-metadata
+// writes, whose idempotency hit is how a worker past its retry budget finds
+// an update-wallet its last delivery made: the key's hit on the same body,
+// its conflict on another, nothing written and the key not taken otherwise.
+func TestFidelityMetadataDryRuns(t *testing.T) {
+	t.Parallel()
+	probes := readProbes(t, mdDryRunFile)
+	require.Len(t, probes, 15, "the recorded transcript has 15 probes")
 	for _, inProcess := range []bool{false, true} {
 		t.Run(map[bool]string{false: "tcp", true: "in-process"}[inProcess], func(t *testing.T) {
 			t.Parallel()
