@@ -3,7 +3,8 @@ package messages
 // Streams, consumer and subjects (SPEC §3). Changing any of these breaks every
 // producer and every deployed worker, so they are spelled out, not computed.
 const (
-	// StreamCommands holds CreateBalance commands until a worker settles them.
+	// StreamCommands holds the commands, of every kind, until a worker
+	// settles them.
 	StreamCommands = "WALLETS_COMMANDS"
 	// StreamEvents holds outcome events.
 	StreamEvents = "WALLETS_EVENTS"

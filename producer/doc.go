@@ -1,6 +1,8 @@
-// Package producer publishes CreateBalance commands to JetStream and awaits
-// their outcome events (SPEC §3). Producer services import it, and so does
-// the `wallets-worker publish create-balance` command; the worker does not.
+// Package producer publishes commands to JetStream and awaits their outcome
+// events (SPEC §3): create-balance through Producer.Publish, the other kinds
+// as a Command (CreateWallet, CreditWallet, ...) through Producer.PublishCommand.
+// Producer services import it, and so do the `wallets-worker publish`
+// commands; the worker does not.
 //
 // It promises that:
 //   - Publish refuses, before anything reaches the wire, every command and

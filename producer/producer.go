@@ -12,8 +12,9 @@ import (
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
-// Producer publishes CreateBalance commands and awaits their outcomes. It is
-// safe for concurrent use.
+// Producer publishes commands (Publish for create-balance, PublishCommand
+// for the other kinds) and awaits their outcomes. It is safe for concurrent
+// use.
 type Producer struct {
 	js      jetstream.JetStream
 	pubOpts []jetstream.PublishOpt

@@ -127,3 +127,50 @@ func replaysOf(c *ledgeradapter.Client) handlers.Kinds {
 	return handlers.Wallets{Balances: &handlers.CreateBalance{Ledger: c, LedgerName: testLedger}, Writes: c, Transactions: c,
 		LedgerName: testLedger}.Replays()
 }
+
+// As above, but the ledger cannot answer the first two deliveries past the
+// budget (503 on the replays' read). Settling RETRIES_EXHAUSTED then would
+// contradict the balance the last delivery wrote: the delivery is handed back
+// and the replays ask again on the next one, until the ledger answers.
+func TestPastTheBudgetAsksAgainWhileTheLedgerCannotAnswer(t *testing.T) {
+	t.Parallel()
+	const maxDeliver = 3
+	var reads, duplicates atomic.Int64
+	var down atomic.Bool
+	down.Store(true)
+	b := setup(t,
+		withConfig(func(c *Config) {
+			c.MaxDeliver = maxDeliver
+			c.SettleTimeout = 300 * time.Millisecond
+		}),
+		withLedgerMiddleware(func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				// One read per delivery: failing on the first two, answered
+				// on the last (which writes), failing on the next two.
+				if isAccountRead(r) {
+					if n := reads.Add(1); n < maxDeliver || (n > maxDeliver && n <= maxDeliver+2) {
+						ledgerError(w, http.StatusServiceUnavailable, "INTERNAL", "injected")
+						return
+					}
+				}
+				next.ServeHTTP(w, r)
+			})
+		}),
+		withReplaysOf(replaysOf),
+		withHooks(func(b *bundle) hooks {
+			return hooks{publish: recordPublishes(b, &duplicates, func(m *nats.Msg) bool {
+				return strings.HasPrefix(m.Subject, "wallets.events.") && down.Load()
+			})}
+		}))
+	b.publish(t, cmd("w1", "k", body("w1", "savings")))
+	require.Eventually(t, func() bool { return b.deliveries(t) > maxDeliver }, waitFor, tick, "redelivered past the budget")
+	down.Store(false)
+	b.settled(t)
+	require.Equal(t, uint64(maxDeliver+3), b.deliveries(t), "asked again twice past the budget")
+	require.Equal(t, int64(maxDeliver+3), reads.Load())
+	require.Equal(t, 1, b.setMetadataLogs(t), "written once, on the last delivery")
+	ev := single(t, b.events.all())
+	require.True(t, strings.HasPrefix(ev.Subject, createdPrefix), ev.Subject)
+	require.Equal(t, true, ev.json(t)["replayed"])
+	require.Empty(t, b.dlq.all())
+}

@@ -236,8 +236,17 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 		// RETRIES_EXHAUSTED event is not contradicted by a late write.
 		// Unless that delivery wrote and its worker died before the event:
 		// the replays, which write nothing, find it applied.
-		if r := w.replay(ctx, d, key); r != nil {
+		r, unknown := w.replay(ctx, d, key)
+		if r != nil {
 			w.settle(ctx, d, r)
+			return
+		}
+		if unknown && w.canHandBack(d) {
+			// The ledger could not say whether the last delivery wrote
+			// (down, or failing): ask again on a later delivery rather
+			// than settle RETRIES_EXHAUSTED for what it may hold.
+			w.log.Debug("replay check past the budget could not reach the ledger; will ask again", w.logAttrs(d, key)...)
+			w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
 			return
 		}
 		w.settle(ctx, d, kind.Reject(key, d.subject, cmd, messages.CodeRetriesExhausted,
@@ -528,36 +537,44 @@ func (w *Worker) canHandBack(d *delivery) bool {
 
 // replay is the outcome of d, delivered past the retry budget, when
 // cfg.Replays find its command applied: replayed, decided without writing.
-// Nil otherwise, or when they cannot tell (an error, a panic, no kind).
-func (w *Worker) replay(ctx context.Context, d *delivery, key string) (r handlers.Result) {
+// Nil otherwise: with unknown set when the ledger could not answer (the
+// breaker has it down, or the check failed as a retry would), unset when
+// the replays found the command not applied or cannot tell (a panic, no
+// kind).
+func (w *Worker) replay(ctx context.Context, d *delivery, key string) (r handlers.Result, unknown bool) {
 	if w.cfg.Replays == nil {
-		return nil
+		return nil, false
 	}
 	kind, _, ok := w.cfg.Replays.Of(d.subject)
 	if !ok {
-		return nil
+		return nil, false
 	}
 	cmd, err := kind.Decode(d.subject, d.msg.Data())
 	if err != nil {
-		return nil
+		return nil, false
+	}
+	if !w.breaker.ledgerState().Available {
+		return nil, true
 	}
 	defer func() {
 		if p := recover(); p != nil {
 			w.log.Error("replay check panicked; settling as past the budget", w.logAttrs(d, key, "panic", fmt.Sprint(p))...)
-			r = nil
+			r, unknown = nil, false
 		}
 	}()
 	d.lease.holdUntil(time.Now().Add(w.cfg.HandlerTimeout + w.cfg.SettleTimeout))
 	hctx, cancel := context.WithTimeout(ctx, w.cfg.HandlerTimeout)
 	defer cancel()
 	res, err := cmd.Handle(hctx, key)
-	if err != nil || res == nil || res.Code() != "" || !res.Replayed() {
-		if err != nil {
-			w.log.Debug("replay check past the budget failed; settling as past the budget", w.logAttrs(d, key, "error", err)...)
-		}
-		return nil
+	if err != nil {
+		_, retryable := handlers.AsRetry(err)
+		w.log.Debug("replay check past the budget failed", w.logAttrs(d, key, "error", err, "retryable", retryable)...)
+		return nil, retryable
 	}
-	return res
+	if res == nil || res.Code() != "" || !res.Replayed() {
+		return nil, false
+	}
+	return res, false
 }
 
 // unsettled handles a delivery the router gave up on without settling it (a

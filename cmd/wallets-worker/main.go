@@ -1,5 +1,6 @@
-// Command wallets-worker applies CreateBalance commands from NATS JetStream to
-// a Formance ledger. See the README, and `wallets-worker --help`.
+// Command wallets-worker applies the wallets service's write commands
+// (create-wallet, update-wallet, create-balance, credit-wallet, debit-wallet,
+// confirm-hold, void-hold) from NATS JetStream to a Formance ledger. See the README, and `wallets-worker --help`.
 package main
 
 import (
