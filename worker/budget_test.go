@@ -21,10 +21,10 @@ import (
 // The command is given up on at delivery MaxDeliver (RETRIES_EXHAUSTED:
 // dead letter, event), but the Term that should end it is lost, so JetStream
 // delivers it once more; by then the ledger is healthy. That delivery is past
-// the budget: it must settle RETRIES_EXHAUSTED again without calling the
-// handler, for a write now would contradict the stored outcome (and its event,
-// under the same Nats-Msg-Id, would be dropped as a duplicate). The replays,
-// as run sets them, read the ledger once and find nothing applied.
+// the budget: it must not call the handler, for a write now would contradict
+// the stored outcome (and its event, under the same Nats-Msg-Id, would be
+// dropped as a duplicate). It finds its event stored and is acknowledged:
+// nothing read from the ledger, nothing published again.
 func TestPastTheBudgetSettlesAgainWithoutTheLedger(t *testing.T) {
 	t.Parallel()
 	const maxDeliver = 3
@@ -64,28 +64,67 @@ func TestPastTheBudgetSettlesAgainWithoutTheLedger(t *testing.T) {
 
 	b.settled(t)
 	require.Equal(t, uint64(maxDeliver+1), b.deliveries(t), "redelivered once after the lost term")
-	require.Equal(t, int64(2), beforeTerm.Load(), "settled twice")
+	require.Equal(t, int64(2), beforeTerm.Load(), "settled, then acknowledged on the redelivery")
 	require.Equal(t, int64(maxDeliver), calls.Load(), "the handler is not called past the budget")
-	require.Equal(t, int64(maxDeliver+1), reads.Load(), "past the budget, the replays' one read")
+	require.Equal(t, int64(maxDeliver), reads.Load(), "past the budget, the stored event answers: no ledger read")
 	require.Zero(t, b.setMetadataLogs(t), "no ledger write")
+	require.EqualValues(t, 1, b.worker.Stats().SettledBefore.Load())
 
-	// The same outcome: one event (the second publish was deduplicated),
-	// RETRIES_EXHAUSTED.
+	// The same outcome: one event, RETRIES_EXHAUSTED, published once; one
+	// dead letter.
 	ev := single(t, b.events.all())
 	require.Equal(t, rejectedPrefix+"w1", ev.Subject)
 	requireEventHeaders(t, ev, "k", ack)
 	require.Equal(t, "RETRIES_EXHAUSTED", ev.json(t)["code"])
-	require.Equal(t, int64(1), duplicates.Load(), "the second settle's event was a duplicate")
-	// Every dead letter (the dead-letter stream's window is shorter than an
-	// ack wait, so each settle leaves one) is of this command, for the same
-	// reason.
-	dls := b.dlq.all()
-	require.NotEmpty(t, dls)
-	for _, dl := range dls {
-		require.Equal(t, m.Data, dl.Data)
-		require.Equal(t, []string{"RETRIES_EXHAUSTED"}, dl.Header["Wallets-Dlq-Code"])
-		require.Equal(t, []string{seqString(ack)}, dl.Header["Wallets-Original-Seq"])
-	}
+	require.Zero(t, duplicates.Load(), "nothing published again")
+	dl := single(t, b.dlq.all())
+	require.Equal(t, m.Data, dl.Data)
+	require.Equal(t, []string{"RETRIES_EXHAUSTED"}, dl.Header["Wallets-Dlq-Code"])
+	require.Equal(t, []string{seqString(ack)}, dl.Header["Wallets-Original-Seq"])
+}
+
+// The command is given up on at delivery MaxDeliver, its dead letter is
+// stored and its event is not (every event publish fails on that delivery),
+// so JetStream delivers it once more. Past the budget it finds no event of
+// its own: the replays, as run sets them, read the ledger once, find
+// nothing applied, and it settles RETRIES_EXHAUSTED again.
+func TestPastTheBudgetWithoutItsEventAsksTheLedger(t *testing.T) {
+	t.Parallel()
+	const maxDeliver = 3
+	var reads, duplicates atomic.Int64
+	var down atomic.Bool
+	down.Store(true)
+	b := setup(t,
+		withConfig(func(c *Config) {
+			c.MaxDeliver = maxDeliver
+			c.SettleTimeout = 300 * time.Millisecond
+		}),
+		withReplaysOf(replaysOf),
+		withLedgerMiddleware(func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if isAccountRead(r) && reads.Add(1) <= maxDeliver {
+					ledgerError(w, http.StatusServiceUnavailable, "INTERNAL", "injected outage")
+					return
+				}
+				next.ServeHTTP(w, r)
+			})
+		}),
+		withHooks(func(b *bundle) hooks {
+			return hooks{publish: recordPublishes(b, &duplicates, func(m *nats.Msg) bool {
+				return strings.HasPrefix(m.Subject, "wallets.events.") && down.Load()
+			})}
+		}))
+	b.publish(t, cmd("w1", "k", body("w1", "savings")))
+	require.Eventually(t, func() bool { return b.deliveries(t) > maxDeliver }, waitFor, tick, "redelivered past the budget")
+	down.Store(false)
+	b.settled(t)
+	require.Equal(t, uint64(maxDeliver+1), b.deliveries(t))
+	require.Equal(t, int64(maxDeliver+1), reads.Load(), "past the budget, the replays' one read")
+	require.Zero(t, b.setMetadataLogs(t), "no ledger write")
+	require.Zero(t, b.worker.Stats().SettledBefore.Load())
+	ev := single(t, b.events.all())
+	require.Equal(t, rejectedPrefix+"w1", ev.Subject)
+	require.Equal(t, "RETRIES_EXHAUSTED", ev.json(t)["code"])
 }
 
 // On the budget's last delivery the balance is written, then the worker

@@ -151,8 +151,8 @@ func recordPublishes(b *bundle, duplicates *atomic.Int64, fail func(*nats.Msg) b
 }
 
 // The ack after a stored event is lost: JetStream redelivers after AckWait,
-// the worker replays, and the replay's event, under the same Nats-Msg-Id, is
-// dropped by JetStream.
+// and the redelivery finds its event, the newest of its wallet: it is
+// acknowledged, and nothing is decided or published again.
 func TestAckLost(t *testing.T) {
 	t.Parallel()
 	var beforeAck, duplicates atomic.Int64
@@ -172,7 +172,39 @@ func TestAckLost(t *testing.T) {
 	requireCreatedOnce(t, b, "k", ack, false)
 	require.Equal(t, uint64(2), b.deliveries(t))
 	require.Equal(t, int64(2), beforeAck.Load())
+	require.Zero(t, duplicates.Load(), "nothing published again")
+	require.EqualValues(t, 1, b.worker.Stats().SettledBefore.Load())
+	require.Zero(t, b.worker.Stats().Replayed.Load(), "not decided again")
+}
+
+// As above, without order within a wallet: another command of the wallet
+// settles before the redelivery, so the redelivery's event is no longer the
+// wallet's newest and it is decided again. It replays, and its event,
+// under the same Nats-Msg-Id, is dropped by JetStream.
+func TestAckLostBehindANewerEvent(t *testing.T) {
+	t.Parallel()
+	var beforeAck, duplicates atomic.Int64
+	b := setup(t, withConfig(func(c *Config) { c.Order = OrderNone }), withHooks(func(b *bundle) hooks {
+		return hooks{
+			beforeAck: func(*delivery) error {
+				if beforeAck.Add(1) == 1 {
+					return errors.New("injected: ack lost")
+				}
+				return nil
+			},
+			publish: recordPublishes(b, &duplicates, nil),
+		}
+	}))
+	b.publish(t, cmd("w1", "k", body("w1", "savings")))
+	require.Eventually(t, func() bool { return len(b.events.all()) == 1 }, waitFor, tick)
+	b.publish(t, cmd("w1", "k2", body("w1", "gift")))
+	b.settled(t)
+
+	require.Len(t, b.events.all(), 2, "one event each")
+	require.Equal(t, uint64(3), b.deliveries(t), "the first command twice, the second once")
 	require.Equal(t, int64(1), duplicates.Load(), "the replay's event was deduplicated")
+	require.Zero(t, b.worker.Stats().SettledBefore.Load())
+	require.EqualValues(t, 1, b.worker.Stats().Replayed.Load())
 }
 
 // The outcome event cannot be stored: the command is not acked but retried

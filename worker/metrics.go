@@ -168,14 +168,22 @@ func (m *Metrics) settled(d *delivery, o handlers.Result, now time.Time) {
 	if m == nil {
 		return
 	}
-	kind := d.kind
-	if kind == "" {
-		kind = messages.KindUnknown
-	}
-	m.commands.WithLabelValues(kind, o.Label()).Inc()
+	m.settledAs(d, o.Label(), now)
 	if code := o.Code(); code.DeadLetters() {
-		m.deadLetters.WithLabelValues(kind, string(code)).Inc()
+		m.deadLetters.WithLabelValues(d.kindLabel(), string(code)).Inc()
 	}
+}
+
+// outcomeSettledBefore is the outcome label of a command whose event an
+// earlier delivery stored (its ack was lost): acknowledged, not decided
+// again.
+const outcomeSettledBefore = "settled_before"
+
+func (m *Metrics) settledAs(d *delivery, outcome string, now time.Time) {
+	if m == nil {
+		return
+	}
+	m.commands.WithLabelValues(d.kindLabel(), outcome).Inc()
 	m.handling.Observe(now.Sub(d.receivedAt).Seconds())
 	if !d.published.IsZero() {
 		m.age.Observe(now.Sub(d.published).Seconds())

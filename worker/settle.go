@@ -83,8 +83,8 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 	err = d.msg.DoubleAck(actx)
 	endClient(span, err)
 	if err != nil {
-		// The outcome is stored; a redelivery replays it under the same
-		// event ID, so JetStream drops the second event.
+		// The outcome is stored; the redelivery finds it (storedOutcome)
+		// and is acknowledged without deciding again.
 		w.log.Warn("ack failed; the redelivery will replay the outcome", w.logAttrs(d, key, "error", err)...)
 		return
 	}

@@ -70,6 +70,9 @@ type Stats struct {
 	// Chained counts the deliveries decided in the chain of an earlier
 	// command of their wallet.
 	Chained atomic.Int64
+	// SettledBefore counts the redeliveries acknowledged because an
+	// earlier delivery had stored their outcome event.
+	SettledBefore atomic.Int64
 }
 
 // New returns a Worker of the given kinds. cfg is validated after defaults
@@ -229,6 +232,21 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 		return
 	}
 
+	wallet := messages.WalletFromSubject(d.subject)
+	if d.delivered > 1 {
+		// An earlier delivery may have stored the outcome and lost the
+		// ack: deciding again could contradict the stored event.
+		found, err := w.storedOutcome(ctx, d, wallet)
+		if err != nil {
+			w.log.Debug("could not look for a stored outcome; deciding again", w.logAttrs(d, key, "error", err)...)
+		}
+		if found {
+			w.settledBefore(ctx, d, key)
+			w.line.left(wallet)
+			return
+		}
+	}
+
 	if d.delivered > uint64(w.cfg.MaxDeliver) {
 		// The command was given up on at delivery MaxDeliver, and that
 		// settle was lost (or its worker died before it): settle the same
@@ -256,7 +274,6 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 
 	// Its turn in its wallet's line (SPEC §8): every earlier command of the
 	// wallet settled. A settle here wakes the wallet's waiters.
-	wallet := messages.WalletFromSubject(d.subject)
 	defer w.line.left(wallet)
 	rode, ok := w.awaitTurn(ctx, d, key, wallet, cmd)
 	if !ok {

@@ -155,11 +155,18 @@ type natsServer struct {
 // JetStream and includes auth, exactly as an operator's would.
 func startServer(t *testing.T, auth string) *natsServer {
 	t.Helper()
+	return startServerWith(t, auth, "")
+}
+
+// startServerWith is startServer with more of the server's configuration
+// (feature flags, say).
+func startServerWith(t *testing.T, auth, extra string) *natsServer {
+	t.Helper()
 	dir := t.TempDir()
 	rel, err := filepath.Rel(dir, auth) // include paths are relative to the including file
 	require.NoError(t, err)
-	conf := fmt.Sprintf("listen: \"127.0.0.1:-1\"\nserver_name: auth-test\njetstream {\n  store_dir: %q\n}\ninclude %q\n",
-		filepath.Join(dir, "jetstream"), rel)
+	conf := fmt.Sprintf("listen: \"127.0.0.1:-1\"\nserver_name: auth-test\n%s\njetstream {\n  store_dir: %q\n}\ninclude %q\n",
+		extra, filepath.Join(dir, "jetstream"), rel)
 	s := &natsServer{violations: &violations{}, conf: filepath.Join(dir, "nats-server.conf")}
 	require.NoError(t, os.WriteFile(s.conf, []byte(conf), 0o600))
 	s.start(t, -1)
@@ -501,6 +508,49 @@ func TestWorkerProducerOperator(t *testing.T) {
 	require.ErrorIs(t, claims.Claim(ctx, "claims-test", "acct", "key-2"), handlers.ErrClaimed)
 	require.NoError(t, claims.Claim(ctx, "claims-test", "acct", "key-1"))
 
+	// A redelivery looks for its outcome among the stored events, as the
+	// worker does: the newest event of its wallet, from the stream's leader.
+	resp, err := wc.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+messages.StreamEvents,
+		[]byte(`{"last_by_subj":"wallets.events.*.w1"}`))
+	require.NoError(t, err)
+	var got struct {
+		Message *struct {
+			Subject string `json:"subject"`
+		} `json:"message"`
+	}
+	require.NoError(t, json.Unmarshal(resp.Data, &got), string(resp.Data))
+	require.NotNil(t, got.Message, string(resp.Data))
+	require.Equal(t, "wallets.events.balance-create-rejected.w1", got.Message.Subject)
+
+	s.requireNoViolations(t)
+}
+
+// TestWorkerAcksInTheNewAckFormat: nats-server 2.14 and later can reply to
+// deliveries on acknowledgement subjects of a second format,
+// $JS.ACK.<domain>.<account hash>.<stream>.<consumer>...; a feature flag
+// turns it on today, and the server will make it its default. The worker's
+// grant covers both, or every ack, nak and term would be refused and each
+// command redelivered until the server gives up on it.
+func TestWorkerAcksInTheNewAckFormat(t *testing.T) {
+	t.Parallel()
+	s := startServerWith(t, authConf(t), "feature_flags { js_ack_fc_v2: true }")
+	wlogs := runWorker(t, s)
+	defer func() {
+		if t.Failed() {
+			t.Log("worker logs:\n" + wlogs.String())
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pc := connect(t, s, userProducer, inboxProducer)
+	p := producer.New(pc.js)
+	ack, err := p.Publish(ctx, messages.CreateBalance{WalletID: "w1", Name: "savings"}, "k-1")
+	require.NoError(t, err)
+	o, err := p.Await(ctx, "w1", ack.Seq)
+	require.NoError(t, err)
+	require.NotNil(t, o.Created, "%+v", o.Rejected)
+	require.Eventually(t, func() bool { return s.streams(t)[messages.StreamCommands].msgs == 0 }, 10*time.Second, 50*time.Millisecond,
+		"the command was acknowledged")
 	s.requireNoViolations(t)
 }
 

@@ -1,0 +1,111 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// storedOutcome reports whether the outcome event of d, a redelivery, is
+// already in WALLETS_EVENTS: the newest event of its wallet names d's stream
+// sequence in its Wallets-Command-Seq header. Its first settle stored the
+// event and lost the ack (a crash, a connection lost, a term that never
+// arrived), and deciding again could contradict what the event says: a
+// rejection whose cause went away since (funds arrived, the wallet was made
+// through the wallets API) would now apply, and its event be dropped as a
+// duplicate of the stored rejection.
+//
+// A found event is proof: it carries this command's sequence. Not finding
+// it is not, in two cases: a later command of the wallet settled since (only
+// possible without --order wallet, or among the commands a chain decided
+// together), or the event aged out of the stream (EventsMaxAge). The
+// command is then decided again, as it was before this check, and replays
+// what the ledger holds. An error (the stream unreachable) is also "not
+// found".
+//
+// The message get goes to the stream's leader through the JetStream API:
+// the events stream allows no direct gets, and a replica could lag.
+func (w *Worker) storedOutcome(ctx context.Context, d *delivery, wallet string) (bool, error) {
+	req, err := json.Marshal(map[string]string{"last_by_subj": messages.EventSubject("*", wallet)})
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, storedOutcomeTimeout)
+	defer cancel()
+	resp, err := w.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+messages.StreamEvents, req)
+	if err != nil {
+		return false, err
+	}
+	var body struct {
+		Message *struct {
+			Header []byte `json:"hdrs"`
+		} `json:"message"`
+		Error *struct {
+			Code        int    `json:"code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(resp.Data, &body); err != nil {
+		return false, fmt.Errorf("message get answer: %w", err)
+	}
+	switch {
+	case body.Error != nil && body.Error.Code == 404:
+		return false, nil // no event of this wallet
+	case body.Error != nil:
+		return false, fmt.Errorf("message get: %d %s", body.Error.Code, body.Error.Description)
+	case body.Message == nil || len(body.Message.Header) == 0:
+		return false, errors.New("message get: no message in the answer")
+	}
+	h, err := nats.DecodeHeadersMsg(body.Message.Header)
+	if err != nil {
+		return false, fmt.Errorf("message get: headers: %w", err)
+	}
+	seq, err := strconv.ParseUint(h.Get(messages.HeaderCommandSeq), 10, 64)
+	return err == nil && seq == d.seq, nil
+}
+
+// storedOutcomeTimeout bounds the look for a stored outcome: a stream that
+// does not answer in time leaves the command to be decided again.
+const storedOutcomeTimeout = 2 * time.Second
+
+// settledBefore acknowledges d, whose outcome event an earlier delivery
+// stored: nothing is decided, written or published again.
+func (w *Worker) settledBefore(ctx context.Context, d *delivery, key string) {
+	ctx = d.withSpan(ctx)
+	if d.span != nil {
+		d.span.AddEvent("outcome stored by an earlier delivery")
+	}
+	if w.hooks.beforeAck != nil {
+		if err := w.hooks.beforeAck(d); err != nil {
+			d.settled.Store(true) // as if the ack were lost on the way
+			return
+		}
+	}
+	if !d.settled.CompareAndSwap(false, true) {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.SettleTimeout)
+	defer cancel()
+	if err := d.msg.DoubleAck(sctx); err != nil {
+		w.log.Warn("ack failed; the redelivery will find the outcome again", w.logAttrs(d, key, "error", err)...)
+		return
+	}
+	w.stats.SettledBefore.Add(1)
+	w.cfg.Metrics.settledAs(d, outcomeSettledBefore, time.Now())
+	w.log.Debug("outcome already stored by an earlier delivery; acknowledged", w.logAttrs(d, key)...)
+}
+
+// kindLabel is the kind label of d's metrics.
+func (d *delivery) kindLabel() string {
+	if d.kind == "" {
+		return messages.KindUnknown
+	}
+	return d.kind
+}

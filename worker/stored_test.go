@@ -1,0 +1,48 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"math/big"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
+	"github.com/wallets-worker/wallets-worker/messages"
+)
+
+// A debit of an empty wallet is rejected (INSUFFICIENT_FUNDS) and its event
+// stored, but the ack is lost. Before the redelivery, the wallet is funded
+// from outside its line (a credit made through the wallets API, say).
+// Deciding the redelivery again would now apply the debit while the stored
+// event, which the new one duplicates, says it was rejected. The
+// redelivery finds its event stored and is acknowledged, decided once.
+func TestARejectionWhoseAckWasLostIsNotDecidedAgain(t *testing.T) {
+	t.Parallel()
+	var acks atomic.Int64
+	b := setup(t, withKindsOf(moneyKinds), withHooks(func(b *bundle) hooks {
+		return hooks{beforeAck: func(*delivery) error {
+			if acks.Add(1) > 1 {
+				return nil
+			}
+			_, err := b.ledger.CreateTransaction(context.Background(), testLedger, ledgeradapter.TransactionRequest{
+				Postings: []ledgeradapter.Posting{{Source: "world", Destination: "wallets:w1:main", Amount: big.NewInt(100), Asset: "USD/2"}},
+			}, "")
+			require.NoError(t, err)
+			return errors.New("injected: ack lost")
+		}}
+	}))
+	b.publish(t, kindMsg(messages.KindDebitWallet, "w1", "d-1", `{"walletID":"w1","amount":{"asset":"USD/2","amount":30}}`))
+	b.settled(t)
+
+	require.EqualValues(t, 2, b.deliveries(t), "redelivered once after the lost ack")
+	ev := single(t, b.events.all())
+	require.Equal(t, "wallets.events.debit-wallet-rejected.w1", ev.Subject)
+	require.Equal(t, "INSUFFICIENT_FUNDS", ev.json(t)["code"])
+	a, _, err := b.ledger.GetAccount(context.Background(), testLedger, "wallets:w1:main")
+	require.NoError(t, err)
+	require.Equal(t, big.NewInt(100), a.Volumes["USD/2"].Balance, "the debit the event rejected was not applied")
+	require.EqualValues(t, 1, b.worker.Stats().SettledBefore.Load())
+}
