@@ -177,13 +177,19 @@ func ParseKey(values []string) (string, error) {
 	return values[0], ValidateKey(values[0])
 }
 
-// ValidateKey checks one idempotency key.
+// ValidateKey checks one idempotency key. Printable ASCII includes the
+// space, but not at either end: NATS trims a header value (nats.go when it
+// publishes and when it reads, the server when it deduplicates), so " k"
+// would travel as "k", another key, and " " as none at all.
 func ValidateKey(key string) error {
 	if key == "" {
 		return invalid(FieldKey, "is empty")
 	}
 	if len(key) > MaxKeyBytes {
 		return invalid(FieldKey, "is %d bytes, at most %d allowed", len(key), MaxKeyBytes)
+	}
+	if key[0] == ' ' || key[len(key)-1] == ' ' {
+		return invalid(FieldKey, "starts or ends with a space, which a NATS header does not carry (it would arrive trimmed)")
 	}
 	for i := 0; i < len(key); i++ {
 		if c := key[i]; c < 0x20 || c > 0x7e {

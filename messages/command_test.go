@@ -293,10 +293,10 @@ func TestParseKey(t *testing.T) {
 func TestValidateKey(t *testing.T) {
 	t.Parallel()
 
-	for _, key := range []string{"", strings.Repeat("x", messages.MaxKeyBytes+1), "\x00", "a\n", "\x7f", "\x1f", "ü", "\x80"} {
+	for _, key := range []string{"", strings.Repeat("x", messages.MaxKeyBytes+1), "\x00", "a\n", "\x7f", "\x1f", "ü", "\x80", " ", " k", "k ", "  "} {
 		requireValidationField(t, messages.ValidateKey(key), messages.FieldKey)
 	}
-	for _, key := range []string{" ", "~", strings.Repeat("x", messages.MaxKeyBytes), "0b6f2d6e-4e2a-4f3a-9f0a-2b9c1d8e7a31"} {
+	for _, key := range []string{"~", "a b", strings.Repeat("x", messages.MaxKeyBytes), "0b6f2d6e-4e2a-4f3a-9f0a-2b9c1d8e7a31"} {
 		require.NoError(t, messages.ValidateKey(key), "%q", key)
 	}
 }

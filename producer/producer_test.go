@@ -65,6 +65,10 @@ func TestPublishRefusesInvalidCommandsBeforeTheWire(t *testing.T) {
 		{"key over 200 bytes", valid, strings.Repeat("k", messages.MaxKeyBytes+1), messages.FieldKey},
 		{"key with a newline", valid, "k\n1", messages.FieldKey},
 		{"key with non-ASCII", valid, "clé", messages.FieldKey},
+		// NATS trims header values: " k" would be stored as "k", " " as no key.
+		{"key with a leading space", valid, " k", messages.FieldKey},
+		{"key with a trailing space", valid, "k ", messages.FieldKey},
+		{"key of a space", valid, " ", messages.FieldKey},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

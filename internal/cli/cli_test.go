@@ -289,6 +289,51 @@ func TestDeadLetterListAndRedrive(t *testing.T) {
 	require.Equal(t, ExitUsage, code, errOut)
 }
 
+// A command of a kind this version does not know is dead-lettered by the
+// worker; redrive leaves its dead letter where it is, says why, and goes on
+// with the others (republished, it would only be dead-lettered again, and
+// the operator's NATS user may not publish it: the redrive stopped there).
+func TestRedriveLeavesUnknownKinds(t *testing.T) {
+	b := setup(t, "--duplicate-window", "1s")
+	_, js := testutil.Connect(t, b.addrs.NATSURL)
+	ctx := context.Background()
+	for _, m := range []struct{ subject, key, body string }{
+		{"wallets.commands.gift-card.w1", "gift-1", `{"walletID":"w1"}`},
+		{messages.CreateBalanceSubject("w2"), "bad-2", `{"walletID":"w2","name":"x","colour":"red"}`},
+	} {
+		msg := &nats.Msg{Subject: m.subject, Data: []byte(m.body), Header: nats.Header{}}
+		msg.Header.Set(messages.HeaderMsgID, m.key)
+		_, err := js.PublishMsg(ctx, msg)
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool {
+		_, out, _ := b.cli(t, "dlq", "list", "--nats-url", b.addrs.NATSURL)
+		return len(decodeLines(t, out)) == 2
+	}, 20*time.Second, 50*time.Millisecond)
+
+	byKey := map[string]map[string]any{}
+	require.Eventually(t, func() bool { // past the 1s window of the invalid command's key
+		code, out, errOut := b.cli(t, "dlq", "redrive", "--all", "--delete", "--nats-url", b.addrs.NATSURL)
+		require.Equal(t, ExitOK, code, errOut)
+		for _, r := range decodeLines(t, out) {
+			byKey[r["key"].(string)] = r
+		}
+		return byKey["bad-2"] != nil && byKey["bad-2"]["duplicate"] == false
+	}, 20*time.Second, 200*time.Millisecond)
+	gift := byKey["gift-1"]
+	require.NotNil(t, gift, "the unknown kind's dead letter is reported")
+	require.Equal(t, true, gift["skipped"])
+	require.Contains(t, gift["note"], `"gift-card"`)
+	require.Equal(t, false, gift["deleted"], "its dead letter stays")
+	require.Equal(t, true, byKey["bad-2"]["deleted"])
+	_, out, _ := b.cli(t, "dlq", "list", "--nats-url", b.addrs.NATSURL)
+	var keys []string
+	for _, l := range decodeLines(t, out) {
+		keys = append(keys, l["key"].(string))
+	}
+	require.Contains(t, keys, "gift-1", "the unknown kind's dead letter is still listed")
+}
+
 func TestRedriveAfterTheWindowReplays(t *testing.T) {
 	b := setup(t, "--duplicate-window", "1s")
 	_, js := testutil.Connect(t, b.addrs.NATSURL)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -142,7 +143,11 @@ type redriveResult struct {
 	Seq       uint64 `json:"seq"`
 	Duplicate bool   `json:"duplicate"`
 	Deleted   bool   `json:"deleted"`
-	Note      string `json:"note,omitempty"`
+	// Skipped is set on a dead letter left where it is: its command is of a
+	// kind this version does not know, which no worker of it would apply
+	// (and which the operator's NATS user may not publish).
+	Skipped bool   `json:"skipped,omitempty"`
+	Note    string `json:"note,omitempty"`
 }
 
 // redrive republishes a dead letter's command with its original body, subject
@@ -152,6 +157,10 @@ func redrive(ctx context.Context, js jetstream.JetStream, stream jetstream.Strea
 	subject := m.Header.Get(messages.HeaderOriginalSubject)
 	if !strings.HasPrefix(subject, strings.TrimSuffix(messages.SubjectConsumerFilter, ">")) {
 		return fmt.Errorf("dead letter %d has no usable %s header", m.Sequence, messages.HeaderOriginalSubject)
+	}
+	if kind := strings.Split(strings.TrimPrefix(subject, messages.SubjectCommandsPrefix), ".")[0]; !slices.Contains(allKinds(), kind) {
+		return out.Encode(redriveResult{DLQSeq: m.Sequence, Key: m.Header.Get(messages.HeaderMsgID), Subject: subject, Skipped: true,
+			Note: fmt.Sprintf("kind %q is not one this version knows (%s): not redriven; a worker that knows it must apply it", kind, strings.Join(allKinds(), ", "))})
 	}
 	cmd := &nats.Msg{Subject: subject, Data: m.Data, Header: nats.Header{}}
 	for k, vs := range m.Header {
