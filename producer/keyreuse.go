@@ -3,11 +3,13 @@ package producer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wallets-worker/wallets-worker/messages"
 )
@@ -86,12 +88,49 @@ func (p *Producer) AwaitAck(ctx context.Context, ack Ack) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, fmt.Errorf("producer: outcome of command %d: %w", ack.Seq, orCause(ctx, err))
 	}
+	// Every kind's events (no filter: the consumer auth.conf grants): the
+	// original may be a command of another kind, whose event is no
+	// create-balance outcome.
 	want := strconv.FormatUint(ack.Seq, 10)
-	o, err := p.scan(ctx, allWallets, &since, func(h nats.Header) bool { return h.Get(messages.HeaderCommandSeq) == want })
+	m, err := p.scanMsg(ctx, nil, &since, func(m jetstream.Msg) bool {
+		_, ok := eventOf(m)
+		return ok && m.Headers().Get(messages.HeaderCommandSeq) == want
+	})
 	if err != nil {
 		return Outcome{}, fmt.Errorf("producer: outcome of command %d: %w", ack.Seq, err)
 	}
-	return ack.Reconcile(o), nil
+	e, _ := eventOf(m)
+	return ack.reconcileEvent(e)
+}
+
+// reconcileEvent is Reconcile given the original's event, of any kind: the
+// event of a command of another kind makes a duplicate KEY_REUSED.
+func (a Ack) reconcileEvent(e event) (Outcome, error) {
+	if a.Duplicate && !isBalanceOutcome(e.subject) {
+		return a.reusedBy(e), nil
+	}
+	o, err := e.outcome()
+	if err != nil {
+		return o, err
+	}
+	return a.Reconcile(o), nil
+}
+
+// isBalanceOutcome says whether subject is a create-balance outcome's.
+func isBalanceOutcome(subject string) bool {
+	return strings.HasPrefix(subject, createdPrefix) || strings.HasPrefix(subject, rejectedPrefix)
+}
+
+// reusedBy is the KEY_REUSED decided here for a duplicate whose original,
+// settled by e, was a command of another kind.
+func (a Ack) reusedBy(e event) Outcome {
+	ev := messages.BalanceCreateRejected{
+		Key: a.Key, WalletID: a.Command.WalletID, Name: a.Command.Name, Code: messages.CodeKeyReused,
+		Message: fmt.Sprintf("the key was used within the duplicate window for another command (sequence %d, settled by %s); "+
+			"JetStream dropped this publish and stored nothing for it", a.Seq, e.subject),
+	}
+	data, _ := json.Marshal(ev) // plain strings: cannot fail
+	return Outcome{Rejected: &ev, CommandSeq: e.commandSeq, Data: data, ByPublisher: true}
 }
 
 // AwaitAcks is AwaitMany for published commands: the outcome of each, in the
@@ -103,9 +142,15 @@ func (a *Awaiter) AwaitAcks(ctx context.Context, acks []Ack) ([]Outcome, error) 
 	for i, ack := range acks {
 		seqs[i] = ack.Seq
 	}
-	outs, err := a.AwaitMany(ctx, seqs)
-	for i := range outs {
-		outs[i] = acks[i].Reconcile(outs[i])
+	evs, err := a.awaitEvents(ctx, seqs)
+	outs := make([]Outcome, len(acks))
+	for i, e := range evs {
+		if e.subject == "" {
+			continue
+		}
+		o, derr := acks[i].reconcileEvent(e)
+		outs[i] = o
+		err = errors.Join(err, derr)
 	}
 	return outs, err
 }

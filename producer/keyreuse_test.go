@@ -2,6 +2,7 @@ package producer_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"testing"
 	"time"
@@ -169,4 +170,45 @@ func TestReconcileLeavesWhatItCannotJudge(t *testing.T) {
 	require.Equal(t, producer.Outcome{}, producer.Ack{Key: "k", Seq: 1, Duplicate: true, Command: cmd}.Reconcile(producer.Outcome{}))
 	require.Equal(t, stored, producer.Ack{Key: "k", Seq: 1, Command: cmd}.Reconcile(stored), "not a duplicate: the stored command is ours")
 	require.True(t, producer.Ack{Key: "k", Seq: 1, Duplicate: true, Command: cmd}.Reconcile(stored).ByPublisher)
+}
+
+// A key first used by a command of another kind: the duplicate's original
+// settles with an event that is no create-balance outcome (here the test
+// worker's rejection of a kind it does not have), and both ways of awaiting
+// answer KEY_REUSED rather than wait for a create-balance event that never
+// comes.
+func TestKeyReusedAcrossKinds(t *testing.T) {
+	t.Parallel()
+	s := setup(t, true)
+	ctx := testContext(t)
+	p := producer.New(s.js)
+	aw, err := producer.NewAwaiter(ctx, s.js)
+	require.NoError(t, err)
+	t.Cleanup(aw.Stop)
+
+	credit, err := producer.NewCommand(messages.KindCreditWallet, "", []byte(`{"walletID":"x9","amount":{"asset":"USD/2","amount":5}}`), "kx")
+	require.NoError(t, err)
+	first, err := p.PublishCommand(ctx, credit, "kx")
+	require.NoError(t, err)
+	require.False(t, first.Duplicate)
+
+	cmd := messages.CreateBalance{WalletID: "x9", Name: "gift"}
+	ack, err := p.Publish(ctx, cmd, "kx")
+	require.NoError(t, err)
+	require.True(t, ack.Duplicate)
+	require.Equal(t, first.Seq, ack.Seq)
+
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	o, err := p.AwaitAck(wctx, ack)
+	require.NoError(t, err)
+	require.True(t, o.ByPublisher)
+	require.NotNil(t, o.Rejected, "%s", o.Data)
+	require.Equal(t, messages.CodeKeyReused, o.Rejected.Code)
+	require.Equal(t, "x9", o.Rejected.WalletID)
+	require.Equal(t, "gift", o.Rejected.Name)
+	require.Contains(t, o.Rejected.Message, "wallets.events.")
+	many, err := aw.AwaitAcks(wctx, []producer.Ack{ack})
+	require.NoError(t, err)
+	require.Equal(t, o, many[0])
 }

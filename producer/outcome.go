@@ -128,9 +128,6 @@ func walletFilter(walletID string) []string {
 	return []string{messages.BalanceCreatedSubject(walletID), messages.BalanceCreateRejectedSubject(walletID)}
 }
 
-// allWallets is the subjects of every outcome event.
-var allWallets = []string{messages.SubjectBalanceCreatedAll, messages.SubjectBalanceRejectedAll}
-
 // scan reads the outcome events on subjects, from since (nil: the start of
 // the stream), until one matches.
 func (p *Producer) scan(ctx context.Context, subjects []string, since *time.Time, match func(nats.Header) bool) (Outcome, error) {
