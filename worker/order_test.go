@@ -289,7 +289,7 @@ func TestOrderReadsDirectlyOnOneReplica(t *testing.T) {
 	require.ErrorContains(t, err, "allows direct gets with 3 replicas")
 	require.ErrorContains(t, err, "--order none")
 
-	admin, js, w := deniedWorker(t, "$JS.API.STREAM.MSG.GET.>")
+	admin, js, w := deniedWorker(t, "$JS.API.STREAM.MSG.GET.WALLETS_COMMANDS")
 	l := newLine(OrderWallet, js, time.Second, time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -360,6 +360,17 @@ func TestOrderAsksForARefusedStreamOnceASecond(t *testing.T) {
 		_, _ = l.head(context.Background(), "w")
 		return calls.Load() == 2
 	}, 10*time.Second, 50*time.Millisecond, "and asked again after lineStreamRetry")
+}
+
+// TestStoredOutcomeNeedsItsGrant: a worker that may not read the events
+// stream's newest event of a wallet would make each redelivery wait for
+// nothing; it refuses to start, naming the grant.
+func TestStoredOutcomeNeedsItsGrant(t *testing.T) {
+	t.Parallel()
+	_, _, w := deniedWorker(t, "$JS.API.STREAM.MSG.GET.WALLETS_EVENTS")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.ErrorContains(t, w.Run(ctx), "$JS.API.STREAM.MSG.GET.WALLETS_EVENTS")
 }
 
 // deniedWorker provisions the streams as an admin user on a new server, and

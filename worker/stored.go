@@ -33,15 +33,34 @@ import (
 // The message get goes to the stream's leader through the JetStream API:
 // the events stream allows no direct gets, and a replica could lag.
 func (w *Worker) storedOutcome(ctx context.Context, d *delivery, wallet string) (bool, error) {
-	req, err := json.Marshal(map[string]string{"last_by_subj": messages.EventSubject("*", wallet)})
-	if err != nil {
-		return false, err
-	}
 	ctx, cancel := context.WithTimeout(ctx, storedOutcomeTimeout)
 	defer cancel()
+	h, err := w.newestEvent(ctx, wallet)
+	if err != nil || h == nil {
+		return false, err
+	}
+	// The sequence, and the key: a commands stream deleted and made again
+	// numbers its commands anew, while the events stream keeps the old
+	// ones' events.
+	key := messages.SafeHeaderValue(firstHeader(d, messages.HeaderMsgID), messages.MaxKeyBytes)
+	seq, err := strconv.ParseUint(h.Get(messages.HeaderCommandSeq), 10, 64)
+	return err == nil && seq == d.seq && h.Get(messages.HeaderCommandKey) == key, nil
+}
+
+// errNoMessage is the JetStream API's error code for a message get that
+// found nothing.
+const errNoMessage = 10037
+
+// newestEvent returns the headers of the newest outcome event of wallet, nil
+// when it has none.
+func (w *Worker) newestEvent(ctx context.Context, wallet string) (nats.Header, error) {
+	req, err := json.Marshal(map[string]string{"last_by_subj": messages.EventSubject("*", wallet)})
+	if err != nil {
+		return nil, err
+	}
 	resp, err := w.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+messages.StreamEvents, req)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	var body struct {
 		Message *struct {
@@ -49,26 +68,26 @@ func (w *Worker) storedOutcome(ctx context.Context, d *delivery, wallet string) 
 		} `json:"message"`
 		Error *struct {
 			Code        int    `json:"code"`
+			ErrCode     int    `json:"err_code"`
 			Description string `json:"description"`
 		} `json:"error"`
 	}
 	if err := json.Unmarshal(resp.Data, &body); err != nil {
-		return false, fmt.Errorf("message get answer: %w", err)
+		return nil, fmt.Errorf("message get answer: %w", err)
 	}
 	switch {
-	case body.Error != nil && body.Error.Code == 404:
-		return false, nil // no event of this wallet
+	case body.Error != nil && body.Error.ErrCode == errNoMessage:
+		return nil, nil // no event of this wallet
 	case body.Error != nil:
-		return false, fmt.Errorf("message get: %d %s", body.Error.Code, body.Error.Description)
+		return nil, fmt.Errorf("message get: %d %s", body.Error.Code, body.Error.Description)
 	case body.Message == nil || len(body.Message.Header) == 0:
-		return false, errors.New("message get: no message in the answer")
+		return nil, errors.New("message get: no message in the answer")
 	}
 	h, err := nats.DecodeHeadersMsg(body.Message.Header)
 	if err != nil {
-		return false, fmt.Errorf("message get: headers: %w", err)
+		return nil, fmt.Errorf("message get: headers: %w", err)
 	}
-	seq, err := strconv.ParseUint(h.Get(messages.HeaderCommandSeq), 10, 64)
-	return err == nil && seq == d.seq, nil
+	return h, nil
 }
 
 // storedOutcomeTimeout bounds the look for a stored outcome: a stream that

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wallets-worker/wallets-worker/ledgeradapter"
@@ -45,4 +46,28 @@ func TestARejectionWhoseAckWasLostIsNotDecidedAgain(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, big.NewInt(100), a.Volumes["USD/2"].Balance, "the debit the event rejected was not applied")
 	require.EqualValues(t, 1, b.worker.Stats().SettledBefore.Load())
+}
+
+// The commands stream was made again (its sequences start over) while the
+// events stream kept an event of its old command 1 on the wallet. The new
+// command 1, redelivered after a failure, must not take that event for its
+// own: the key tells them apart.
+func TestAnOldEventOfTheSameSequenceIsNotTheCommands(t *testing.T) {
+	t.Parallel()
+	var reads atomic.Int64
+	b := setup(t, readsFailUntilDelivery(&reads, 2))
+	old := &nats.Msg{Subject: messages.EventSubject(messages.EventBalanceCreated, "w1"), Data: []byte(`{}`), Header: nats.Header{}}
+	old.Header.Set(messages.HeaderCommandSeq, "1")
+	old.Header.Set(messages.HeaderCommandKey, "old-key")
+	old.Header.Set(messages.HeaderMsgID, messages.EventMsgID("old-key", 1))
+	_, err := b.js.PublishMsg(context.Background(), old)
+	require.NoError(t, err)
+
+	ack := b.publish(t, cmd("w1", "k", body("w1", "savings")))
+	require.EqualValues(t, 1, ack.Sequence)
+	b.settled(t)
+	require.EqualValues(t, 2, b.deliveries(t), "failed once, then decided")
+	require.Zero(t, b.worker.Stats().SettledBefore.Load())
+	require.Equal(t, 1, b.setMetadataLogs(t), "the balance is written")
+	require.Len(t, b.events.all(), 2, "the old event and the command's own")
 }

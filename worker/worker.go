@@ -147,6 +147,18 @@ func (w *Worker) Run(ctx context.Context) error {
 				messages.StreamCommands, messages.StreamCommands, messages.StreamCommands, messages.StreamCommands, err)
 		}
 	}
+	// A redelivery reads the newest event of its wallet (storedOutcome):
+	// refused, each would wait for nothing and then be decided again.
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = w.newestEvent(pctx, messages.UnknownWallet)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("a redelivered command looks for its stored outcome: read the newest event of a wallet from %s (grant $JS.API.STREAM.MSG.GET.%s): %w",
+			messages.StreamEvents, messages.StreamEvents, err)
+	}
 	sub := &subscriber{
 		consumer:    consumer,
 		concurrency: w.cfg.Concurrency,
