@@ -13,6 +13,27 @@ import (
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
+// decideOn decodes body as a command of ks on subject and handles it under
+// key.
+func decideOn(t *testing.T, ks handlers.Kinds, subject, body, key string) handlers.Result {
+	t.Helper()
+	k, _, ok := ks.Of(subject)
+	require.True(t, ok)
+	cmd, err := k.Decode(subject, []byte(body))
+	require.NoError(t, err)
+	r, err := cmd.Handle(context.Background(), key)
+	require.NoError(t, err)
+	return r
+}
+
+// logCount counts the logs of the test ledger.
+func logCount(t *testing.T, l *testutil.Ledger) int {
+	t.Helper()
+	all, err := l.Client.AllLogs(context.Background(), "wallets-002")
+	require.NoError(t, err)
+	return len(all)
+}
+
 // The replays answer a command applied before as replayed, and one not
 // applied otherwise, without writing anything either way.
 func TestReplaysWriteNothing(t *testing.T) {
@@ -29,13 +50,7 @@ func TestReplaysWriteNothing(t *testing.T) {
 		if kind == messages.KindCreateWallet {
 			subject = messages.CreateWalletSubject(key)
 		}
-		k, _, ok := ks.Of(subject)
-		require.True(t, ok)
-		cmd, err := k.Decode(subject, []byte(body))
-		require.NoError(t, err)
-		r, err := cmd.Handle(ctx, key)
-		require.NoError(t, err)
-		return r
+		return decideOn(t, ks, subject, body, key)
 	}
 	const credit = `{"walletID":"w1","amount":{"asset":"USD/2","amount":100}}`
 	const balance = `{"walletID":"w1","name":"savings"}`
@@ -45,11 +60,7 @@ func TestReplaysWriteNothing(t *testing.T) {
 		{messages.KindCreditWallet, credit}, {messages.KindCreateBalance, balance},
 		{messages.KindDebitWallet, debit}, {messages.KindCreateWallet, wallet},
 	}
-	logs := func() int {
-		all, err := l.Client.AllLogs(ctx, "wallets-002")
-		require.NoError(t, err)
-		return len(all)
-	}
+	logs := func() int { return logCount(t, l) }
 
 	for _, c := range cases {
 		r := decide(replays, c.kind, c.body, "k-"+c.kind)
@@ -105,19 +116,9 @@ func replaysFindAnUpdateWallet(t *testing.T, batched bool) {
 	kinds, replays := wallets.Kinds(), wallets.Replays()
 	decide := func(ks handlers.Kinds, subject, body, key string) handlers.Result {
 		t.Helper()
-		k, _, ok := ks.Of(subject)
-		require.True(t, ok)
-		cmd, err := k.Decode(subject, []byte(body))
-		require.NoError(t, err)
-		r, err := cmd.Handle(ctx, key)
-		require.NoError(t, err)
-		return r
+		return decideOn(t, ks, subject, body, key)
 	}
-	logs := func() int {
-		all, err := l.Client.AllLogs(ctx, "wallets-002")
-		require.NoError(t, err)
-		return len(all)
-	}
+	logs := func() int { return logCount(t, l) }
 	wallet := messages.WalletIDOf("create-1")
 	r := decide(kinds, messages.CreateWalletSubject("create-1"), `{"name":"alice"}`, "create-1")
 	require.Empty(t, r.Code(), r.Reason())

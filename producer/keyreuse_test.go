@@ -14,6 +14,18 @@ import (
 	"github.com/wallets-worker/wallets-worker/producer"
 )
 
+// producerAndAwaiter starts a stack with a worker, and returns a Producer
+// and an Awaiter on it.
+func producerAndAwaiter(t *testing.T) (*stack, context.Context, *producer.Producer, *producer.Awaiter) {
+	t.Helper()
+	s := setup(t, true)
+	ctx := testContext(t)
+	aw, err := producer.NewAwaiter(ctx, s.js)
+	require.NoError(t, err)
+	t.Cleanup(aw.Stop)
+	return s, ctx, producer.New(s.js), aw
+}
+
 // TestKeyReusedInsideTheDuplicateWindow publishes under one key, within the
 // duplicate window, commands that differ from the first: JetStream drops
 // them and answers with the first's sequence, and the producer, which alone
@@ -21,12 +33,7 @@ import (
 // original's outcome.
 func TestKeyReusedInsideTheDuplicateWindow(t *testing.T) {
 	t.Parallel()
-	s := setup(t, true)
-	ctx := testContext(t)
-	p := producer.New(s.js)
-	aw, err := producer.NewAwaiter(ctx, s.js)
-	require.NoError(t, err)
-	t.Cleanup(aw.Stop)
+	s, ctx, p, aw := producerAndAwaiter(t)
 
 	expires := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
 	original := messages.CreateBalance{WalletID: "kr", Name: "gift", Priority: 2, ExpiresAt: &expires}
@@ -179,12 +186,7 @@ func TestReconcileLeavesWhatItCannotJudge(t *testing.T) {
 // comes.
 func TestKeyReusedAcrossKinds(t *testing.T) {
 	t.Parallel()
-	s := setup(t, true)
-	ctx := testContext(t)
-	p := producer.New(s.js)
-	aw, err := producer.NewAwaiter(ctx, s.js)
-	require.NoError(t, err)
-	t.Cleanup(aw.Stop)
+	_, ctx, p, aw := producerAndAwaiter(t)
 
 	credit, err := producer.NewCommand(messages.KindCreditWallet, "", []byte(`{"walletID":"x9","amount":{"asset":"USD/2","amount":5}}`), "kx")
 	require.NoError(t, err)

@@ -91,29 +91,8 @@ func TestPastTheBudgetSettlesAgainWithoutTheLedger(t *testing.T) {
 func TestPastTheBudgetWithoutItsEventAsksTheLedger(t *testing.T) {
 	t.Parallel()
 	const maxDeliver = 3
-	var reads, duplicates atomic.Int64
-	var down atomic.Bool
-	down.Store(true)
-	b := setup(t,
-		withConfig(func(c *Config) {
-			c.MaxDeliver = maxDeliver
-			c.SettleTimeout = 300 * time.Millisecond
-		}),
-		withReplaysOf(replaysOf),
-		withLedgerMiddleware(func(next http.Handler) http.Handler {
-			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if isAccountRead(r) && reads.Add(1) <= maxDeliver {
-					ledgerError(w, http.StatusServiceUnavailable, "INTERNAL", "injected outage")
-					return
-				}
-				next.ServeHTTP(w, r)
-			})
-		}),
-		withHooks(func(b *bundle) hooks {
-			return hooks{publish: recordPublishes(b, &duplicates, func(m *nats.Msg) bool {
-				return strings.HasPrefix(m.Subject, "wallets.events.") && down.Load()
-			})}
-		}))
+	var reads atomic.Int64
+	b, down := eventsDownUntilPastTheBudget(t, maxDeliver, readsFailUntilDelivery(&reads, maxDeliver+1))
 	b.publish(t, cmd("w1", "k", body("w1", "savings")))
 	require.Eventually(t, func() bool { return b.deliveries(t) > maxDeliver }, waitFor, tick, "redelivered past the budget")
 	down.Store(false)
@@ -135,21 +114,8 @@ func TestPastTheBudgetWithoutItsEventAsksTheLedger(t *testing.T) {
 func TestPastTheBudgetFindsTheLastDeliverysWrite(t *testing.T) {
 	t.Parallel()
 	const maxDeliver = 3
-	var reads, duplicates atomic.Int64
-	var down atomic.Bool
-	down.Store(true)
-	b := setup(t,
-		withConfig(func(c *Config) {
-			c.MaxDeliver = maxDeliver
-			c.SettleTimeout = 300 * time.Millisecond
-		}),
-		readsFailUntilDelivery(&reads, maxDeliver),
-		withReplaysOf(replaysOf),
-		withHooks(func(b *bundle) hooks {
-			return hooks{publish: recordPublishes(b, &duplicates, func(m *nats.Msg) bool {
-				return strings.HasPrefix(m.Subject, "wallets.events.") && down.Load()
-			})}
-		}))
+	var reads atomic.Int64
+	b, down := eventsDownUntilPastTheBudget(t, maxDeliver, readsFailUntilDelivery(&reads, maxDeliver))
 	b.publish(t, cmd("w1", "k", body("w1", "savings")))
 	require.Eventually(t, func() bool { return b.deliveries(t) > maxDeliver }, waitFor, tick, "redelivered past the budget")
 	down.Store(false)
@@ -159,6 +125,31 @@ func TestPastTheBudgetFindsTheLastDeliverysWrite(t *testing.T) {
 	require.True(t, strings.HasPrefix(ev.Subject, createdPrefix), ev.Subject)
 	require.Equal(t, true, ev.json(t)["replayed"])
 	require.Empty(t, b.dlq.all())
+}
+
+// eventsDownUntilPastTheBudget sets up a worker with a budget of maxDeliver
+// deliveries, the replays run sets, a short settle timeout, and ledger, a
+// ledger option. Every event publish fails until the returned flag is
+// cleared, which the test does once the command is delivered past the
+// budget.
+func eventsDownUntilPastTheBudget(t *testing.T, maxDeliver int, ledger option) (*bundle, *atomic.Bool) {
+	t.Helper()
+	var down atomic.Bool
+	down.Store(true)
+	var duplicates atomic.Int64
+	b := setup(t,
+		withConfig(func(c *Config) {
+			c.MaxDeliver = maxDeliver
+			c.SettleTimeout = 300 * time.Millisecond
+		}),
+		ledger,
+		withReplaysOf(replaysOf),
+		withHooks(func(b *bundle) hooks {
+			return hooks{publish: recordPublishes(b, &duplicates, func(m *nats.Msg) bool {
+				return strings.HasPrefix(m.Subject, "wallets.events.") && down.Load()
+			})}
+		}))
+	return b, &down
 }
 
 // replaysOf are the replays run sets, over the test's ledger client.
@@ -174,15 +165,8 @@ func replaysOf(c *ledgeradapter.Client) handlers.Kinds {
 func TestPastTheBudgetAsksAgainWhileTheLedgerCannotAnswer(t *testing.T) {
 	t.Parallel()
 	const maxDeliver = 3
-	var reads, duplicates atomic.Int64
-	var down atomic.Bool
-	down.Store(true)
-	b := setup(t,
-		withConfig(func(c *Config) {
-			c.MaxDeliver = maxDeliver
-			c.SettleTimeout = 300 * time.Millisecond
-		}),
-		withLedgerMiddleware(func(next http.Handler) http.Handler {
+	var reads atomic.Int64
+	b, down := eventsDownUntilPastTheBudget(t, maxDeliver, withLedgerMiddleware(func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				// One read per delivery: failing on the first two, answered
 				// on the last (which writes), failing on the next two.
@@ -194,12 +178,6 @@ func TestPastTheBudgetAsksAgainWhileTheLedgerCannotAnswer(t *testing.T) {
 				}
 				next.ServeHTTP(w, r)
 			})
-		}),
-		withReplaysOf(replaysOf),
-		withHooks(func(b *bundle) hooks {
-			return hooks{publish: recordPublishes(b, &duplicates, func(m *nats.Msg) bool {
-				return strings.HasPrefix(m.Subject, "wallets.events.") && down.Load()
-			})}
 		}))
 	b.publish(t, cmd("w1", "k", body("w1", "savings")))
 	require.Eventually(t, func() bool { return b.deliveries(t) > maxDeliver }, waitFor, tick, "redelivered past the budget")

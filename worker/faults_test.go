@@ -150,6 +150,17 @@ func recordPublishes(b *bundle, duplicates *atomic.Int64, fail func(*nats.Msg) b
 	}
 }
 
+// loseFirstAck is a beforeAck hook that loses the first ack it sees,
+// counting every call in n.
+func loseFirstAck(n *atomic.Int64) func(*delivery) error {
+	return func(*delivery) error {
+		if n.Add(1) == 1 {
+			return errors.New("injected: ack lost")
+		}
+		return nil
+	}
+}
+
 // The ack after a stored event is lost: JetStream redelivers after AckWait,
 // and the redelivery finds its event, the newest of its wallet: it is
 // acknowledged, and nothing is decided or published again.
@@ -158,12 +169,7 @@ func TestAckLost(t *testing.T) {
 	var beforeAck, duplicates atomic.Int64
 	b := setup(t, withHooks(func(b *bundle) hooks {
 		return hooks{
-			beforeAck: func(*delivery) error {
-				if beforeAck.Add(1) == 1 {
-					return errors.New("injected: ack lost")
-				}
-				return nil
-			},
+			beforeAck: loseFirstAck(&beforeAck),
 			publish: recordPublishes(b, &duplicates, nil),
 		}
 	}))
@@ -186,12 +192,7 @@ func TestAckLostBehindANewerEvent(t *testing.T) {
 	var beforeAck, duplicates atomic.Int64
 	b := setup(t, withConfig(func(c *Config) { c.Order = OrderNone }), withHooks(func(b *bundle) hooks {
 		return hooks{
-			beforeAck: func(*delivery) error {
-				if beforeAck.Add(1) == 1 {
-					return errors.New("injected: ack lost")
-				}
-				return nil
-			},
+			beforeAck: loseFirstAck(&beforeAck),
 			publish: recordPublishes(b, &duplicates, nil),
 		}
 	}))

@@ -62,13 +62,7 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 		w.nak(d, w.cfg.Backoff.Delay(d.delivered), retryTransient)
 		return
 	}
-	if w.hooks.beforeAck != nil {
-		if err := w.hooks.beforeAck(d); err != nil {
-			d.settled.Store(true) // as if the ack were lost on the way
-			return
-		}
-	}
-	if !d.settled.CompareAndSwap(false, true) {
+	if !w.takeSettle(d) {
 		return
 	}
 	if code.DeadLetters() {
@@ -137,6 +131,19 @@ const (
 	settleRetryMin = 50 * time.Millisecond
 	settleRetryMax = time.Second
 )
+
+// takeSettle claims d's one settle (ack or term) for the caller: false when
+// another took it, or when a test's beforeAck hook loses it (as if the ack
+// were lost on the way).
+func (w *Worker) takeSettle(d *delivery) bool {
+	if w.hooks.beforeAck != nil {
+		if err := w.hooks.beforeAck(d); err != nil {
+			d.settled.Store(true)
+			return false
+		}
+	}
+	return d.settled.CompareAndSwap(false, true)
+}
 
 // settled counts a settled delivery in the stats and the metrics.
 func (w *Worker) settled(d *delivery, o handlers.Result) {

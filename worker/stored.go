@@ -101,13 +101,7 @@ func (w *Worker) settledBefore(ctx context.Context, d *delivery, key string) {
 	if d.span != nil {
 		d.span.AddEvent("outcome stored by an earlier delivery")
 	}
-	if w.hooks.beforeAck != nil {
-		if err := w.hooks.beforeAck(d); err != nil {
-			d.settled.Store(true) // as if the ack were lost on the way
-			return
-		}
-	}
-	if !d.settled.CompareAndSwap(false, true) {
+	if !w.takeSettle(d) {
 		return
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.SettleTimeout)

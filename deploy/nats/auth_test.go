@@ -540,6 +540,16 @@ func TestWorkerAcksInTheNewAckFormat(t *testing.T) {
 			t.Log("worker logs:\n" + wlogs.String())
 		}
 	}()
+	createOneBalance(t, s)
+	require.Eventually(t, func() bool { return s.streams(t)[messages.StreamCommands].msgs == 0 }, 10*time.Second, 50*time.Millisecond,
+		"the command was acknowledged")
+	s.requireNoViolations(t)
+}
+
+// createOneBalance publishes a create-balance as the producer and requires
+// the worker to create it.
+func createOneBalance(t *testing.T, s *natsServer) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	pc := connect(t, s, userProducer, inboxProducer)
@@ -549,9 +559,6 @@ func TestWorkerAcksInTheNewAckFormat(t *testing.T) {
 	o, err := p.Await(ctx, "w1", ack.Seq)
 	require.NoError(t, err)
 	require.NotNil(t, o.Created, "%+v", o.Rejected)
-	require.Eventually(t, func() bool { return s.streams(t)[messages.StreamCommands].msgs == 0 }, 10*time.Second, 50*time.Millisecond,
-		"the command was acknowledged")
-	s.requireNoViolations(t)
 }
 
 // streams returns each stream's message count and its consumers, as the
@@ -783,15 +790,7 @@ func TestWorkerWithoutProvisioningRights(t *testing.T) {
 
 	provision(t, s)
 	runWorker(t, s, "--no-provision")
-	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	pc := connect(t, s, userProducer, inboxProducer)
-	p := producer.New(pc.js)
-	ack, err := p.Publish(ctx, messages.CreateBalance{WalletID: "w1", Name: "savings"}, "k-1")
-	require.NoError(t, err)
-	o, err := p.Await(ctx, "w1", ack.Seq)
-	require.NoError(t, err)
-	require.NotNil(t, o.Created, "%+v", o.Rejected)
+	createOneBalance(t, s)
 	require.Len(t, s.violations.all(), refused, "violations after provisioning: %v", s.violations.all()[refused:])
 }
 

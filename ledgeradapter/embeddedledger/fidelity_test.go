@@ -269,14 +269,7 @@ const zeroPostings = "the Numscript interpreter leaves out postings of zero, so 
 // the same.
 func TestFidelity(t *testing.T) {
 	t.Parallel()
-	probes := readProbes(t, probeFile)
-	require.Len(t, probes, 46, "the recorded transcript has 46 probes")
-	for _, inProcess := range []bool{false, true} {
-		t.Run(map[bool]string{false: "tcp", true: "in-process"}[inProcess], func(t *testing.T) {
-			t.Parallel()
-			replay(t, probes, inProcess, false)
-		})
-	}
+	replayBothWays(t, probeFile, 46, false)
 }
 
 // TestFidelityTransactions replays the transaction probes as TestFidelity
@@ -285,14 +278,7 @@ func TestFidelity(t *testing.T) {
 // after each write must be the real ones.
 func TestFidelityTransactions(t *testing.T) {
 	t.Parallel()
-	probes := readProbes(t, txProbeFile)
-	require.Len(t, probes, 100, "the recorded transcript has 100 probes")
-	for _, inProcess := range []bool{false, true} {
-		t.Run(map[bool]string{false: "tcp", true: "in-process"}[inProcess], func(t *testing.T) {
-			t.Parallel()
-			replay(t, probes, inProcess, true)
-		})
-	}
+	replayBothWays(t, txProbeFile, 100, true)
 }
 
 // TestFidelityMetadataDryRuns replays the dry runs of account-metadata
@@ -301,12 +287,19 @@ func TestFidelityTransactions(t *testing.T) {
 // its conflict on another, nothing written and the key not taken otherwise.
 func TestFidelityMetadataDryRuns(t *testing.T) {
 	t.Parallel()
-	probes := readProbes(t, mdDryRunFile)
-	require.Len(t, probes, 15, "the recorded transcript has 15 probes")
+	replayBothWays(t, mdDryRunFile, 15, true)
+}
+
+// replayBothWays replays the transcript in file, which holds n probes, over
+// TCP and through Ledger.Transport.
+func replayBothWays(t *testing.T, file string, n int, detailed bool) {
+	t.Helper()
+	probes := readProbes(t, file)
+	require.Len(t, probes, n, "the recorded transcript has %d probes", n)
 	for _, inProcess := range []bool{false, true} {
 		t.Run(map[bool]string{false: "tcp", true: "in-process"}[inProcess], func(t *testing.T) {
 			t.Parallel()
-			replay(t, probes, inProcess, true)
+			replay(t, probes, inProcess, detailed)
 		})
 	}
 }
