@@ -167,18 +167,18 @@ func TestPastTheBudgetAsksAgainWhileTheLedgerCannotAnswer(t *testing.T) {
 	const maxDeliver = 3
 	var reads atomic.Int64
 	b, down := eventsDownUntilPastTheBudget(t, maxDeliver, withLedgerMiddleware(func(next http.Handler) http.Handler {
-			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				// One read per delivery: failing on the first two, answered
-				// on the last (which writes), failing on the next two.
-				if isAccountRead(r) {
-					if n := reads.Add(1); n < maxDeliver || (n > maxDeliver && n <= maxDeliver+2) {
-						ledgerError(w, http.StatusServiceUnavailable, "INTERNAL", "injected")
-						return
-					}
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// One read per delivery: failing on the first two, answered
+			// on the last (which writes), failing on the next two.
+			if isAccountRead(r) {
+				if n := reads.Add(1); n < maxDeliver || (n > maxDeliver && n <= maxDeliver+2) {
+					ledgerError(w, http.StatusServiceUnavailable, "INTERNAL", "injected")
+					return
 				}
-				next.ServeHTTP(w, r)
-			})
-		}))
+			}
+			next.ServeHTTP(w, r)
+		})
+	}))
 	b.publish(t, cmd("w1", "k", body("w1", "savings")))
 	require.Eventually(t, func() bool { return b.deliveries(t) > maxDeliver }, waitFor, tick, "redelivered past the budget")
 	down.Store(false)

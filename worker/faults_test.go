@@ -170,7 +170,7 @@ func TestAckLost(t *testing.T) {
 	b := setup(t, withHooks(func(b *bundle) hooks {
 		return hooks{
 			beforeAck: loseFirstAck(&beforeAck),
-			publish: recordPublishes(b, &duplicates, nil),
+			publish:   recordPublishes(b, &duplicates, nil),
 		}
 	}))
 	ack := b.publish(t, cmd("w1", "k", body("w1", "savings")))
@@ -193,7 +193,7 @@ func TestAckLostBehindANewerEvent(t *testing.T) {
 	b := setup(t, withConfig(func(c *Config) { c.Order = OrderNone }), withHooks(func(b *bundle) hooks {
 		return hooks{
 			beforeAck: loseFirstAck(&beforeAck),
-			publish: recordPublishes(b, &duplicates, nil),
+			publish:   recordPublishes(b, &duplicates, nil),
 		}
 	}))
 	b.publish(t, cmd("w1", "k", body("w1", "savings")))
