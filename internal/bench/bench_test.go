@@ -433,3 +433,11 @@ wallets_worker_redeliveries_total 9
 	require.Equal(t, 7, res.Run.Retries)
 	require.Error(t, runCounters(context.Background(), srv.URL+"/nowhere\x7f", &res))
 }
+
+// The measured run gets this process's environment but for what would take
+// it off its defaults unseen.
+func TestRunEnvLeavesOutSettings(t *testing.T) {
+	t.Parallel()
+	got := runEnv([]string{"PATH=/bin", "WALLETS_WORKER_LEDGER_NAME=other", "GOMEMLIMIT=1GiB", "GOGC=off", "HOME=/root", "WALLETS_NATS_WORKER_PASSWORD=x"})
+	require.Equal(t, []string{"PATH=/bin", "HOME=/root", "WALLETS_NATS_WORKER_PASSWORD=x"}, got)
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/messages"
 	"github.com/wallets-worker/wallets-worker/worker"
 )
@@ -118,18 +119,22 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 		args = append(args, "--ledger-url", cfg.LedgerURL)
 	}
 	args = append(args, cfg.RunArgs...)
-	// A --http-addr among the run's flags is the one it listens on.
-	for i, a := range cfg.RunArgs {
-		if v, ok := strings.CutPrefix(a, "--http-addr="); ok {
-			httpAddr = v
-		} else if a == "--http-addr" && i+1 < len(cfg.RunArgs) {
-			httpAddr = cfg.RunArgs[i+1]
+	// A --http-addr among the run's flags is the one it listens on, and a
+	// --ledger-name the ledger it writes, which the baselines write too.
+	ledgerName := "wallets-002"
+	for name, v := range map[string]*string{"--http-addr": &httpAddr, "--ledger-name": &ledgerName} {
+		for i, a := range cfg.RunArgs {
+			if val, ok := strings.CutPrefix(a, name+"="); ok {
+				*v = val
+			} else if a == name && i+1 < len(cfg.RunArgs) {
+				*v = cfg.RunArgs[i+1]
+			}
 		}
 	}
 	runLog := &syncBuffer{}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = runLog, runLog // one writer: os/exec copies both through one pipe
-	cmd.Env = os.Environ()
+	cmd.Env = runEnv(os.Environ())
 	if err := cmd.Start(); err != nil {
 		return res, fmt.Errorf("start run: %w", err)
 	}
@@ -163,7 +168,7 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 	if cfg.LedgerURL != "" {
 		// The ledger baselines first, and the worker right after them, on
 		// the ledger run created.
-		p := newLedgerProber(cfg.LedgerURL, "wallets-002", DefaultBaselineTimeout)
+		p := newLedgerProber(cfg.LedgerURL, ledgerName, DefaultBaselineTimeout)
 		defer p.close()
 		for _, b := range []func() LedgerBaseline{
 			func() LedgerBaseline { return p.single(ctx, cfg.Commands, 64) },
@@ -204,7 +209,9 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 		{"raw JetStream loop", false, &res.RawJetStream, &res.ToRaw},
 		{"raw JetStream loop with a claim per message", true, &res.RawJetStreamWithClaim, &res.ToRawWithClaim},
 	} {
-		raw, err := rawJetStream(ctx, js, cfg.Commands, l.claim)
+		// run's default concurrency where it runs: against a real ledger,
+		// or with its embedded one.
+		raw, err := rawJetStream(ctx, js, cfg.Commands, ledgeradapter.BatchingConcurrency(cfg.LedgerURL == ""), l.claim)
 		if err != nil {
 			return res, fmt.Errorf("%s: %w", l.name, err)
 		}
@@ -220,6 +227,8 @@ func RunUser(ctx context.Context, cfg UserConfig) (UserResult, error) {
 	}
 	if best > 0 {
 		res.ToBestWrite = res.Run.PerSec / best
+	} else if len(res.Baselines) > 0 {
+		return res, errors.New("no ledger baseline created a balance: no best write to compare the run with")
 	}
 	if err := stop(); err != nil {
 		return res, fmt.Errorf("run: %w; its output:\n%s", err, runLog.String())
@@ -315,15 +324,34 @@ func publishAndAwait(ctx context.Context, js jetstream.JetStream, cfg UserConfig
 	return nil
 }
 
+// runEnv is the environment of the measured run: this process's, without
+// what would take run off its defaults unseen (its WALLETS_WORKER_ settings,
+// and the Go runtime's GOMEMLIMIT and GOGC, which would also stop run from
+// setting its own memory limit). Flags for run go in --run-args, where they
+// show.
+func runEnv(env []string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "WALLETS_WORKER_") || name == "GOMEMLIMIT" || name == "GOGC" {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
 // rawJetStream is the least a worker that reports outcomes does, on the
 // same server: n messages stored on a work-queue stream, consumed by a pull
-// consumer with as many in flight as run's default concurrency, each
-// answered by an event published to a second stream (PubAck awaited) and
-// then acked. With claim, each is first claimed as the worker claims a new
+// consumer with as many in flight as run's default concurrency in that
+// setting (inFlight) and as many again pending, each answered by an event
+// published to a second stream (PubAck awaited) and then acked with the
+// server's confirmation awaited, as the worker acks (and as bench's
+// baseline does). With claim, each is first claimed as the worker claims a new
 // balance: a create-if-absent, with the claim's TTL, in a bucket configured
 // like the claims bucket. It returns messages per second from the first
 // publish to the last ack, and removes its streams and bucket.
-func rawJetStream(ctx context.Context, js jetstream.JetStream, n int, claim bool) (float64, error) {
+func rawJetStream(ctx context.Context, js jetstream.JetStream, n, inFlight int, claim bool) (float64, error) {
 	const cmds, evs, claims = "BENCH_USER_RAW_COMMANDS", "BENCH_USER_RAW_EVENTS", "BENCH_USER_RAW_CLAIMS"
 	var kv jetstream.KeyValue
 	claimTTL := worker.Config{}.WithDefaults().ClaimTTL
@@ -344,7 +372,7 @@ func rawJetStream(ctx context.Context, js jetstream.JetStream, n int, claim bool
 		defer func() { _ = js.DeleteStream(context.WithoutCancel(ctx), sc.Name) }()
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, cmds, jetstream.ConsumerConfig{Durable: "bench-user-raw", AckPolicy: jetstream.AckExplicitPolicy,
-		MaxAckPending: 1024, AckWait: 30 * time.Second})
+		MaxAckPending: 2 * inFlight, AckWait: 30 * time.Second})
 	if err != nil {
 		return 0, err
 	}
@@ -352,7 +380,7 @@ func rawJetStream(ctx context.Context, js jetstream.JetStream, n int, claim bool
 	var claimed sync.Map // the keys claimed (by a create, or found claimed on a redelivery)
 	done := make(chan struct{})
 	var once sync.Once
-	sem := make(chan struct{}, 512)
+	sem := make(chan struct{}, inFlight)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		sem <- struct{}{}
 		go func() {
@@ -371,11 +399,11 @@ func rawJetStream(ctx context.Context, js jetstream.JetStream, n int, claim bool
 				_ = m.Nak()
 				return
 			}
-			if m.Ack() == nil && acked.Add(1) == int64(n) {
+			if m.DoubleAck(ctx) == nil && acked.Add(1) == int64(n) {
 				once.Do(func() { close(done) })
 			}
 		}()
-	}, jetstream.PullMaxMessages(1024))
+	}, jetstream.PullMaxMessages(2*inFlight))
 	if err != nil {
 		return 0, err
 	}
@@ -528,7 +556,7 @@ func userCommand(ctx context.Context, fs *flag.FlagSet, args []string, stdout, s
 	fmt.Fprintf(stdout, "raw JetStream loop:  %8.0f msg/s      (same server)\n", res.RawJetStream)
 	fmt.Fprintf(stdout, "  with a claim each: %8.0f msg/s\n", res.RawJetStreamWithClaim)
 	for _, b := range res.Baselines {
-		fmt.Fprintf(stdout, "ledger %-13s %8.0f creates/s  (%d in flight × %d, %d created, %d timeouts)\n", b.Name+":", b.CreatesPerSecond, b.InFlight, b.PerRequest, b.Created, b.Timeouts)
+		fmt.Fprintf(stdout, "ledger %-13s %8.0f creates/s  (%d in flight × %d, %d created, %d not, %d timeouts)\n", b.Name+":", b.CreatesPerSecond, b.InFlight, b.PerRequest, b.Created, b.Failed, b.Timeouts)
 	}
 	fmt.Fprintf(stdout, "\nrun ÷ raw JetStream: %.2f\n", res.ToRaw)
 	fmt.Fprintf(stdout, "run ÷ raw JetStream with a claim per message: %.2f\n", res.ToRawWithClaim)

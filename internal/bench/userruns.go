@@ -42,6 +42,9 @@ type UserSummary struct {
 	LedgerNoAnswer   int   `json:"ledgerNoAnswer"`
 	Retries          int   `json:"retries"`
 	BaselineTimeouts int64 `json:"baselineTimeouts"`
+	// BaselineFailed counts the baselines' balances the ledger did not
+	// create (they are not retried: each one lowers its baseline).
+	BaselineFailed int `json:"baselineFailed"`
 }
 
 // spreadOf is the spread of vs (zero for none).
@@ -80,6 +83,7 @@ func summarize(runs []UserResult) UserSummary {
 		sum.Retries += r.Run.Retries
 		for _, b := range r.Baselines {
 			sum.BaselineTimeouts += b.Timeouts
+			sum.BaselineFailed += b.Failed
 		}
 	}
 	sum.PerSecond, sum.ToRaw, sum.ToRawWithClaim = spreadOf(per), spreadOf(raw), spreadOf(rawClaim)
@@ -154,6 +158,6 @@ func printUserRuns(w io.Writer, runs UserRuns) {
 	line("run ÷ raw JetStream with a claim", s.ToRawWithClaim, "%.2f")
 	line("peak RSS, MiB", s.PeakRSSMiB, "%.0f")
 	line("outcomes in the first second", s.FirstSecond, "%.0f")
-	fmt.Fprintf(w, "  in all: %d replayed, %d rejected, %d ledger requests without an answer, %d retries, %d baseline timeouts\n",
-		s.Replayed, s.Rejected, s.LedgerNoAnswer, s.Retries, s.BaselineTimeouts)
+	fmt.Fprintf(w, "  in all: %d replayed, %d rejected, %d ledger requests without an answer, %d retries, %d baseline timeouts, %d baseline balances not created\n",
+		s.Replayed, s.Rejected, s.LedgerNoAnswer, s.Retries, s.BaselineTimeouts, s.BaselineFailed)
 }
