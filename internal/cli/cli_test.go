@@ -247,10 +247,11 @@ func TestRunHelpNamesEveryFlagAndVariable(t *testing.T) {
 func TestRunRejectsBadSettingsAtOnce(t *testing.T) {
 	t.Parallel()
 	var stderr bytes.Buffer
-	code := Main(context.Background(), []string{"run", "--ack-wait", "3s", "--handler-timeout", "5s", "--log-format", "xml"}, Env{Stderr: &stderr, Getenv: func(string) string { return "" }})
+	code := Main(context.Background(), []string{"run", "--ack-wait", "3s", "--handler-timeout", "5s", "--log-format", "xml", "--embedded-ledger-sync", "always"}, Env{Stderr: &stderr, Getenv: func(string) string { return "" }})
 	require.Equal(t, ExitUsage, code)
 	require.Contains(t, stderr.String(), "handler timeout")
 	require.Contains(t, stderr.String(), "--log-format")
+	require.Contains(t, stderr.String(), "--embedded-ledger-sync")
 }
 
 func TestDeadLetterListAndRedrive(t *testing.T) {

@@ -39,6 +39,7 @@ type runFlags struct {
 	ledgerClientID, ledgerClientSecret, ledgerTokenURL string
 	ledgerClientSecretFile, ledgerCA                   string
 	dataDir, embeddedNATSAddr, embeddedLedgerAddr      string
+	embeddedLedgerSync                                 string
 	httpAddr, logFormat, logLevel                      string
 	ledgerTimeout, ledgerTimeoutPerElement             time.Duration
 	noProvision, noClaim                               bool
@@ -77,6 +78,7 @@ func runFlagSet(env Env) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.dataDir, "data-dir", "./data", "where the embedded NATS server and the embedded ledger keep their files")
 	fs.StringVar(&f.embeddedNATSAddr, "embedded-nats-addr", "127.0.0.1:4222", "listen address of the embedded NATS server")
 	fs.StringVar(&f.embeddedLedgerAddr, "embedded-ledger-addr", "127.0.0.1:3068", "listen address of the embedded ledger")
+	fs.StringVar(&f.embeddedLedgerSync, "embedded-ledger-sync", "normal", "when the embedded ledger syncs its writes to disk: normal (an acknowledged write survives a crash of the process, not a power loss or an OS crash) or full (it survives those too, at a cost per commit)")
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9090", "listen address of /metrics (Prometheus), /healthz and /readyz (empty: off)")
 	fs.IntVar(&f.w.Concurrency, "concurrency", 0, fmt.Sprintf("commands in flight in this process (default %d with --ledger-batch and --ledger-url, for batches to form against a slow ledger; %d with the embedded ledger, which answers at once; %d without --ledger-batch, each command then holding a ledger request)", ledgeradapter.DefaultBatchingConcurrency, ledgeradapter.DefaultInProcessConcurrency, def.Concurrency))
 	fs.DurationVar(&f.w.AckWait, "ack-wait", def.AckWait, "JetStream ack wait of the consumer: a command not settled by then goes to another worker")
@@ -119,6 +121,9 @@ func (f *runFlags) validate() error {
 	}
 	if f.ledgerChain < 1 || f.ledgerChain > ledgeradapter.MaxBulkSize {
 		errs = append(errs, usageError("--ledger-chain must be 1 to %d, got %d", ledgeradapter.MaxBulkSize, f.ledgerChain))
+	}
+	if f.embeddedLedgerSync != "normal" && f.embeddedLedgerSync != "full" {
+		errs = append(errs, usageError("--embedded-ledger-sync must be normal or full, not %q", f.embeddedLedgerSync))
 	}
 	if f.ledgerTxConcurrency < 1 {
 		errs = append(errs, usageError("--ledger-tx-concurrency must be at least 1, got %d", f.ledgerTxConcurrency))
@@ -486,7 +491,11 @@ func serveEmbeddedLedger(f *runFlags, log *slog.Logger) (*embeddedledger.Ledger,
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, "", nil, fmt.Errorf("embedded ledger: %w", err)
 	}
-	l, err := embeddedledger.Open(dir, embeddedledger.WithLogger(log))
+	opts := []embeddedledger.Option{embeddedledger.WithLogger(log)}
+	if f.embeddedLedgerSync == "full" {
+		opts = append(opts, embeddedledger.WithSyncFull())
+	}
+	l, err := embeddedledger.Open(dir, opts...)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("embedded ledger: %w", err)
 	}
@@ -495,7 +504,11 @@ func serveEmbeddedLedger(f *runFlags, log *slog.Logger) (*embeddedledger.Ledger,
 		_ = l.Close()
 		return nil, "", nil, fmt.Errorf("embedded ledger: listen: %w", err)
 	}
-	srv := &http.Server{Handler: l.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	// A request's whole read is bounded too: a client that sends headers
+	// and then stalls its body would otherwise hold its write open for
+	// good, and with it the ledger's record of racing writes, which keeps
+	// every later one while a write is open.
+	srv := &http.Server{Handler: l.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 	go func() { _ = srv.Serve(ln) }()
 	url := "http://" + ln.Addr().String()
 	log.Info("embedded ledger listening", "url", url, "store", dir)

@@ -260,3 +260,26 @@ func TestBulkChainsLogsAsSingleWrites(t *testing.T) {
 	require.Equal(t, string(single.do(t, http.MethodGet, "/v2/l/logs", "").body), string(a.body))
 	require.Len(t, a.json(t)["cursor"].(map[string]any)["data"], 4)
 }
+
+// An atomic bulk that fails after replaying a key answers the replayed
+// transaction's old id; the ids the bulk took stay taken, but the sequence
+// must not go back to that old id: the next transaction would take an id
+// already used, and every one after it fail.
+func TestFailedAtomicBulkKeepsTheSequence(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "")
+	b.call(t, http.MethodPost, "/v2/l", "")
+	credit := `{"postings":[{"source":"world","destination":"a:1","amount":10,"asset":"USD"}]}`
+	for i := 1; i <= 3; i++ {
+		status, _ := b.call(t, http.MethodPost, "/v2/l/transactions", credit, "Idempotency-Key", fmt.Sprintf("k%d", i))
+		require.Equal(t, http.StatusOK, status)
+	}
+	status, _ := b.call(t, http.MethodPost, "/v2/l/_bulk?atomic=true", `[
+		{"action":"CREATE_TRANSACTION","ik":"k1","data":{"postings":[{"source":"world","destination":"a:1","amount":10,"asset":"USD"}]}},
+		{"action":"CREATE_TRANSACTION","data":{"postings":[{"source":"empty","destination":"a:1","amount":10,"asset":"USD"}]}}
+	]`)
+	require.Equal(t, http.StatusBadRequest, status)
+	status, out := b.call(t, http.MethodPost, "/v2/l/transactions", credit, "Idempotency-Key", "k4")
+	require.Equal(t, http.StatusOK, status, "%v", out)
+	require.Greater(t, out["data"].(map[string]any)["id"].(float64), 3.0)
+}

@@ -59,9 +59,10 @@
 // # Fidelity
 //
 // testdata/ledger-v2-probes.jsonl holds what a real Formance Ledger v2.4.12
-// answered to 46 probes, testdata/ledger-v2-tx-probes.jsonl to 93 more on
-// transactions; TestFidelity and TestFidelityTransactions replay them and
-// compare status,
+// answered to 46 probes, testdata/ledger-v2-tx-probes.jsonl to 100 more on
+// transactions, testdata/ledger-v2-md-dryrun-probes.jsonl to 15 dry runs of
+// account metadata; TestFidelity, TestFidelityTransactions and
+// TestFidelityMetadataDryRuns replay them and compare status,
 // error code, Idempotency-Hit and body shape. FIDELITY.md lists the result
 // for each probe and what is not compared.
 //

@@ -347,7 +347,7 @@ const (
 	qVolumesOf      = `SELECT asset, input, output FROM volumes WHERE ledger_id = ? AND address = ?`
 	qUpsertVolume   = `INSERT INTO volumes (ledger_id, address, asset, input, output) VALUES (?, ?, ?, ?, ?) ON CONFLICT (ledger_id, address, asset) DO UPDATE SET input = excluded.input, output = excluded.output`
 	qLastTxID       = `SELECT last FROM transaction_ids WHERE ledger_id = ?`
-	qSetLastTxID    = `INSERT INTO transaction_ids (ledger_id, last) VALUES (?, ?) ON CONFLICT (ledger_id) DO UPDATE SET last = excluded.last`
+	qSetLastTxID    = `INSERT INTO transaction_ids (ledger_id, last) VALUES (?, ?) ON CONFLICT (ledger_id) DO UPDATE SET last = max(last, excluded.last)`
 	qReferenceTaken = `SELECT EXISTS (SELECT 1 FROM transactions WHERE ledger_id = ? AND reference = ?)`
 	qInsertTx       = `INSERT INTO transactions (ledger_id, id, data, reference, timestamp) VALUES (?, ?, ?, ?, ?)`
 	qIndexTx        = `INSERT INTO transaction_accounts (ledger_id, address, id, source, destination) VALUES (?, ?, ?, ?, ?)`
