@@ -24,12 +24,11 @@ type MetadataDryRunner interface {
 // ledger's idempotency hit, when the key applied it; a metadata write
 // without one is ErrNotWritten, as is every metadata write when the ledger
 // is no MetadataDryRunner), create-balance claims nothing, and no chain
-// forms. A
-// command they decide as replayed was applied before, as the kind would
-// answer its redelivery; they change nothing, whatever they answer. The
-// worker asks them about a command delivered past its retry budget, whose
-// last delivery may have written without settling (its worker died between
-// the write and the event).
+// forms. A command they decide as replayed was applied before, as the kind
+// would answer its redelivery; they change nothing, whatever they answer.
+// The worker asks them about a command delivered past its retry budget,
+// whose last delivery may have written without settling (its worker died
+// between the write and the event).
 func (w Wallets) Replays() Kinds {
 	ro := w
 	if w.Balances != nil {

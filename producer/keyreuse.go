@@ -130,7 +130,9 @@ func (a Ack) reusedBy(e event) Outcome {
 			"JetStream dropped this publish and stored nothing for it", a.Seq, e.subject),
 	}
 	data, _ := json.Marshal(ev) // plain strings: cannot fail
-	return Outcome{Rejected: &ev, CommandSeq: e.commandSeq, Data: data, ByPublisher: true}
+	// The original's outcome is another kind's: its event, undecoded.
+	original := Outcome{Subject: e.subject, Seq: e.seq, CommandSeq: e.commandSeq, Data: e.data}
+	return Outcome{Rejected: &ev, CommandSeq: e.commandSeq, Data: data, ByPublisher: true, Original: &original}
 }
 
 // AwaitAcks is AwaitMany for published commands: the outcome of each, in the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -210,6 +211,9 @@ func TestKeyReusedAcrossKinds(t *testing.T) {
 	require.Equal(t, "x9", o.Rejected.WalletID)
 	require.Equal(t, "gift", o.Rejected.Name)
 	require.Contains(t, o.Rejected.Message, "wallets.events.")
+	require.NotNil(t, o.Original, "a decision by the publisher names the original's outcome")
+	require.True(t, strings.HasPrefix(o.Original.Subject, "wallets.events."), o.Original.Subject)
+	require.Equal(t, first.Seq, o.Original.CommandSeq)
 	many, err := aw.AwaitAcks(wctx, []producer.Ack{ack})
 	require.NoError(t, err)
 	require.Equal(t, o, many[0])

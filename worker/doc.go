@@ -15,6 +15,9 @@
 //   - decodes the key (Nats-Msg-Id) and the body strictly, through the
 //     kind; an invalid command is dead-lettered, gets its kind's rejected
 //     event and is terminated;
+//   - on a redelivery, reads the newest outcome event of the command's
+//     wallet: if it is the command's own (stored by an earlier delivery
+//     whose ack was lost), acks the command without deciding it again;
 //   - calls the kind's decision with a deadline counted from delivery, sending
 //     InProgress while it runs so that no other worker takes the command;
 //   - publishes the outcome event (synchronously, PubAck checked, deduplicated

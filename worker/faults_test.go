@@ -190,7 +190,9 @@ func TestAckLost(t *testing.T) {
 func TestAckLostBehindANewerEvent(t *testing.T) {
 	t.Parallel()
 	var beforeAck, duplicates atomic.Int64
-	b := setup(t, withConfig(func(c *Config) { c.Order = OrderNone }), withHooks(func(b *bundle) hooks {
+	// The second command must settle before the first comes back: an ack
+	// wait of 8 s leaves it that long even on a slow machine.
+	b := setup(t, withConfig(func(c *Config) { c.Order = OrderNone; c.AckWait = 8 * time.Second }), withHooks(func(b *bundle) hooks {
 		return hooks{
 			beforeAck: loseFirstAck(&beforeAck),
 			publish:   recordPublishes(b, &duplicates, nil),

@@ -138,6 +138,9 @@ func (m *Metrics) kinds(names []string) {
 			}
 			m.commands.WithLabelValues(k, o)
 		}
+		if k != messages.KindUnknown {
+			m.commands.WithLabelValues(k, outcomeSettledBefore)
+		}
 		for _, c := range []messages.Code{messages.CodeInvalidCommand, messages.CodeLedgerRejected, messages.CodeRetriesExhausted} {
 			if k == messages.KindUnknown && c != messages.CodeInvalidCommand {
 				continue

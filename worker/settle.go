@@ -79,7 +79,7 @@ func (w *Worker) settle(ctx context.Context, d *delivery, o handlers.Result) {
 	if err != nil {
 		// The outcome is stored; the redelivery finds it (storedOutcome)
 		// and is acknowledged without deciding again.
-		w.log.Warn("ack failed; the redelivery will replay the outcome", w.logAttrs(d, key, "error", err)...)
+		w.log.Warn("ack failed; the redelivery will find the stored outcome", w.logAttrs(d, key, "error", err)...)
 		return
 	}
 	w.settled(d, o)

@@ -22,13 +22,14 @@ import (
 // through the wallets API) would now apply, and its event be dropped as a
 // duplicate of the stored rejection.
 //
-// A found event is proof: it carries this command's sequence. Not finding
-// it is not, in two cases: a later command of the wallet settled since (only
-// possible without --order wallet, or among the commands a chain decided
-// together), or the event aged out of the stream (EventsMaxAge). The
-// command is then decided again, as it was before this check, and replays
-// what the ledger holds. An error (the stream unreachable) is also "not
-// found".
+// A found event is proof: it carries this command's sequence and key. Not
+// finding it is not: a later command of the wallet may have settled since
+// (without --order wallet, among the commands a chain decided together,
+// after a command settled past its budget or out of turn, on the wallet
+// messages.UnknownWallet), or the event aged out of the stream
+// (EventsMaxAge); docs/guarantees.md lists these. The command is then
+// decided again, as it was before this check, and replays what the ledger
+// holds. An error (the stream unreachable) is also "not found".
 //
 // The message get goes to the stream's leader through the JetStream API:
 // the events stream allows no direct gets, and a replica could lag.
@@ -101,6 +102,7 @@ func (w *Worker) settledBefore(ctx context.Context, d *delivery, key string) {
 	if d.span != nil {
 		d.span.AddEvent("outcome stored by an earlier delivery")
 	}
+	d.traceOutcome(outcomeSettledBefore, "", nil)
 	if !w.takeSettle(d) {
 		return
 	}

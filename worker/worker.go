@@ -156,7 +156,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("a redelivered command looks for its stored outcome: read the newest event of a wallet from %s (grant $JS.API.STREAM.MSG.GET.%s): %w",
+		return fmt.Errorf("a redelivered command looks for its stored outcome: read the newest event of a wallet from %s (it needs the stream, and the grant $JS.API.STREAM.MSG.GET.%s; no answer at all is most often the grant missing): %w",
 			messages.StreamEvents, messages.StreamEvents, err)
 	}
 	sub := &subscriber{

@@ -569,7 +569,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		ws.Deferred += st.Deferred.Load()
 		ws.HandedBack += st.HandedBack.Load()
 		ws.Panics += st.Panics.Load()
-		res.SettledByWorker = append(res.SettledByWorker, st.Created.Load()+st.Replayed.Load()+st.Rejected.Load())
+		res.SettledByWorker = append(res.SettledByWorker, st.Created.Load()+st.Replayed.Load()+st.Rejected.Load()+st.SettledBefore.Load())
 	}
 	if res.CommandsLeft, err = r.streamMsgs(ctx, messages.StreamCommands); err != nil {
 		return res, err

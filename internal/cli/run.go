@@ -417,7 +417,7 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 	}
 	st := wk.Stats()
 	log.Info("stopped",
-		"created", st.Created.Load(), "replayed", st.Replayed.Load(), "rejected", st.Rejected.Load(),
+		"created", st.Created.Load(), "replayed", st.Replayed.Load(), "rejected", st.Rejected.Load(), "settled_before", st.SettledBefore.Load(),
 		"dead_lettered", st.DeadLettered.Load(), "handed_back", st.HandedBack.Load())
 	return nil
 }
