@@ -69,8 +69,7 @@ func NewKinds(kinds ...Kind) Kinds {
 // Of returns the kind of a command stored on subject
 // (wallets.commands.<kind>.<wallet>), and the kind's token.
 func (ks Kinds) Of(subject string) (Kind, string, bool) {
-	rest, _ := strings.CutPrefix(subject, messages.SubjectCommandsPrefix)
-	token, _, _ := strings.Cut(rest, ".")
+	token := messages.KindOfSubject(subject)
 	k, ok := ks[token]
 	return k, token, ok
 }

@@ -92,6 +92,15 @@ func DLQSubject(walletID string) string {
 	return subjectDLQCreateBalance + subjectToken(walletID)
 }
 
+// KindOfSubject returns the kind token of a command subject
+// (wallets.commands.<kind>.<wallet>): what follows the prefix, up to the next
+// dot. It does not say whether the kind is known.
+func KindOfSubject(subject string) string {
+	rest, _ := strings.CutPrefix(subject, SubjectCommandsPrefix)
+	token, _, _ := strings.Cut(rest, ".")
+	return token
+}
+
 // WalletFromSubject returns the wallet token of a command, event or dead-letter
 // subject, or UnknownWallet when it has none that is valid.
 //

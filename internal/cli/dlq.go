@@ -158,7 +158,7 @@ func redrive(ctx context.Context, js jetstream.JetStream, stream jetstream.Strea
 	if !strings.HasPrefix(subject, strings.TrimSuffix(messages.SubjectConsumerFilter, ">")) {
 		return fmt.Errorf("dead letter %d has no usable %s header", m.Sequence, messages.HeaderOriginalSubject)
 	}
-	if kind := strings.Split(strings.TrimPrefix(subject, messages.SubjectCommandsPrefix), ".")[0]; !slices.Contains(allKinds(), kind) {
+	if kind := messages.KindOfSubject(subject); !slices.Contains(allKinds(), kind) {
 		return out.Encode(redriveResult{DLQSeq: m.Sequence, Key: m.Header.Get(messages.HeaderMsgID), Subject: subject, Skipped: true,
 			Note: fmt.Sprintf("kind %q is not one this version knows (%s): not redriven; a worker that knows it must apply it", kind, strings.Join(allKinds(), ", "))})
 	}
