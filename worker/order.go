@@ -132,6 +132,14 @@ var errDraining = errors.New("draining")
 // may (handBackDue).
 var errLineWait = errors.New("waited for an earlier command of the wallet as long as it may")
 
+// errSettledElsewhere is returned when d's command is no longer in
+// WALLETS_COMMANDS (a work queue, with no age or size limit): another
+// delivery of it settled it (a copy of it held here while its lease lapsed,
+// or a duplicate delivery), or an operator removed it. Its outcome is
+// stored already; deciding it again could contradict it (a rejection,
+// applied now that the wallet holds the funds).
+var errSettledElsewhere = errors.New("no longer in the commands stream: settled by another delivery")
+
 func newLine(order Order, js jetstream.JetStream, maxWait, asideWait time.Duration) *line {
 	return &line{
 		order:     order,
@@ -350,22 +358,27 @@ func (l *line) left(wallet string) {
 
 // await returns once d is the head of its wallet's line, with how long it
 // waited and the head it waited behind last (0 if none). It returns an error
-// when ctx ends, when the worker drains, or when it is to be handed back
-// (handBackDue).
+// when ctx ends, when the worker drains, when it is to be handed back
+// (handBackDue), or when d's command is gone from the stream
+// (errSettledElsewhere).
 //
 // When a head takes wt along, await returns errRiding, whatever it was
 // doing: wt's answer comes from the head.
-func (l *line) await(ctx context.Context, wt *lineWaiter, wallet string, waiting func(head uint64)) (time.Duration, error) {
+func (l *line) await(ctx context.Context, wt *lineWaiter, wallet string, waiting func(head uint64)) (waited time.Duration, err error) {
 	if l.order == OrderNone || wallet == messages.UnknownWallet {
 		return 0, nil
 	}
 	start := time.Now()
 	l.enter(wallet, wt)
-	err := l.wait(ctx, wt, wallet, start, waiting)
-	if l.leave(wallet, wt) {
-		err = errRiding
-	}
-	return time.Since(start), err
+	defer func() {
+		// Deferred, so that a panic below does not leave wt in the line,
+		// where every later command of the wallet here would wait behind it.
+		if l.leave(wallet, wt) {
+			err = errRiding
+		}
+		waited = time.Since(start)
+	}()
+	return 0, l.wait(ctx, wt, wallet, start, waiting)
 }
 
 func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start time.Time, waiting func(head uint64)) error {
@@ -396,10 +409,11 @@ func (l *line) wait(ctx context.Context, wt *lineWaiter, wallet string, start ti
 		}
 		head, err := l.head(ctx, wallet)
 		switch {
-		case err == nil && (head == d.seq || head == 0 || head > d.seq):
-			// The head, or the line is gone (d itself settled elsewhere,
-			// a duplicate delivery): nothing earlier is left to wait for.
+		case err == nil && head == d.seq:
 			return nil
+		case err == nil && (head == 0 || head > d.seq):
+			// d itself is gone: settled by another delivery.
+			return errSettledElsewhere
 		case err == nil:
 			waiting(head)
 			failures, failingSince = 0, time.Time{}

@@ -464,3 +464,26 @@ func TestWaitersBehindAStrandedHeadAreHandedBack(t *testing.T) {
 		require.NotEqual(t, headKey, dl.Header.Get(messages.HeaderMsgID))
 	}
 }
+
+// A panic while a command waits for its turn (in a hook of the wait: a log,
+// a span, a metric) leaves the line all the same: else every later command
+// of the wallet in this process would wait behind it and never ask the
+// stream.
+func TestAPanicInTheWaitLeavesTheLine(t *testing.T) {
+	t.Parallel()
+	admin, js, _ := deniedWorker(t, "nothing.denied")
+	l := newLine(OrderWallet, js, time.Second, time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var seqs []uint64
+	for i := range 2 {
+		ack, err := admin.PublishMsg(ctx, kindMsg("seq", "wp", fmt.Sprintf("wp-%d", i), `{"walletID":"wp"}`))
+		require.NoError(t, err)
+		seqs = append(seqs, ack.Sequence)
+	}
+	wt := newWaiter(&delivery{seq: seqs[1]}, nil, "wp-1")
+	require.Panics(t, func() {
+		_, _ = l.await(ctx, wt, "wp", func(uint64) { panic("injected") })
+	})
+	require.False(t, l.behind("wp", seqs[1]+1), "the panicked waiter left the line")
+}

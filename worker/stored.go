@@ -96,8 +96,9 @@ func (w *Worker) newestEvent(ctx context.Context, wallet string) (nats.Header, e
 const storedOutcomeTimeout = 2 * time.Second
 
 // settledBefore acknowledges d, whose outcome event an earlier delivery
-// stored: nothing is decided, written or published again.
-func (w *Worker) settledBefore(ctx context.Context, d *delivery, key string) {
+// stored, or (gone) whose command another delivery settled: it is no longer
+// in the commands stream. Nothing is decided, written or published again.
+func (w *Worker) settledBefore(ctx context.Context, d *delivery, key string, gone bool) {
 	ctx = d.withSpan(ctx)
 	if d.span != nil {
 		d.span.AddEvent("outcome stored by an earlier delivery")
@@ -106,15 +107,22 @@ func (w *Worker) settledBefore(ctx context.Context, d *delivery, key string) {
 	if !w.takeSettle(d) {
 		return
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.SettleTimeout)
-	defer cancel()
-	if err := d.msg.DoubleAck(sctx); err != nil {
-		w.log.Warn("ack failed; the redelivery will find the outcome again", w.logAttrs(d, key, "error", err)...)
-		return
+	if gone {
+		// Nothing left to acknowledge, and nothing will be redelivered:
+		// the ack only closes this copy's bookkeeping.
+		_ = d.msg.Ack()
+		w.log.Info("command settled by another delivery while this one waited; not decided again", w.logAttrs(d, key)...)
+	} else {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.SettleTimeout)
+		defer cancel()
+		if err := d.msg.DoubleAck(sctx); err != nil {
+			w.log.Warn("ack failed; the redelivery will find the outcome again", w.logAttrs(d, key, "error", err)...)
+			return
+		}
+		w.log.Debug("outcome already stored by an earlier delivery; acknowledged", w.logAttrs(d, key)...)
 	}
 	w.stats.SettledBefore.Add(1)
 	w.cfg.Metrics.settledAs(d, outcomeSettledBefore, time.Now())
-	w.log.Debug("outcome already stored by an earlier delivery; acknowledged", w.logAttrs(d, key)...)
 }
 
 // kindLabel is the kind label of d's metrics.

@@ -6,6 +6,7 @@ import (
 	"math/big"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
@@ -72,4 +73,40 @@ func TestAnOldEventOfTheSameSequenceIsNotTheCommands(t *testing.T) {
 	require.Zero(t, b.worker.Stats().SettledBefore.Load())
 	require.Equal(t, 1, b.setMetadataLogs(t), "the balance is written")
 	require.Len(t, b.events.all(), 2, "the old event and the command's own")
+}
+
+// A copy of a debit is held in this process while another delivery of it
+// rejects it (INSUFFICIENT_FUNDS) and acknowledges it: its worker froze past
+// the ack wait, say, and JetStream gave the command to another. The wallet
+// is then funded. When the copy comes to its turn, its command is no longer
+// in the commands stream: it is acknowledged as settled elsewhere, not
+// decided again (which would apply the debit the stored event rejected).
+func TestACopySettledElsewhereIsNotDecidedAgain(t *testing.T) {
+	t.Parallel()
+	var held atomic.Pointer[delivery]
+	b := setup(t, withKindsOf(moneyKinds), withHooks(func(*bundle) hooks {
+		return hooks{beforeAck: func(d *delivery) error {
+			held.CompareAndSwap(nil, d)
+			return nil
+		}}
+	}))
+	b.publish(t, kindMsg(messages.KindDebitWallet, "w1", "d-1", `{"walletID":"w1","amount":{"asset":"USD/2","amount":30}}`))
+	b.settled(t)
+	first := held.Load()
+	require.NotNil(t, first)
+	_, err := b.ledger.CreateTransaction(context.Background(), testLedger, ledgeradapter.TransactionRequest{
+		Postings: []ledgeradapter.Posting{{Source: "world", Destination: "wallets:w1:main", Amount: big.NewInt(100), Asset: "USD/2"}},
+	}, "")
+	require.NoError(t, err)
+
+	copyOf := newDelivery(first.msg, time.Now())
+	b.worker.handle(context.Background(), copyOf)
+
+	require.True(t, copyOf.settled.Load(), "the copy is settled")
+	a, _, err := b.ledger.GetAccount(context.Background(), testLedger, "wallets:w1:main")
+	require.NoError(t, err)
+	require.Equal(t, big.NewInt(100), a.Volumes["USD/2"].Balance, "the debit the event rejected was not applied")
+	ev := single(t, b.events.all())
+	require.Equal(t, "wallets.events.debit-wallet-rejected.w1", ev.Subject)
+	require.EqualValues(t, 1, b.worker.Stats().SettledBefore.Load())
 }

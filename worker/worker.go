@@ -231,6 +231,10 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 	if keyErr != nil {
 		key = firstHeader(d, messages.HeaderMsgID)
 	}
+	// Whatever becomes of d, the first command of its wallet waiting here
+	// is woken to ask the stream again (line.left).
+	wallet := messages.WalletFromSubject(d.subject)
+	defer w.line.left(wallet)
 	kind, token, known := w.kinds.Of(d.subject)
 	d.kind = token
 	if !known {
@@ -244,7 +248,6 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 		return
 	}
 
-	wallet := messages.WalletFromSubject(d.subject)
 	if d.delivered > 1 {
 		// An earlier delivery may have stored the outcome and lost the
 		// ack: deciding again could contradict the stored event.
@@ -253,8 +256,7 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 			w.log.Debug("could not look for a stored outcome; deciding again", w.logAttrs(d, key, "error", err)...)
 		}
 		if found {
-			w.settledBefore(ctx, d, key)
-			w.line.left(wallet)
+			w.settledBefore(ctx, d, key, false)
 			return
 		}
 	}
@@ -285,8 +287,7 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 	}
 
 	// Its turn in its wallet's line (SPEC §8): every earlier command of the
-	// wallet settled. A settle here wakes the wallet's waiters.
-	defer w.line.left(wallet)
+	// wallet settled.
 	rode, ok := w.awaitTurn(ctx, d, key, wallet, cmd)
 	if !ok {
 		return
@@ -520,6 +521,8 @@ again:
 	switch {
 	case err == nil:
 		return nil, true
+	case errors.Is(err, errSettledElsewhere):
+		w.settledBefore(ctx, d, key, true)
 	case errors.Is(err, errLineWait) && w.canHandBack(d):
 		w.log.Warn("command handed back after waiting for its wallet's line", w.logAttrs(d, key, "wallet", wallet, "head_seq", behind,
 			"waited", waited.Round(time.Millisecond).String(), "aside", aside)...)
