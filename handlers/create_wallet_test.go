@@ -189,3 +189,70 @@ func TestUpdateWalletIsTheWalletsServices(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, messages.CodeWalletNotFound, r.Code())
 }
+
+// blockingLedger holds the writes to one address until released.
+type blockingLedger struct {
+	*ledgeradapter.Client
+	address string
+	release chan struct{}
+}
+
+func (l *blockingLedger) AddAccountMetadata(ctx context.Context, ledger, address string, md map[string]string, key string) (ledgeradapter.WriteResult, error) {
+	if address == l.address {
+		<-l.release
+	}
+	return l.Client.AddAccountMetadata(ctx, ledger, address, md, key)
+}
+
+// An update-wallet whose first answer was lost is replayed: the ledger's
+// idempotency hit is all that says so. Through a Batcher its write is sent
+// alone, even while other writes queue to share a bulk, whose answer would
+// not carry the hit.
+func TestUpdateWalletReplayThroughABatcher(t *testing.T) {
+	t.Parallel()
+	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	ctx := context.Background()
+	require.NoError(t, l.Client.EnsureLedger(ctx, "wallets-002"))
+	var created map[string]string
+	require.NoError(t, json.Unmarshal([]byte(observedWallet), &created))
+	_, err := l.Client.AddAccountMetadata(ctx, "wallets-002", "wallets:40057e88aa915a6cb63d3555adf9d5c7:main", created, "")
+	require.NoError(t, err)
+
+	next := &blockingLedger{Client: l.Client, address: "block:1", release: make(chan struct{})}
+	b, err := ledgeradapter.NewBatcher(next, ledgeradapter.BatcherConfig{Window: 2 * time.Second})
+	require.NoError(t, err)
+	h := &handlers.UpdateWallet{Ledger: b, LedgerName: "wallets-002"}
+	cmd := messages.UpdateWallet{WalletID: walletK1, Metadata: map[string]string{"tier": "platinum"}}
+	r, err := h.Handle(ctx, "k-u1", cmd)
+	require.NoError(t, err)
+	require.Empty(t, r.Code(), r.Reason())
+	require.False(t, r.Replayed())
+
+	// A write in flight: the next writes queue for a bulk.
+	blocked := make(chan error, 1)
+	go func() {
+		_, err := b.AddAccountMetadata(ctx, "wallets-002", "block:1", map[string]string{"x": "1"}, "")
+		blocked <- err
+	}()
+	require.Eventually(t, func() bool { return b.Stats().WriteRequests == 2 }, 5*time.Second, time.Millisecond)
+	replay := make(chan handlers.Result, 1)
+	go func() {
+		r, err := h.Handle(ctx, "k-u1", cmd)
+		if err != nil { // not on the test goroutine: no require here
+			t.Errorf("replay: %v", err)
+		}
+		replay <- r
+	}()
+	other := make(chan error, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		_, err := b.AddAccountMetadata(ctx, "wallets-002", "other:1", map[string]string{"x": "1"}, "")
+		other <- err
+	}()
+	r = <-replay
+	close(next.release)
+	require.NoError(t, <-blocked)
+	require.NoError(t, <-other)
+	require.NotNil(t, r)
+	require.True(t, r.Replayed(), "the replay is the ledger's idempotency hit")
+}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"strings"
 
+	"github.com/wallets-worker/wallets-worker/ledgeradapter"
 	"github.com/wallets-worker/wallets-worker/messages"
 )
 
@@ -16,10 +17,21 @@ import (
 // key, so both sides must send the same one). A replay is the ledger's hit;
 // if the wallet's metadata changed in between, the body differs and the
 // ledger refuses the key: KEY_REUSED (the wallets service answers 500).
+//
+// Its write goes to the ledger in a request of its own when Ledger can send
+// one alone (SoloWriter, a Batcher): the replay is known only by the
+// ledger's idempotency hit, which the answer to a bulk does not carry.
 type UpdateWallet struct {
 	Ledger        Ledger
 	LedgerName    string
 	AccountPrefix string
+}
+
+// SoloWriter is a Ledger that batches writes (a Batcher) and can send one
+// in a request of its own, whose answer says whether it was an idempotency
+// hit.
+type SoloWriter interface {
+	AddAccountMetadataAlone(ctx context.Context, ledger, address string, metadata map[string]string, idempotencyKey string) (ledgeradapter.WriteResult, error)
 }
 
 // UpdateWalletKind is the update-wallet kind, decided by h.
@@ -62,7 +74,11 @@ func (h *UpdateWallet) Handle(ctx context.Context, key string, cmd messages.Upda
 	for k, v := range cmd.Metadata {
 		md[MetadataCustomDataPrefix+k] = v
 	}
-	res, err := h.Ledger.AddAccountMetadata(ctx, h.LedgerName, address, md, key)
+	write := h.Ledger.AddAccountMetadata
+	if s, ok := h.Ledger.(SoloWriter); ok {
+		write = s.AddAccountMetadataAlone
+	}
+	res, err := write(ctx, h.LedgerName, address, md, key)
 	if err != nil {
 		return txFailure(messages.EventUpdateWalletRejected, key, cmd.WalletID, "write the wallet's account", err)
 	}

@@ -177,7 +177,8 @@ func (c BatcherConfig) Validate() error {
 // answer. One difference with *Client remains: the ledger's bulk answer does
 // not say whether an element was an idempotency hit, so a write sent in a
 // bulk of two or more reports IdempotencyHit false when the ledger already
-// had it from an earlier request (Client.Bulk).
+// had it from an earlier request (Client.Bulk); AddAccountMetadataAlone
+// sends a write whose hit matters in a request of its own.
 type Batcher struct {
 	next BatchLedger
 	cfg  BatcherConfig
@@ -350,6 +351,23 @@ func (b *Batcher) AddAccountMetadata(ctx context.Context, ledger, address string
 	return c.write, c.err
 }
 
+// AddAccountMetadataAlone is AddAccountMetadata in a request of its own,
+// under the writes' limit like the others: its answer then says whether the
+// write was an idempotency hit, which a bulk's answer does not. For a write
+// whose replay is known only by that hit (an update of a wallet's metadata,
+// retried after its first answer was lost).
+func (b *Batcher) AddAccountMetadataAlone(ctx context.Context, ledger, address string, metadata map[string]string, idempotencyKey string) (WriteResult, error) {
+	const op = "AddAccountMetadata"
+	if err := errors.Join(ValidateLedgerName(ledger), ValidateAddress(address), validateIdempotencyKey(idempotencyKey)); err != nil {
+		return WriteResult{}, notSent(op, err)
+	}
+	c := &call{address: address, metadata: metadata, key: idempotencyKey}
+	if err := b.await(ctx, op, queueKey{read: false, ledger: ledger, alone: true}, c); err != nil {
+		return WriteResult{}, err
+	}
+	return c.write, c.err
+}
+
 // DryRunAccountMetadata is Client.DryRunAccountMetadata, sent at once and
 // alone: a dry run writes nothing, so it neither shares a bulk (a bulk
 // element has no dry run) nor waits behind the writes' limit. The Batcher's
@@ -377,6 +395,10 @@ type call struct {
 	// (by the caller whose context ended), once.
 	state atomic.Int32
 	batch *batch // set when sent
+	// queue is the queue the call was asked for: a follower that is queued
+	// again when its flight fails goes back to its own (a write sent alone
+	// stays alone), not its leader's.
+	queue queueKey
 	done  chan struct{}
 	// flight is the flight this write leads, if any.
 	flight *flight
@@ -407,6 +429,8 @@ type batch struct {
 type queueKey struct {
 	read   bool
 	ledger string
+	// alone: writes sent one to a request (AddAccountMetadataAlone).
+	alone bool
 }
 
 type flightKey struct {
@@ -417,7 +441,6 @@ type flightKey struct {
 // calls of the same write waiting for it.
 type flight struct {
 	key       flightKey
-	queue     queueKey
 	leader    *call
 	followers []*call
 }
@@ -476,6 +499,7 @@ func (b *Batcher) enqueue(key queueKey, c *call) {
 // enqueueLocked queues c, or makes it wait for the same write in flight.
 // Called with mu held.
 func (b *Batcher) enqueueLocked(key queueKey, c *call) {
+	c.queue = key
 	if !key.read && c.key != "" {
 		fk := flightKey{key.ledger, c.key}
 		if f := b.flights[fk]; f != nil {
@@ -485,7 +509,7 @@ func (b *Batcher) enqueueLocked(key queueKey, c *call) {
 			}
 			// Same key, other input: the ledger answers that one itself.
 		} else {
-			c.flight = &flight{key: fk, queue: key, leader: c}
+			c.flight = &flight{key: fk, leader: c}
 			b.flights[fk] = c.flight
 		}
 	}
@@ -518,7 +542,7 @@ func (b *Batcher) land(c *call, sent bool) {
 			close(w.done)
 			continue
 		}
-		b.enqueueLocked(f.queue, w)
+		b.enqueueLocked(w.queue, w)
 	}
 }
 
@@ -553,7 +577,16 @@ func (b *Batcher) armWindow(q *queue) {
 // whether it asks for one account or a hundred (it scans the accounts
 // table), so fewer and fuller ones leave it more for the writes.
 func (b *Batcher) ready(q *queue, batchLimit int) bool {
-	return len(q.pending) > 0 && (len(q.pending) >= batchLimit || q.inFlight == 0 || (q.expired && !q.key.read))
+	return len(q.pending) > 0 && (len(q.pending) >= q.batchLimit(batchLimit) || q.inFlight == 0 || (q.expired && !q.key.read))
+}
+
+// batchLimit is how many calls one request of q carries: limit, or one for
+// writes sent alone.
+func (q *queue) batchLimit(limit int) int {
+	if q.key.alone {
+		return 1
+	}
+	return limit
 }
 
 // dispatch sends ready queues, the oldest call first, while their kind has
@@ -592,7 +625,7 @@ func (b *Batcher) dispatch() {
 		if q == nil {
 			return
 		}
-		n := min(len(q.pending), batchLimits[q.key.kind()])
+		n := min(len(q.pending), q.batchLimit(batchLimits[q.key.kind()]))
 		taken := q.pending[:n]
 		q.pending = append(q.pending[:0:0], q.pending[n:]...)
 		if len(q.pending) > 0 {

@@ -686,3 +686,75 @@ func TestBatcherUnderTheHandler(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, logs, n+2, "one write per created balance")
 }
+
+// A write sent alone goes in a request of its own, whose answer says
+// whether it was an idempotency hit, while the writes queued with it share
+// a bulk (whose answer does not say).
+func TestBatcherWriteAlone(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		f.hold = make(chan struct{})
+		b := newBatcher(t, f, ledgeradapter.BatcherConfig{})
+		ctx := context.Background()
+		first := goWrite(ctx, b, "a:1", "k1") // in flight: the next ones queue
+		synctest.Wait()
+		goAlone := func(address, key string) <-chan error {
+			ch := make(chan error, 1)
+			go func() {
+				_, err := b.AddAccountMetadataAlone(ctx, "l", address, map[string]string{"k": address}, key)
+				ch <- err
+			}()
+			return ch
+		}
+		alone := goAlone("a:2", "k2")
+		synctest.Wait() // in flight: the next one sent alone queues
+		rest := []<-chan error{goAlone("a:5", "k5"), goAlone("a:6", "k6"), goWrite(ctx, b, "a:3", "k3"), goWrite(ctx, b, "a:4", "k4")}
+		synctest.Wait()
+		time.Sleep(ledgeradapter.DefaultBatchWindow)
+		synctest.Wait()
+		close(f.hold)
+		for _, ch := range append(rest, first, alone) {
+			require.NoError(t, <-ch)
+		}
+		var ops []fakeRequest
+		for _, r := range f.log() {
+			ops = append(ops, fakeRequest{op: r.op, n: r.n})
+		}
+		single := fakeRequest{op: "AddAccountMetadata", n: 1}
+		require.ElementsMatch(t, []fakeRequest{single, single, single, single, {op: "Bulk", n: 2}}, ops,
+			"the first write and each one sent alone in a request of its own, the other two in a bulk")
+		require.Equal(t, int64(6), b.Stats().Writes)
+	})
+}
+
+// A write sent alone that waited for the same write in flight, sent in the
+// usual way, goes back to being sent alone when that one fails: not into a
+// bulk with the writes queued meanwhile.
+func TestBatcherWriteAloneStaysAloneAfterItsLeaderFails(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		f.hold = make(chan struct{})
+		f.errOnce = &ledgeradapter.Error{Op: "AddAccountMetadata", StatusCode: http.StatusServiceUnavailable, ErrorCode: "INTERNAL"}
+		b := newBatcher(t, f, ledgeradapter.BatcherConfig{})
+		ctx := context.Background()
+		leader := goWrite(ctx, b, "a:1", "k")
+		synctest.Wait()
+		follower := make(chan error, 1)
+		go func() {
+			_, err := b.AddAccountMetadataAlone(ctx, "l", "a:1", map[string]string{"k": "a:1"}, "k")
+			follower <- err
+		}()
+		other := goWrite(ctx, b, "a:2", "k2")
+		synctest.Wait()
+		require.Len(t, f.log(), 1, "the follower waits for its leader, the other write for the window")
+		close(f.hold)
+		require.Error(t, <-leader)
+		require.NoError(t, <-follower)
+		require.NoError(t, <-other)
+		for _, r := range f.log() {
+			require.Equal(t, 1, r.n, "%s: every write in a request of its own", r.op)
+		}
+	})
+}
