@@ -282,7 +282,7 @@ func (c *Client) parallelBulkOnce(ctx context.Context, op, ledger string, elems 
 		switch r.ResponseType {
 		case bulkActionAddMetadata:
 		case bulkResultError:
-			if i, ok := byKey[keyOfError(r.ErrorDescription)]; ok && i >= 0 && !known[i] {
+			if i := elementOfError(r.ErrorDescription, byKey); i >= 0 && !known[i] {
 				known[i] = true
 				results[i] = BulkResult{Err: resp.elementError(slices.Index(idx, i), r)}
 				continue
@@ -308,19 +308,27 @@ func (c *Client) parallelBulkOnce(ctx context.Context, op, ledger string, elems 
 	return c.bulk(ctx, op, ledger, elems, rest, results)
 }
 
-// keyOfError is the idempotency key an element's error description names
-// ("invalid idempotency hash when using idempotency key 'k', ..."), or "".
-func keyOfError(desc string) string {
-	const marker = "idempotency key '"
-	_, rest, ok := strings.Cut(desc, marker)
-	if !ok {
-		return ""
+// elementOfError is the element an element's error description names by
+// its key ("invalid idempotency hash when using idempotency key 'k', has
+// computed ..."), or -1. A key may hold quotes itself, so each candidate of
+// byKey (-1: a key that names no element) is matched whole, with the text
+// on both sides of it; a description that matches none, or more than one,
+// names no element.
+func elementOfError(desc string, byKey map[string]int) int {
+	const before, after = "idempotency key '", "', has computed '"
+	if !strings.Contains(desc, before) {
+		return -1
 	}
-	key, _, ok := strings.Cut(rest, "'")
-	if !ok {
-		return ""
+	found := -1
+	for k, i := range byKey {
+		if i >= 0 && strings.Contains(desc, before+k+after) {
+			if found >= 0 {
+				return -1
+			}
+			found = i
+		}
 	}
-	return key
+	return found
 }
 
 // sendBulk sends the elements at idx in one request and returns its

@@ -253,6 +253,22 @@ func TestConformanceParallelBulk(t *testing.T) {
 	require.Equal(t, md(1), got["a:1"].Metadata)
 	require.NotContains(t, got, "a:2")
 	require.Contains(t, got, "a:4")
+
+	// Keys may hold quotes: a failure names the key it quotes whole, not
+	// another key that is the start of it.
+	_, err = c.AddAccountMetadata(ctx, conformanceLedger, "a:q", md(7), "k'q")
+	require.NoError(t, err)
+	res, err = c.Bulk(ctx, conformanceLedger, []ledgeradapter.BulkAddMetadata{
+		{Address: "a:8", Metadata: md(8), IdempotencyKey: "k"},
+		{Address: "a:9", Metadata: md(9), IdempotencyKey: "k'q"}, // k'q holds a:q's write
+	})
+	require.NoError(t, err)
+	require.NoError(t, res[0].Err, "k was applied")
+	require.ErrorIs(t, res[1].Err, ledgeradapter.ErrIdempotencyConflict, "k'q was refused")
+	got, err = c.ListAccounts(ctx, conformanceLedger, []string{"a:8", "a:9"})
+	require.NoError(t, err)
+	require.Contains(t, got, "a:8")
+	require.NotContains(t, got, "a:9")
 }
 
 // TestConformanceBulkWire sends bulks the client never makes, to check the

@@ -276,7 +276,7 @@ func (g *txGate) inFlight() int {
 // requests it gave up on) and none has gone unanswered for twice the
 // timeout: during a stall a few transactions still get through, and each
 // must not start a new report.
-func (g *txGate) outcome(e *Error, timeout time.Duration) {
+func (g *txGate) outcome(resp *response, e *Error, timeout time.Duration) {
 	now := time.Now()
 	if e != nil && errors.Is(e.Err, ErrTimeout) {
 		g.lastTimeout.Store(now.UnixNano())
@@ -290,7 +290,7 @@ func (g *txGate) outcome(e *Error, timeout time.Duration) {
 		}
 		return
 	}
-	answered := e == nil || (e.StatusCode >= 200 && e.StatusCode < 500)
+	answered := e == nil && resp != nil && resp.status < 500 && resp.status != http.StatusTooManyRequests
 	if !answered || !g.stalled.Load() || now.Sub(time.Unix(0, g.lastTimeout.Load())) < 2*timeout {
 		return
 	}
@@ -349,7 +349,7 @@ func (c *Client) CreateTransaction(ctx context.Context, ledger string, req Trans
 		query: query, body: body, idempotencyKey: idempotencyKey,
 	})
 	c.tx.release(ctx, start, 1, resp, e, c.timeout)
-	c.tx.outcome(e, c.timeout)
+	c.tx.outcome(resp, e, c.timeout)
 	if e != nil {
 		return TransactionResult{}, e
 	}
@@ -561,7 +561,7 @@ func (c *Client) bulkTransactions(ctx context.Context, op, ledger string, elems 
 		query: query, body: body, elements: len(elems), limit: int64(max(1, len(elems))) * maxBulkElementResponseBytes,
 	})
 	c.tx.release(ctx, start, len(elems), resp, e, c.TimeoutFor(len(elems)))
-	c.tx.outcome(e, c.TimeoutFor(len(elems)))
+	c.tx.outcome(resp, e, c.TimeoutFor(len(elems)))
 	if e != nil {
 		return nil, e
 	}

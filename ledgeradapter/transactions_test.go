@@ -206,11 +206,17 @@ func TestTxConcurrencyCap(t *testing.T) {
 // once, with the advice, not once per request; an answer ends the stall.
 func TestTxStallReportedOnce(t *testing.T) {
 	t.Parallel()
-	var stall atomic.Bool
+	var stall, fail atomic.Bool
 	stall.Store(true)
 	release := make(chan struct{})
 	hold := func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/v2/stall/transactions" && fail.Load() {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusInternalServerError)
+				_, _ = w.Write([]byte(`{"errorCode":"INTERNAL","errorMessage":"gave up"}`))
+				return
+			}
 			if r.URL.Path == "/v2/stall/transactions" && stall.Load() {
 				select {
 				case <-release:
@@ -253,9 +259,18 @@ func TestTxStallReportedOnce(t *testing.T) {
 	require.Equal(t, 1, countLines(logs.String(), "ledger stalled"), logs.String())
 	require.Zero(t, countLines(logs.String(), "ledger answers transactions again"), logs.String())
 
-	// Answers, and no timeout for twice the timeout: the stall is over.
+	// A 5xx, which a stalled ledger sends to the requests it gave up on, is
+	// no answer, even with no timeout for twice the timeout.
 	stall.Store(false)
+	fail.Store(true)
 	time.Sleep(700 * time.Millisecond)
+	_, err = c.CreateTransaction(ctx, "stall", credit("a", "1"), "")
+	require.Error(t, err)
+	require.True(t, ledgeradapter.IsRetryable(err), "a 5xx: %v", err)
+	require.Zero(t, countLines(logs.String(), "ledger answers transactions again"), logs.String())
+
+	// Answers, and no timeout for twice the timeout: the stall is over.
+	fail.Store(false)
 	_, err = c.CreateTransaction(ctx, "stall", credit("a", "1"), "")
 	require.NoError(t, err)
 	require.Equal(t, 1, countLines(logs.String(), "ledger answers transactions again"), logs.String())
