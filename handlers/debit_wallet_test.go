@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"math/big"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,4 +147,27 @@ func TestDebitOutcomes(t *testing.T) {
 	r, err = h.Handle(ctx, "d7", later)
 	require.NoError(t, err)
 	require.Equal(t, messages.CodeNotIdempotent, r.Code())
+}
+
+// A pending debit to an ACCOUNT that names a balance, which the wallets
+// service takes: the money goes to the account itself, and the hold keeps
+// the balance in its subject, as the service's does.
+func TestPendingDebitToAnAccountWithABalance(t *testing.T) {
+	t.Parallel()
+	h := &handlers.DebitWallet{LedgerName: "wallets-002"}
+	main := "wallets:40057e88aa915a6cb63d3555adf9d5c7:main"
+	cmd := messages.DebitWallet{WalletID: walletK1, Amount: messages.Monetary{Asset: "USD/2", Amount: big.NewInt(5)}, Pending: true,
+		Destination: &messages.WalletSubject{Type: messages.SubjectTypeAccount, Identifier: "bank:out", Balance: "x"}}
+	req, hold := h.Request("k-ab", cmd, []string{main})
+	require.NotNil(t, hold)
+	meta := map[string]string{} // the hold's metadata the script sets, unquoted
+	for _, line := range strings.Split(req.Script.Plain, "\n") {
+		rest, ok := strings.CutPrefix(line, "set_account_meta(")
+		if parts := strings.SplitN(rest, ", ", 3); ok && len(parts) == 3 {
+			v := strings.TrimSuffix(strings.TrimPrefix(parts[2], `"`), `")`)
+			meta[strings.Trim(parts[1], `"`)] = strings.ReplaceAll(v, `\"`, `"`)
+		}
+	}
+	require.Equal(t, `{"type":"account","value":"bank:out"}`, meta["destination"], "the account itself is the hold's destination")
+	require.Equal(t, `{"balance":"x","identifier":"bank:out","type":"ACCOUNT"}`, meta["wallets/holds/subject"], "the hold's subject keeps the balance")
 }

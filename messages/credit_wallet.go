@@ -205,9 +205,9 @@ func (s WalletSubject) validate() *ValidationError {
 		if !accountPattern.MatchString(s.Identifier) {
 			return invalid("identifier", "%q is not a ledger account", truncate(s.Identifier))
 		}
-		if s.Balance != "" {
-			return invalid("balance", "an ACCOUNT has no balance")
-		}
+		// A balance is allowed and not checked, as the wallets service does:
+		// the account is the identifier alone, and a pending debit's hold
+		// keeps the balance in its subject.
 	case SubjectTypeWallet:
 		if err := validToken("identifier", s.Identifier); err != nil {
 			return err.(*ValidationError)

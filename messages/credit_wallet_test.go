@@ -20,6 +20,11 @@ func TestDecodeCreditWallet(t *testing.T) {
 	require.Len(t, c.Sources, 2)
 	require.Equal(t, "2026-01-02T01:04:05.123456789Z", c.Timestamp.Format("2006-01-02T15:04:05.999999999Z07:00"))
 
+	withBalance, err := messages.DecodeCreditWallet(subject, []byte(`{"walletID":"w1","amount":{"asset":"USD","amount":1},
+		"sources":[{"type":"ACCOUNT","identifier":"bank:in","balance":"any thing"}]}`))
+	require.NoError(t, err, "an ACCOUNT with a balance, which the wallets service takes and ignores")
+	require.Equal(t, "any thing", withBalance.Sources[0].Balance)
+
 	zero, err := messages.DecodeCreditWallet(subject, []byte(`{"walletID":"w1","amount":{"asset":"USD","amount":0}}`))
 	require.NoError(t, err, "zero, as the wallets service allows it")
 	require.Zero(t, zero.Amount.Amount.Sign())
