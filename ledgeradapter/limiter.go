@@ -167,6 +167,9 @@ type Limiter struct {
 	// recent is an average of the latency of the last requests, 0 until
 	// one came back.
 	recent time.Duration
+	// cutAt is when the limit was last cut: a request sent before it
+	// answers for the load the cut already answered, and cuts no further.
+	cutAt time.Time
 
 	// round is the round under way.
 	round struct {
@@ -278,7 +281,7 @@ func (l *Limiter) Observe(s Sample) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if s.Overload {
-		l.shrink(l.cfg.Backoff)
+		l.cut(s, l.cfg.Backoff)
 		return
 	}
 	if l.recent == 0 || s.Stale {
@@ -294,7 +297,7 @@ func (l *Limiter) Observe(s Sample) {
 		}
 	}
 	if target > 0 && s.Latency > target {
-		l.shrink(math.Max(l.cfg.Backoff, float64(target)/float64(s.Latency)))
+		l.cut(s, math.Max(l.cfg.Backoff, float64(target)/float64(s.Latency)))
 		return
 	}
 	l.batch = math.Min(1, l.batch+batchGrowth)
@@ -401,6 +404,20 @@ func (l *Limiter) recentBest() float64 {
 func (l *Limiter) newRound(now time.Time) {
 	l.round.start, l.round.need = now, max(1, int(l.limit))
 	l.round.answers, l.round.elements, l.round.pressed = 0, 0, false
+}
+
+// cut shrinks the limit by factor for s, unless s's request was sent before
+// the last cut: the requests in flight together when the ledger falters
+// (eight bulks timing out at once) cut once, not once each, which would take
+// the limit to its least and leave it climbing back a quarter a round.
+// Called with mu held.
+func (l *Limiter) cut(s Sample, factor float64) {
+	now := time.Now()
+	if !l.cutAt.IsZero() && now.Add(-s.Latency).Before(l.cutAt) {
+		return
+	}
+	l.cutAt = now
+	l.shrink(factor)
 }
 
 // shrink cuts the limit by factor, and the batch size too when the limit

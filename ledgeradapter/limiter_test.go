@@ -146,31 +146,24 @@ func TestLimiter(t *testing.T) {
 
 	t.Run("batches shrink once the limit is at its least, and grow back", func(t *testing.T) {
 		t.Parallel()
-		l := newTestLimiter(t, LimiterConfig{Initial: 2, Max: 64})
-		const timeout = 4 * time.Second // the target is 1 s
-		require.Equal(t, DefaultFirstBatch, l.BatchLimit(MaxBulkSize), "nothing seen yet: a small batch")
-		require.Equal(t, 3, l.BatchLimit(3))
-		l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 10, Timeout: timeout})
-		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize), "within the target: the most")
+		synctest.Test(t, batchesShrinkAndGrowBack)
+	})
 
-		l.Observe(Sample{Latency: 2 * time.Second, Elements: 100, Timeout: timeout})
-		require.Equal(t, 1, l.Limit())
-		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize), "the limit gave first")
-		l.Observe(Sample{Latency: 2 * time.Second, Elements: 100, Timeout: timeout})
-		require.Equal(t, 50, l.BatchLimit(MaxBulkSize), "then the batch")
-		l.Observe(Sample{Overload: true})
-		require.Equal(t, 25, l.BatchLimit(MaxBulkSize))
-		for range 100 {
-			l.Observe(Sample{Overload: true})
-		}
-		require.Equal(t, 1, l.BatchLimit(MaxBulkSize), "never below one call")
-
-		l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 1, Timeout: timeout})
-		require.Equal(t, 11, l.BatchLimit(MaxBulkSize), "a tenth more per request within the target")
-		for range 20 {
-			l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 1, Timeout: timeout})
-		}
-		require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize))
+	t.Run("the requests in flight at a cut cut no further", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			l := newTestLimiter(t, LimiterConfig{Initial: 16, Max: 64, Backoff: 0.5})
+			// Eight bulks sent together time out together: one cut.
+			time.Sleep(20 * time.Second)
+			for range 8 {
+				l.Observe(Sample{Overload: true, Latency: 20 * time.Second, Elements: 10})
+			}
+			require.Equal(t, 8, l.Limit(), "halved once, not 16 to 1")
+			// One sent after the cut that times out too cuts again.
+			time.Sleep(20 * time.Second)
+			l.Observe(Sample{Overload: true, Latency: 10 * time.Second, Elements: 10})
+			require.Equal(t, 4, l.Limit())
+		})
 	})
 
 	t.Run("expected latency follows the recent ones", func(t *testing.T) {
@@ -186,6 +179,37 @@ func TestLimiter(t *testing.T) {
 		l.Observe(Sample{Overload: true, Latency: time.Hour})
 		require.InDelta(t, 100*time.Millisecond, l.Expected(), float64(time.Millisecond), "an overload's latency is not one")
 	})
+}
+
+// batchesShrinkAndGrowBack: batches shrink once the limit is at its least,
+// and grow back.
+func batchesShrinkAndGrowBack(t *testing.T) {
+	l := newTestLimiter(t, LimiterConfig{Initial: 2, Max: 64})
+	const timeout = 4 * time.Second // the target is 1 s
+	require.Equal(t, DefaultFirstBatch, l.BatchLimit(MaxBulkSize), "nothing seen yet: a small batch")
+	require.Equal(t, 3, l.BatchLimit(3))
+	l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 10, Timeout: timeout})
+	require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize), "within the target: the most")
+
+	l.Observe(Sample{Latency: 2 * time.Second, Elements: 100, Timeout: timeout})
+	require.Equal(t, 1, l.Limit())
+	require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize), "the limit gave first")
+	time.Sleep(3 * time.Second) // the next one was sent after that cut
+	l.Observe(Sample{Latency: 2 * time.Second, Elements: 100, Timeout: timeout})
+	require.Equal(t, 50, l.BatchLimit(MaxBulkSize), "then the batch")
+	l.Observe(Sample{Overload: true})
+	require.Equal(t, 25, l.BatchLimit(MaxBulkSize))
+	for range 100 {
+		l.Observe(Sample{Overload: true})
+	}
+	require.Equal(t, 1, l.BatchLimit(MaxBulkSize), "never below one call")
+
+	l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 1, Timeout: timeout})
+	require.Equal(t, 11, l.BatchLimit(MaxBulkSize), "a tenth more per request within the target")
+	for range 20 {
+		l.Observe(Sample{Latency: 500 * time.Millisecond, Elements: 1, Timeout: timeout})
+	}
+	require.Equal(t, MaxBulkSize, l.BatchLimit(MaxBulkSize))
 }
 
 func TestLimiterConfigValidate(t *testing.T) {
