@@ -161,8 +161,10 @@ func TestCreateWalletRefusedWriteIsCheckedAgainstTheAccount(t *testing.T) {
 // observedWallet.
 const observedUpdate = `{"wallets/balances":"true","wallets/balances/name":"main","wallets/createRequestHash":"ee66109f5d29578057c5b80e054633d025405a35cf0af5d329305f0aa826a4f0","wallets/createResponse":"{\"id\":\"40057e88-aa91-5a6c-b63d-3555adf9d5c7\",\"name\":\"alice\",\"metadata\":{\"b\":\"x\\\"y\",\"tier\":\"gold\",\"z\":\"last\"},\"createdAt\":\"2026-12-07T04:38:33.987193843Z\",\"ledger\":\"wallets-002\",\"balances\":{\"main\":{\"expiresAt\":null,\"priority\":0,\"assets\":{}}}}","wallets/createdAt":"2026-12-07T04:38:33.987193843Z","wallets/custom_data_b":"x\"y","wallets/custom_data_new":"n","wallets/custom_data_tier":"platinum","wallets/custom_data_z":"last","wallets/id":"40057e88-aa91-5a6c-b63d-3555adf9d5c7","wallets/name":"alice","wallets/spec/type":"wallets.primary"}`
 
-func TestUpdateWalletIsTheWalletsServices(t *testing.T) {
-	t.Parallel()
+// ledgerWithObservedWallet is an embedded ledger holding the wallet of
+// observedWallet, as the wallets service created it.
+func ledgerWithObservedWallet(t *testing.T) *testutil.Ledger {
+	t.Helper()
 	l := testutil.StartLedger(t, testutil.LedgerOptions{})
 	ctx := context.Background()
 	require.NoError(t, l.Client.EnsureLedger(ctx, "wallets-002"))
@@ -170,6 +172,13 @@ func TestUpdateWalletIsTheWalletsServices(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(observedWallet), &created))
 	_, err := l.Client.AddAccountMetadata(ctx, "wallets-002", "wallets:40057e88aa915a6cb63d3555adf9d5c7:main", created, "")
 	require.NoError(t, err)
+	return l
+}
+
+func TestUpdateWalletIsTheWalletsServices(t *testing.T) {
+	t.Parallel()
+	l := ledgerWithObservedWallet(t)
+	ctx := context.Background()
 
 	rec := &recordingLedger{Ledger: l.Client}
 	h := &handlers.UpdateWallet{Ledger: rec, LedgerName: "wallets-002"}
@@ -210,13 +219,8 @@ func (l *blockingLedger) AddAccountMetadata(ctx context.Context, ledger, address
 // not carry the hit.
 func TestUpdateWalletReplayThroughABatcher(t *testing.T) {
 	t.Parallel()
-	l := testutil.StartLedger(t, testutil.LedgerOptions{})
+	l := ledgerWithObservedWallet(t)
 	ctx := context.Background()
-	require.NoError(t, l.Client.EnsureLedger(ctx, "wallets-002"))
-	var created map[string]string
-	require.NoError(t, json.Unmarshal([]byte(observedWallet), &created))
-	_, err := l.Client.AddAccountMetadata(ctx, "wallets-002", "wallets:40057e88aa915a6cb63d3555adf9d5c7:main", created, "")
-	require.NoError(t, err)
 
 	next := &blockingLedger{Client: l.Client, address: "block:1", release: make(chan struct{})}
 	b, err := ledgeradapter.NewBatcher(next, ledgeradapter.BatcherConfig{Window: 2 * time.Second})
