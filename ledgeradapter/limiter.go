@@ -167,9 +167,11 @@ type Limiter struct {
 	// recent is an average of the latency of the last requests, 0 until
 	// one came back.
 	recent time.Duration
-	// cutAt is when the limit was last cut: a request sent before it
-	// answers for the load the cut already answered, and cuts no further.
-	cutAt time.Time
+	// cutAt is when the limit was last cut, by cutFactor: a request sent
+	// before it answers for the load that cut answered, and cuts only as
+	// much deeper as it asks.
+	cutAt     time.Time
+	cutFactor float64
 
 	// round is the round under way.
 	round struct {
@@ -406,17 +408,23 @@ func (l *Limiter) newRound(now time.Time) {
 	l.round.answers, l.round.elements, l.round.pressed = 0, 0, false
 }
 
-// cut shrinks the limit by factor for s, unless s's request was sent before
-// the last cut: the requests in flight together when the ledger falters
-// (eight bulks timing out at once) cut once, not once each, which would take
-// the limit to its least and leave it climbing back a quarter a round.
-// Called with mu held.
+// cut shrinks the limit by factor for s. The requests in flight together
+// when the ledger falters (eight bulks timing out at once) cut once, as deep
+// as the deepest of them asks, not once each, which would take the limit to
+// its least and leave it climbing back a quarter a round: a request sent
+// before the last cut cuts only what its factor asks beyond that cut's (a
+// mild latency cut, then timeouts of the requests in flight with it, still
+// halves). Called with mu held.
 func (l *Limiter) cut(s Sample, factor float64) {
 	now := time.Now()
 	if !l.cutAt.IsZero() && now.Add(-s.Latency).Before(l.cutAt) {
+		if factor < l.cutFactor {
+			l.shrink(factor / l.cutFactor)
+			l.cutFactor = factor
+		}
 		return
 	}
-	l.cutAt = now
+	l.cutAt, l.cutFactor = now, factor
 	l.shrink(factor)
 }
 

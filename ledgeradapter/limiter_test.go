@@ -166,6 +166,23 @@ func TestLimiter(t *testing.T) {
 		})
 	})
 
+	t.Run("a mild cut does not hide a deeper one of the requests in flight with it", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			l := newTestLimiter(t, LimiterConfig{Initial: 16, Max: 64, Backoff: 0.5})
+			const timeout = 4 * time.Second // the target is 1 s
+			time.Sleep(timeout)
+			// An answer a little past the target: a cut of a tenth.
+			l.Observe(Sample{Latency: 1100 * time.Millisecond, Elements: 10, Timeout: timeout})
+			require.Equal(t, 14, l.Limit())
+			// The requests in flight with it time out: halved in all, once.
+			for range 15 {
+				l.Observe(Sample{Overload: true, Latency: timeout, Elements: 10, Timeout: timeout})
+			}
+			require.Equal(t, 8, l.Limit())
+		})
+	})
+
 	t.Run("expected latency follows the recent ones", func(t *testing.T) {
 		t.Parallel()
 		l := newTestLimiter(t, LimiterConfig{})

@@ -177,9 +177,10 @@ func (m *Metrics) settled(d *delivery, o handlers.Result, now time.Time) {
 	}
 }
 
-// outcomeSettledBefore is the outcome label of a command whose event an
-// earlier delivery stored (its ack was lost): acknowledged, not decided
-// again.
+// outcomeSettledBefore is the outcome label of a delivery acknowledged
+// without being decided: its event an earlier delivery stored (its ack was
+// lost), or its command another delivery settled (a copy held here while
+// its lease lapsed).
 const outcomeSettledBefore = "settled_before"
 
 func (m *Metrics) settledAs(d *delivery, outcome string, now time.Time) {

@@ -101,7 +101,11 @@ const storedOutcomeTimeout = 2 * time.Second
 func (w *Worker) settledBefore(ctx context.Context, d *delivery, key string, gone bool) {
 	ctx = d.withSpan(ctx)
 	if d.span != nil {
-		d.span.AddEvent("outcome stored by an earlier delivery")
+		if gone {
+			d.span.AddEvent("command settled by another delivery")
+		} else {
+			d.span.AddEvent("outcome stored by an earlier delivery")
+		}
 	}
 	d.traceOutcome(outcomeSettledBefore, "", nil)
 	if !w.takeSettle(d) {

@@ -70,8 +70,10 @@ type Stats struct {
 	// Chained counts the deliveries decided in the chain of an earlier
 	// command of their wallet.
 	Chained atomic.Int64
-	// SettledBefore counts the redeliveries acknowledged because an
-	// earlier delivery had stored their outcome event.
+	// SettledBefore counts the deliveries acknowledged without being
+	// decided: a redelivery whose outcome event an earlier delivery had
+	// stored, or a copy of a command another delivery had settled (gone
+	// from the commands stream).
 	SettledBefore atomic.Int64
 }
 
