@@ -33,7 +33,7 @@ import (
 //
 // The message get goes to the stream's leader through the JetStream API:
 // the events stream allows no direct gets, and a replica could lag.
-func (w *Worker) storedOutcome(ctx context.Context, d *delivery, wallet string) (bool, error) {
+func (w *Worker) storedOutcome(ctx context.Context, d *delivery, wallet, key string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, storedOutcomeTimeout)
 	defer cancel()
 	h, err := w.newestEvent(ctx, wallet)
@@ -43,9 +43,8 @@ func (w *Worker) storedOutcome(ctx context.Context, d *delivery, wallet string) 
 	// The sequence, and the key: a commands stream deleted and made again
 	// numbers its commands anew, while the events stream keeps the old
 	// ones' events.
-	key := messages.SafeHeaderValue(firstHeader(d, messages.HeaderMsgID), messages.MaxKeyBytes)
 	seq, err := strconv.ParseUint(h.Get(messages.HeaderCommandSeq), 10, 64)
-	return err == nil && seq == d.seq && h.Get(messages.HeaderCommandKey) == key, nil
+	return err == nil && seq == d.seq && h.Get(messages.HeaderCommandKey) == messages.SafeHeaderValue(key, messages.MaxKeyBytes), nil
 }
 
 // errNoMessage is the JetStream API's error code for a message get that

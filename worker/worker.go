@@ -253,7 +253,7 @@ func (w *Worker) handle(ctx context.Context, d *delivery) {
 	if d.delivered > 1 {
 		// An earlier delivery may have stored the outcome and lost the
 		// ack: deciding again could contradict the stored event.
-		found, err := w.storedOutcome(ctx, d, wallet)
+		found, err := w.storedOutcome(ctx, d, wallet, key)
 		if err != nil {
 			w.log.Debug("could not look for a stored outcome; deciding again", w.logAttrs(d, key, "error", err)...)
 		}
